@@ -1,0 +1,1 @@
+"""Load other libraries' checkpoints into tokax parameters."""

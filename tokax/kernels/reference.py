@@ -1,0 +1,84 @@
+"""Pure-jnp attention reference: the numbers every other implementation is checked against.
+
+Layout follows jax.nn.dot_product_attention: q, k, v are (B, N, H, D).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+SCORE_NAMES = ("cls", "received")
+
+
+def attention_logits(q: Array, k: Array, key_bias: Array | None, key_mask: Array | None) -> Array:
+  """Scaled logits with the per-key bias and mask applied.
+
+  Args:
+    q: (B, N, H, D) queries.
+    k: (B, M, H, D) keys.
+    key_bias: (B, M) additive bias per key (proportional attention adds log size), or None.
+    key_mask: (B, M) bool, True where the key is a real token, or None.
+
+  Returns:
+    (B, H, N, M) float32 logits; masked keys are -inf.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  if key_bias is not None:
+    logits = logits + key_bias.astype(jnp.float32)[:, None, None, :]
+  if key_mask is not None:
+    logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
+  return logits
+
+
+def attention_scores(probs: Array, names: tuple[str, ...], query_mask: Array | None = None) -> dict[str, Array]:
+  """Selection metrics read off the attention probabilities.
+
+  Args:
+    probs: (B, H, N, M) softmax probabilities.
+    names: which scores: "cls" (head-averaged row of query 0, (B, M)), "received" (attention each key
+      receives, averaged over heads and valid queries, (B, M)).
+    query_mask: (B, N) bool valid queries, or None.
+  """
+  out = {}
+  for name in names:
+    if name == "cls":
+      out["cls"] = probs[:, :, 0, :].mean(axis=1)
+    elif name == "received":
+      per_query = probs.mean(axis=1)  # (B, N, M)
+      if query_mask is None:
+        out["received"] = per_query.mean(axis=1)
+      else:
+        w = query_mask.astype(per_query.dtype)
+        out["received"] = jnp.einsum("bnm,bn->bm", per_query, w) / jnp.maximum(w.sum(-1, keepdims=True), 1)
+    else:
+      raise ValueError(f"scores: unknown score {name!r}; expected a subset of {SCORE_NAMES}")
+  return out
+
+
+def attention_reference(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    key_bias: Array | None = None,
+    key_mask: Array | None = None,
+    scores: tuple[str, ...] = (),
+) -> tuple[Array, dict[str, Array]]:
+  """Softmax attention that materialises the probabilities.
+
+  Args:
+    q, k, v: (B, N, H, D).
+    key_bias: (B, N) additive per-key bias or None.
+    key_mask: (B, N) bool valid keys or None.
+    scores: names of selection metrics to return (see attention_scores).
+
+  Returns:
+    out (B, N, H, D) in q's dtype, and a dict of (B, N) float32 scores.
+  """
+  logits = attention_logits(q, k, key_bias, key_mask)
+  probs = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return out.astype(q.dtype), attention_scores(probs, scores, key_mask)

@@ -1,0 +1,4 @@
+"""Flax linen models."""
+from tokax.models.vit import ViT, parse_variant
+
+__all__ = ["ViT", "parse_variant"]

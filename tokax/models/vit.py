@@ -1,0 +1,260 @@
+"""ViT / DeiT with a token-reduction hook in every block, numerically equal to timm.
+
+Parameter names follow timm's (patch_embed, cls_token, pos_embed, blocks_i/{norm1, attn/{qkv,
+proj}, ls1, norm2, mlp/{fc1, fc2}, ls2}, norm, fc_norm, head, head_dist), so conversion is a
+transpose per tensor (tokax.interop.timm). Images are NHWC.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tokax import kernels
+from tokax.reduction.tokens import Tokens
+
+Array = jax.Array
+Dtype = Any
+
+# name -> (width, depth, heads, mlp_dim); the patch size comes from the "/p" suffix.
+_WIDTHS = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "M": (512, 12, 8, 2048),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "H": (1280, 32, 16, 5120),
+    "g": (1408, 40, 16, 6144),
+}
+_VARIANT = re.compile(r"^(?P<name>[A-Za-z]+)/(?P<patch>\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  patch_size: int
+
+
+def parse_variant(variant: str) -> Arch:
+  """"S/16" -> Arch(width=384, depth=12, num_heads=6, mlp_dim=1536, patch_size=16)."""
+  m = _VARIANT.match(variant) if isinstance(variant, str) else None
+  if m is None or m["name"] not in _WIDTHS:
+    raise ValueError(f"ViT.variant: unknown variant {variant!r}; expected '<size>/<patch>' with size in "
+                     f"{sorted(_WIDTHS)} (e.g. 'S/16', 'B/32', 'H/14')")
+  return Arch(*_WIDTHS[m["name"]], patch_size=int(m["patch"]))
+
+
+class DropPath(nn.Module):
+  """Stochastic depth per sample (timm DropPath)."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class LayerScale(nn.Module):
+  init_value: float
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],), self.param_dtype)
+    return x * gamma.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention through tokax.kernels.attention; also returns the reduction metrics."""
+  num_heads: int
+  qkv_bias: bool = True
+  implementation: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, key_bias: Array | None, key_mask: Array | None,
+               scores: tuple[str, ...]) -> tuple[Array, dict[str, Array]]:
+    """x: (B, N, C) -> (B, N, C) and metrics {"keys": (B, N, Dh), score: (B, N)}."""
+    batch, n, width = x.shape
+    dense = lambda feats, use_bias, name: nn.Dense(
+        feats, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    qkv = dense(3 * width, self.qkv_bias, "qkv")(x).reshape(batch, n, 3, self.num_heads, width // self.num_heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    out, metrics = kernels.attention(
+        q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores, implementation=self.implementation)
+    metrics = dict(metrics, keys=k.mean(axis=2))
+    return dense(width, True, "proj")(out.reshape(batch, n, width)), metrics
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block; the reduction runs between the attention residual and the MLP."""
+  num_heads: int
+  mlp_dim: int
+  layer: int
+  depth: int
+  reduction: Any = None
+  prop_attn_active: bool = False
+  qkv_bias: bool = True
+  layer_scale: float | None = None
+  drop_path: float = 0.0
+  attention: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: Tokens, deterministic: bool = True) -> Tokens:
+    x = tokens.x
+    width = x.shape[-1]
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    scale = lambda name: (LayerScale(self.layer_scale, self.param_dtype, name=name)
+                          if self.layer_scale is not None else (lambda y: y))
+    key_bias = jnp.log(tokens.size) if self.prop_attn_active else None
+    scores = () if self.reduction is None else tuple(self.reduction.scores)
+    y, metrics = Attention(self.num_heads, self.qkv_bias, self.attention, self.dtype, self.param_dtype,
+                           name="attn")(norm("norm1")(x), key_bias, tokens.mask, scores)
+    x = x + DropPath(self.drop_path)(scale("ls1")(y), deterministic)
+    tokens = tokens.replace(x=x)
+    if self.reduction is not None:
+      tokens = self.reduction.reduce(tokens, metrics, layer=self.layer, depth=self.depth)
+    x = tokens.x
+    h = norm("norm2")(x)
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_fc1")(h)
+    h = nn.gelu(h, approximate=False)
+    h = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_fc2")(h)
+    return tokens.replace(x=x + DropPath(self.drop_path)(scale("ls2")(h), deterministic))
+
+
+class ViT(nn.Module):
+  """Vision Transformer (ViT / DeiT) whose blocks can merge, prune or slim tokens.
+
+  Attributes:
+    variant: "Ti/16", "S/16", "B/16", "L/16", "H/14", "B/32", "S/8", ... (size/patch).
+    num_classes: classifier outputs; 0 returns the pooled features.
+    image_size: input height = width.
+    pool: "cls" (class token) or "gap" (size-weighted mean of the patch tokens, then fc_norm).
+    class_token: whether to prepend a class token (required for pool="cls").
+    distilled: DeiT distillation token with its own head; at eval the logits are the mean of both
+      heads (timm), in training (`distill_logits=True`) both are returned.
+    qkv_bias: bias on the qkv projection.
+    layer_scale: LayerScale init value (e.g. 1e-6 for DeiT-III), or None.
+    drop_path: stochastic depth rate at the last block (linear in depth, as timm).
+    dtype: computation dtype; param_dtype: parameter dtype.
+    attention: kernels.attention implementation: "xla", "cudnn", or None/"auto".
+    reduction: a reduction method (tokax.reduction.ToMe(...)), or None for the dense model.
+  """
+  variant: str = "S/16"
+  num_classes: int = 1000
+  image_size: int = 224
+  pool: str = "cls"
+  class_token: bool = True
+  distilled: bool = False
+  qkv_bias: bool = True
+  layer_scale: float | None = None
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention: str | None = None
+  reduction: Any = None
+
+  @property
+  def arch(self) -> Arch:
+    return parse_variant(self.variant)
+
+  def _check(self, images: Array) -> None:
+    arch = self.arch
+    if self.pool not in ("cls", "gap"):
+      raise ValueError(f"ViT.pool: expected 'cls' or 'gap'; got {self.pool!r}")
+    if self.pool == "cls" and not self.class_token:
+      raise ValueError("ViT.pool='cls' needs class_token=True; use pool='gap' for a model without one")
+    if self.image_size % arch.patch_size:
+      raise ValueError(f"ViT.image_size={self.image_size} is not a multiple of the patch size {arch.patch_size}")
+    if self.attention not in (None, *kernels.IMPLEMENTATIONS):
+      raise ValueError(f"ViT.attention: expected one of {kernels.IMPLEMENTATIONS} or None; got {self.attention!r}")
+    want = (self.image_size, self.image_size, 3)
+    if images.ndim != 4 or tuple(images.shape[1:]) != want:
+      raise ValueError(f"ViT: images must be NHWC of shape (B, {want[0]}, {want[1]}, 3); got {tuple(images.shape)}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+      raise ValueError(f"ViT: images must be floating point (normalised); got dtype {images.dtype}")
+
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool = False, return_intermediates: bool = False,
+               distill_logits: bool = False):
+    """images: (B, H, W, 3) float -> logits (B, num_classes).
+
+    With return_intermediates, returns (logits, dict): "num_tokens" (L,) token count after each
+    block, "size" (B, N_L) token sizes, "assign" (B, N0) the token each original token lives in,
+    "mask" (B, N_L) or None, "features" (B, N_L, C) the final normed tokens.
+    With distill_logits (distilled models), logits is the pair (cls head, dist head).
+    """
+    self._check(images)
+    arch = self.arch
+    p = arch.patch_size
+    x = nn.Conv(arch.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                param_dtype=self.param_dtype, name="patch_embed")(images.astype(self.dtype))
+    batch = x.shape[0]
+    x = x.reshape(batch, -1, arch.width)
+    prefix = []
+    init = nn.initializers.normal(0.02)
+    if self.class_token:
+      prefix.append(self.param("cls_token", nn.initializers.zeros, (1, 1, arch.width), self.param_dtype))
+    if self.distilled:
+      prefix.append(self.param("dist_token", init, (1, 1, arch.width), self.param_dtype))
+    if prefix:
+      x = jnp.concatenate([jnp.broadcast_to(t, (batch, 1, arch.width)).astype(x.dtype) for t in prefix] + [x], axis=1)
+    pos = self.param("pos_embed", init, (1, x.shape[1], arch.width), self.param_dtype)
+    x = x + pos.astype(x.dtype)
+    tokens = Tokens.create(x, has_cls=self.class_token, has_dist=self.distilled)
+
+    counts = []
+    merged = False
+    for i in range(arch.depth):
+      prop = bool(merged and self.reduction is not None and getattr(self.reduction, "prop_attn", False))
+      n_before = tokens.num_tokens
+      tokens = Block(
+          num_heads=arch.num_heads, mlp_dim=arch.mlp_dim, layer=i, depth=arch.depth, reduction=self.reduction,
+          prop_attn_active=prop, qkv_bias=self.qkv_bias, layer_scale=self.layer_scale,
+          drop_path=self.drop_path * i / max(arch.depth - 1, 1), attention=self.attention, dtype=self.dtype,
+          param_dtype=self.param_dtype, name=f"blocks_{i}")(tokens, deterministic=not train)
+      merged = merged or tokens.num_tokens != n_before or tokens.mask is not None
+      counts.append(tokens.num_tokens)
+
+    x = tokens.x
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    if self.pool == "cls":
+      x = norm("norm")(x)
+      pooled, pooled_dist = x[:, 0], (x[:, 1] if self.distilled else None)
+    else:
+      k = tokens.num_prefix
+      w = tokens.size[:, k:] * (1.0 if tokens.mask is None else tokens.mask[:, k:])
+      pooled = jnp.einsum("bnc,bn->bc", x[:, k:].astype(jnp.float32), w) / w.sum(-1, keepdims=True)
+      pooled = norm("fc_norm")(pooled.astype(x.dtype))
+      pooled_dist = None
+    if self.num_classes:
+      head = lambda name: nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                                   kernel_init=nn.initializers.zeros, name=name)
+      logits = head("head")(pooled)
+      if self.distilled:
+        dist = head("head_dist")(pooled_dist)
+        logits = (logits, dist) if distill_logits else (logits + dist) / 2
+    else:
+      logits = pooled
+    if not return_intermediates:
+      return logits
+    return logits, {
+        "num_tokens": jnp.asarray(counts, jnp.int32),
+        "size": tokens.size,
+        "assign": tokens.assign,
+        "mask": tokens.mask,
+        "features": x,
+    }

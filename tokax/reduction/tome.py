@@ -1,0 +1,135 @@
+"""ToMe: bipartite soft matching and size-weighted merging (Bolya et al., ICLR 2023).
+
+Equal to facebookresearch/ToMe (tome/merge.py `bipartite_soft_matching` + `merge_wavg`, and the
+timm patch's placement and proportional attention) on the same weights and inputs; see
+shared/reference/token_reduction.md §2. Deliberate differences, none of which changes a result on
+valid inputs:
+- argsort is stable (torch's default is not): on exact ties tokax merges the lower index first.
+- a zero key vector gets similarity 0 instead of NaN (ToMe divides by the norm without an eps).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from tokax.reduction import schedule
+from tokax.reduction.tokens import MergePlan, Tokens, apply_plan
+
+Array = jax.Array
+
+
+def bipartite_matching_plan(metric: Array, r: int, *, has_cls: bool, has_dist: bool) -> MergePlan | None:
+  """ToMe's bipartite soft matching as a MergePlan.
+
+  Tokens alternate into sets A (even positions) and B (odd). Each A token's best B partner by
+  cosine similarity gives an edge; the r A tokens with the strongest edges merge into their
+  partners. Output order is ToMe's: kept A tokens (original order with a class token, else by
+  descending edge score), then all B tokens; with a distillation token [cls, dist, ...].
+
+  Args:
+    metric: (B, N, D) matching features (keys averaged over heads).
+    r: tokens to remove, clipped to (N - protected) // 2.
+    has_cls: token 0 is a class token (never merged away).
+    has_dist: token 1 is a distillation token (never merged into).
+
+  Returns:
+    a MergePlan with num_out = N - r, or None when nothing merges.
+  """
+  n = metric.shape[1]
+  r = schedule.clip_r(r, n, int(has_cls) + int(has_dist))
+  if r <= 0:
+    return None
+  metric = metric.astype(jnp.float32)
+  norm = jnp.linalg.norm(metric, axis=-1, keepdims=True)
+  metric = metric / jnp.where(norm > 0, norm, 1.0)
+  a, b = metric[:, 0::2], metric[:, 1::2]
+  num_a, num_b = a.shape[1], b.shape[1]
+  scores = jnp.einsum("bid,bjd->bij", a, b, precision=jax.lax.Precision.HIGHEST)
+  if has_cls:
+    scores = scores.at[:, 0, :].set(-jnp.inf)
+  if has_dist:
+    scores = scores.at[:, :, 0].set(-jnp.inf)
+  node_max = scores.max(axis=-1)  # (B, |A|)
+  node_idx = jnp.argmax(scores, axis=-1).astype(jnp.int32)  # first maximal index, as torch.max
+  edge_order = jnp.argsort(-node_max, axis=-1, stable=True)  # descending
+  rank = jnp.argsort(edge_order, axis=-1, stable=True).astype(jnp.int32)  # rank of each A token
+  is_src = rank < r
+  num_kept = num_a - r
+  if has_cls:
+    kept_pos = jnp.cumsum(~is_src, axis=-1, dtype=jnp.int32) - 1
+  else:
+    kept_pos = rank - r
+  pos_a = jnp.where(is_src, num_kept + node_idx, kept_pos)
+  pos_b = jnp.broadcast_to(num_kept + jnp.arange(num_b, dtype=jnp.int32), pos_a.shape[:1] + (num_b,))
+  if has_dist:  # [unm[0], dst[0], unm[1:], dst[1:]]
+    pos_a, pos_b = (_dist_layout(p, num_kept) for p in (pos_a, pos_b))
+  dst = jnp.zeros(metric.shape[:2], jnp.int32).at[:, 0::2].set(pos_a).at[:, 1::2].set(pos_b)
+  return MergePlan(dst=dst, weight=None, num_out=n - r)
+
+
+def _dist_layout(pos: Array, num_kept: int) -> Array:
+  """Map positions of the [kept A, B] layout to ToMe's [unm0, dst0, unm1.., dst1..] layout."""
+  first_b = num_kept
+  return jnp.where(pos == 0, 0, jnp.where(pos == first_b, 1, jnp.where(pos < first_b, pos + 1, pos)))
+
+
+RSpec = Union[int, Sequence[int], tuple[int, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToMe:
+  """Token merging, placed between the attention residual and the MLP of every block.
+
+  Attributes:
+    r: tokens merged per layer, in any of ToMe's forms: an int (constant), a list (explicit
+      per-layer counts, padded with zeros) or a tuple (r, inflection): (16, -1) is the paper's
+      decreasing schedule. Normalised at construction into `r`, `inflection` and `per_layer`.
+    prop_attn: proportional attention (add log size to each key's logit); ToMe's default for
+      off-the-shelf evaluation of supervised models; off for MAE and for training.
+    inflection: see r.
+    per_layer: explicit per-layer counts (set by passing a list as r).
+  """
+  r: RSpec = 0
+  prop_attn: bool = True
+  inflection: float = 0.0
+  per_layer: tuple[int, ...] | None = None
+
+  def __post_init__(self):
+    r, inflection, per_layer = self.r, self.inflection, self.per_layer
+    if isinstance(r, list):
+      r, per_layer = 0, tuple(r)
+    elif isinstance(r, tuple):
+      if len(r) != 2:
+        raise ValueError(f"ToMe.r: a tuple means (r, inflection); got {r!r}. Pass a list for per-layer counts")
+      r, inflection = r
+    if isinstance(r, bool) or not isinstance(r, int):
+      raise ValueError(f"ToMe.r: expected an int, a list of ints or an (r, inflection) tuple; got {self.r!r}")
+    if per_layer is not None and any(isinstance(v, bool) or not isinstance(v, int) for v in per_layer):
+      raise ValueError(f"ToMe.r: per-layer counts must be ints; got {per_layer!r}")
+    if r < 0 or (per_layer is not None and min(per_layer, default=0) < 0):
+      raise ValueError(f"ToMe.r: merge counts must be >= 0; got {self.r!r}")
+    if not -1.0 <= float(inflection) <= 1.0:
+      raise ValueError(f"ToMe.r: inflection must be in [-1, 1]; got {inflection}")
+    object.__setattr__(self, "r", int(r))
+    object.__setattr__(self, "inflection", float(inflection))
+    object.__setattr__(self, "per_layer", None if per_layer is None else tuple(int(v) for v in per_layer))
+
+  @property
+  def placement(self) -> str:
+    return "mid"
+
+  @property
+  def scores(self) -> tuple[str, ...]:
+    return ()
+
+  def layer_r(self, depth: int) -> tuple[int, ...]:
+    """Merge count of every layer before clipping: ToMe's parse_r."""
+    return schedule.parse_r(depth, self.r, self.inflection, self.per_layer)
+
+  def reduce(self, tokens: Tokens, metrics: dict[str, Array], *, layer: int, depth: int) -> Tokens:
+    plan = bipartite_matching_plan(
+        metrics["keys"], self.layer_r(depth)[layer], has_cls=tokens.has_cls, has_dist=tokens.has_dist)
+    return tokens if plan is None else apply_plan(tokens, plan)
