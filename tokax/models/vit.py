@@ -140,6 +140,7 @@ class ViT(nn.Module):
 
   Attributes:
     variant: "Ti/16", "S/16", "B/16", "L/16", "H/14", "B/32", "S/8", ... (size/patch).
+    depth: overrides the variant's depth (e.g. a 6-block Ti/8 for CPU-sized runs), or None.
     num_classes: classifier outputs; 0 returns the pooled features.
     image_size: input height = width.
     pool: "cls" (class token) or "gap" (size-weighted mean of the patch tokens, then fc_norm).
@@ -154,6 +155,7 @@ class ViT(nn.Module):
     reduction: a reduction method (tokax.reduction.ToMe(...)), or None for the dense model.
   """
   variant: str = "S/16"
+  depth: int | None = None
   num_classes: int = 1000
   image_size: int = 224
   pool: str = "cls"
@@ -169,12 +171,19 @@ class ViT(nn.Module):
 
   @property
   def arch(self) -> Arch:
-    return parse_variant(self.variant)
+    arch = parse_variant(self.variant)
+    if self.depth is None:
+      return arch
+    if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
+      raise ValueError(f"ViT.depth: expected a positive int or None; got {self.depth!r}")
+    return dataclasses.replace(arch, depth=self.depth)
 
   def _check(self, images: Array) -> None:
     arch = self.arch
     if self.pool not in ("cls", "gap"):
       raise ValueError(f"ViT.pool: expected 'cls' or 'gap'; got {self.pool!r}")
+    if self.distilled and self.pool != "cls":
+      raise ValueError("ViT.distilled=True reads the class and distillation tokens: it needs pool='cls'")
     if self.pool == "cls" and not self.class_token:
       raise ValueError("ViT.pool='cls' needs class_token=True; use pool='gap' for a model without one")
     if self.image_size % arch.patch_size:
