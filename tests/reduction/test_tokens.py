@@ -67,3 +67,15 @@ def test_bipartite_plan_matches_brute_force():
       expect.setdefault(("b", j), set()).add(2 * j + 1)
     got = {frozenset(np.flatnonzero(row)) for row in groups[b]}
     assert got == {frozenset(v) for v in expect.values()}
+
+
+def test_matmul_and_scatter_merges_agree():
+  t = _tokens(seed=5, n=12)
+  t = t.replace(mask=jnp.asarray(np.random.default_rng(2).uniform(size=(2, 12)) > 0.2))
+  plan = bipartite_matching_plan(t.x, 5, has_cls=True, has_dist=False)
+  a = apply_plan(t, plan, method="scatter")
+  b = apply_plan(t, plan, method="matmul")
+  np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(a.size, b.size)
+  np.testing.assert_array_equal(a.assign, b.assign)
+  np.testing.assert_array_equal(a.mask, b.mask)

@@ -98,6 +98,8 @@ class DensePlan:
 
 
 Plan = Union[SelectPlan, MergePlan, DensePlan]
+MERGE_METHODS = ("auto", "scatter", "matmul")
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def segment_sum(values: Array, dst: Array, num_out: int) -> Array:
@@ -112,12 +114,23 @@ def _remap_assign(assign: Array, new_index_of_old: Array) -> Array:
   return jnp.where(assign < 0, -1, mapped)
 
 
-def apply_plan(tokens: Tokens, plan: Plan) -> Tokens:
+def _merge_method(method: str) -> str:
+  if method not in MERGE_METHODS:
+    raise ValueError(f"apply_plan: method must be one of {MERGE_METHODS}; got {method!r}")
+  if method == "auto":  # a (B, N', N) x (B, N, C) matmul on the matrix units beats a scatter on accelerators
+    return "scatter" if jax.default_backend() == "cpu" else "matmul"
+  return method
+
+
+def apply_plan(tokens: Tokens, plan: Plan, *, method: str = "auto") -> Tokens:
   """Apply a plan to the tokens: features, sizes, assignment and mask move together.
 
   Args:
     tokens: the current state, x (B, N, C).
     plan: a SelectPlan, MergePlan or DensePlan over N inputs.
+    method: how a MergePlan sums its groups: "scatter" (segment sum), "matmul" (one-hot token
+      matrix times X, in the features' dtype with float32 accumulation) or "auto" (scatter on
+      CPU, matmul elsewhere). Both compute the same weighted means.
 
   Returns:
     the reduced state with N' = plan.num_out tokens.
@@ -140,10 +153,19 @@ def apply_plan(tokens: Tokens, plan: Plan) -> Tokens:
     if tokens.mask is not None:
       weight = weight * tokens.mask
     weight = weight.astype(jnp.float32)
-    summed = segment_sum(x.astype(jnp.float32) * weight[..., None], plan.dst, plan.num_out)
-    total = segment_sum(weight, plan.dst, plan.num_out)
-    new_x = summed / jnp.where(total > 0, total, 1.0)[..., None]
-    new_size = segment_sum(size if tokens.mask is None else size * tokens.mask, plan.dst, plan.num_out)
+    live_size = size if tokens.mask is None else size * tokens.mask
+    if _merge_method(method) == "matmul":
+      groups = jax.nn.one_hot(plan.dst, plan.num_out, dtype=jnp.float32).transpose(0, 2, 1)  # S (B, N', N)
+      total = jnp.einsum("bmn,bn->bm", groups, weight, precision=_HIGHEST)
+      matrix = groups * (weight[:, None, :] / jnp.where(total > 0, total, 1.0)[..., None])
+      new_x = jnp.einsum("bmn,bnc->bmc", matrix.astype(x.dtype), x, preferred_element_type=jnp.float32,
+                         precision=_HIGHEST)
+      new_size = jnp.einsum("bmn,bn->bm", groups, live_size, precision=_HIGHEST)
+    else:
+      summed = segment_sum(x.astype(jnp.float32) * weight[..., None], plan.dst, plan.num_out)
+      total = segment_sum(weight, plan.dst, plan.num_out)
+      new_x = summed / jnp.where(total > 0, total, 1.0)[..., None]
+      new_size = segment_sum(live_size, plan.dst, plan.num_out)
     mask = None if tokens.mask is None else segment_sum(tokens.mask.astype(jnp.int32), plan.dst, plan.num_out) > 0
     return tokens.replace(
         x=new_x.astype(x.dtype),

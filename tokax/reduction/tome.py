@@ -55,7 +55,8 @@ def bipartite_matching_plan(metric: Array, r: int, *, has_cls: bool, has_dist: b
   node_max = scores.max(axis=-1)  # (B, |A|)
   node_idx = jnp.argmax(scores, axis=-1).astype(jnp.int32)  # first maximal index, as torch.max
   edge_order = jnp.argsort(-node_max, axis=-1, stable=True)  # descending
-  rank = jnp.argsort(edge_order, axis=-1, stable=True).astype(jnp.int32)  # rank of each A token
+  rank = jax.vmap(lambda order: jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0])))(edge_order)
+  rank = rank.astype(jnp.int32)  # rank of each A token in the edge order
   is_src = rank < r
   num_kept = num_a - r
   if has_cls:
