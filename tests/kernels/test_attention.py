@@ -63,3 +63,16 @@ def test_bad_arguments_name_the_field(kwargs, match):
   x = jnp.ones((1, 4, 2, 8)) * jnp.arange(4.0)[None, :, None, None]
   with pytest.raises(ValueError, match=match):
     kernels.attention(x, x, x, **kwargs)
+
+
+def test_folded_key_bias_equals_the_bias():
+  """The cuDNN path carries the key bias as an extra head channel; check the algebra on the CPU."""
+  from tokax.kernels.attention import fold_key_bias
+  rng = np.random.default_rng(7)
+  q, k, v = (rng.standard_normal((2, 13, 3, 64)).astype(np.float32) for _ in range(3))
+  bias = np.log(rng.integers(1, 60, size=(2, 13))).astype(np.float32)
+  fq, fk, fv = fold_key_bias(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(bias))
+  assert fq.shape[-1] == 72
+  out = jax.nn.dot_product_attention(fq, fk, fv, scale=64 ** -0.5, implementation="xla")[..., :64]
+  ref, _ = _numpy_attention(q, k, v, bias, None)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)

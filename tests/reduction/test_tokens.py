@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tokax.reduction import (DensePlan, MergePlan, SelectPlan, Tokens, apply_plan, bipartite_matching_plan,
                              plan_matrix, source_matrix)
@@ -46,17 +47,19 @@ def test_dense_plan_and_chained_assignment():
   np.testing.assert_allclose(out.x, jnp.einsum("bmn,bnc->bmc", matrix, t.x), rtol=1e-6)
 
 
-def test_bipartite_plan_matches_brute_force():
+@pytest.mark.parametrize("has_cls", [True, False])
+def test_bipartite_plan_matches_brute_force(has_cls):
   rng = np.random.default_rng(1)
   metric = rng.standard_normal((3, 11, 6)).astype(np.float32)
   r = 4
-  plan = bipartite_matching_plan(jnp.asarray(metric), r, has_cls=True, has_dist=False)
+  plan = bipartite_matching_plan(jnp.asarray(metric), r, has_cls=has_cls, has_dist=False)
   groups = np.asarray(source_matrix(plan.dst, plan.num_out))  # (B, N', N)
   m = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
   for b in range(3):
     a, bb = m[b, 0::2], m[b, 1::2]
     sim = a @ bb.T
-    sim[0] = -np.inf
+    if has_cls:
+      sim[0] = -np.inf
     best = sim.max(1)
     merged = np.argsort(-best, kind="stable")[:r]
     expect = {}

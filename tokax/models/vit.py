@@ -109,6 +109,7 @@ class Block(nn.Module):
   layer_scale: float | None = None
   drop_path: float = 0.0
   attention: str | None = None
+  gelu_approximate: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -130,7 +131,7 @@ class Block(nn.Module):
     x = tokens.x
     h = norm("norm2")(x)
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_fc1")(h)
-    h = nn.gelu(h, approximate=False)
+    h = nn.gelu(h, approximate=self.gelu_approximate)
     h = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_fc2")(h)
     return tokens.replace(x=x + DropPath(self.drop_path)(scale("ls2")(h), deterministic))
 
@@ -152,6 +153,8 @@ class ViT(nn.Module):
     drop_path: stochastic depth rate at the last block (linear in depth, as timm).
     dtype: computation dtype; param_dtype: parameter dtype.
     attention: kernels.attention implementation: "xla", "cudnn", or None/"auto".
+    gelu_approximate: tanh GELU (big_vision's default, lets XLA fuse it into the matmul) instead
+      of timm's exact erf GELU.
     reduction: a reduction method (tokax.reduction.ToMe(...)), or None for the dense model.
   """
   variant: str = "S/16"
@@ -167,6 +170,7 @@ class ViT(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention: str | None = None
+  gelu_approximate: bool = False
   reduction: Any = None
 
   @property
@@ -233,7 +237,8 @@ class ViT(nn.Module):
       tokens = Block(
           num_heads=arch.num_heads, mlp_dim=arch.mlp_dim, layer=i, depth=arch.depth, reduction=self.reduction,
           prop_attn_active=prop, qkv_bias=self.qkv_bias, layer_scale=self.layer_scale,
-          drop_path=self.drop_path * i / max(arch.depth - 1, 1), attention=self.attention, dtype=self.dtype,
+          drop_path=self.drop_path * i / max(arch.depth - 1, 1), attention=self.attention,
+          gelu_approximate=self.gelu_approximate, dtype=self.dtype,
           param_dtype=self.param_dtype, name=f"blocks_{i}")(tokens, deterministic=not train)
       merged = merged or tokens.num_tokens != n_before or tokens.mask is not None
       counts.append(tokens.num_tokens)

@@ -155,12 +155,13 @@ def apply_plan(tokens: Tokens, plan: Plan, *, method: str = "auto") -> Tokens:
     weight = weight.astype(jnp.float32)
     live_size = size if tokens.mask is None else size * tokens.mask
     if _merge_method(method) == "matmul":
-      groups = jax.nn.one_hot(plan.dst, plan.num_out, dtype=jnp.float32).transpose(0, 2, 1)  # S (B, N', N)
-      total = jnp.einsum("bmn,bn->bm", groups, weight, precision=_HIGHEST)
-      matrix = groups * (weight[:, None, :] / jnp.where(total > 0, total, 1.0)[..., None])
+      total = segment_sum(weight, plan.dst, plan.num_out)  # (B, N')
+      total = jnp.where(total > 0, total, 1.0)
+      share = weight / jnp.take_along_axis(total, plan.dst, axis=1)  # each input's weight in its group
+      matrix = jnp.where(plan.dst[:, None, :] == jnp.arange(plan.num_out)[None, :, None], share[:, None, :], 0)
       new_x = jnp.einsum("bmn,bnc->bmc", matrix.astype(x.dtype), x, preferred_element_type=jnp.float32,
-                         precision=_HIGHEST)
-      new_size = jnp.einsum("bmn,bn->bm", groups, live_size, precision=_HIGHEST)
+                         precision=_HIGHEST if x.dtype == jnp.float32 else None)
+      new_size = segment_sum(live_size, plan.dst, plan.num_out)
     else:
       summed = segment_sum(x.astype(jnp.float32) * weight[..., None], plan.dst, plan.num_out)
       total = segment_sum(weight, plan.dst, plan.num_out)

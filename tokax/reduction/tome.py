@@ -42,27 +42,31 @@ def bipartite_matching_plan(metric: Array, r: int, *, has_cls: bool, has_dist: b
   r = schedule.clip_r(r, n, int(has_cls) + int(has_dist))
   if r <= 0:
     return None
-  metric = metric.astype(jnp.float32)
-  norm = jnp.linalg.norm(metric, axis=-1, keepdims=True)
-  metric = metric / jnp.where(norm > 0, norm, 1.0)
+  # Similarities in the features' precision with float32 accumulation (the official code runs this
+  # matmul in fp16 under autocast); full float32 for float32 features.
+  precise = metric.dtype == jnp.float32
+  norm = jnp.linalg.norm(metric.astype(jnp.float32), axis=-1, keepdims=True)
+  metric = (metric / jnp.where(norm > 0, norm, 1.0)).astype(metric.dtype)
   a, b = metric[:, 0::2], metric[:, 1::2]
   num_a, num_b = a.shape[1], b.shape[1]
-  scores = jnp.einsum("bid,bjd->bij", a, b, precision=jax.lax.Precision.HIGHEST)
+  scores = jnp.einsum("bid,bjd->bij", a, b, preferred_element_type=jnp.float32,
+                      precision=jax.lax.Precision.HIGHEST if precise else None)
   if has_cls:
     scores = scores.at[:, 0, :].set(-jnp.inf)
   if has_dist:
     scores = scores.at[:, :, 0].set(-jnp.inf)
   node_max = scores.max(axis=-1)  # (B, |A|)
   node_idx = jnp.argmax(scores, axis=-1).astype(jnp.int32)  # first maximal index, as torch.max
-  edge_order = jnp.argsort(-node_max, axis=-1, stable=True)  # descending
-  rank = jax.vmap(lambda order: jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0])))(edge_order)
-  rank = rank.astype(jnp.int32)  # rank of each A token in the edge order
-  is_src = rank < r
   num_kept = num_a - r
-  if has_cls:
+  if has_cls:  # kept A tokens keep their original order: the r best edges are all we need
+    _, src = jax.lax.top_k(node_max, r)  # ties: lower index first, as a stable sort
+    is_src = jax.vmap(lambda row, i: row.at[i].set(True))(jnp.zeros(node_max.shape, bool), src)
     kept_pos = jnp.cumsum(~is_src, axis=-1, dtype=jnp.int32) - 1
-  else:
-    kept_pos = rank - r
+  else:  # kept A tokens come in descending edge order
+    edge_order = jnp.argsort(-node_max, axis=-1, stable=True)
+    rank = jax.vmap(lambda order: jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0])))(edge_order)
+    is_src = rank < r
+    kept_pos = (rank - r).astype(jnp.int32)
   pos_a = jnp.where(is_src, num_kept + node_idx, kept_pos)
   pos_b = jnp.broadcast_to(num_kept + jnp.arange(num_b, dtype=jnp.int32), pos_a.shape[:1] + (num_b,))
   if has_dist:  # [unm[0], dst[0], unm[1:], dst[1:]]
@@ -92,11 +96,13 @@ class ToMe:
       off-the-shelf evaluation of supervised models; off for MAE and for training.
     inflection: see r.
     per_layer: explicit per-layer counts (set by passing a list as r).
+    merge: how merged groups are summed: "auto", "scatter" or "matmul" (see apply_plan).
   """
   r: RSpec = 0
   prop_attn: bool = True
   inflection: float = 0.0
   per_layer: tuple[int, ...] | None = None
+  merge: str = "auto"
 
   def __post_init__(self):
     r, inflection, per_layer = self.r, self.inflection, self.per_layer
@@ -133,4 +139,4 @@ class ToMe:
   def reduce(self, tokens: Tokens, metrics: dict[str, Array], *, layer: int, depth: int) -> Tokens:
     plan = bipartite_matching_plan(
         metrics["keys"], self.layer_r(depth)[layer], has_cls=tokens.has_cls, has_dist=tokens.has_dist)
-    return tokens if plan is None else apply_plan(tokens, plan)
+    return tokens if plan is None else apply_plan(tokens, plan, method=self.merge)
