@@ -71,7 +71,9 @@ def bipartite_matching_plan(metric: Array, r: int, *, has_cls: bool, has_dist: b
   pos_b = jnp.broadcast_to(num_kept + jnp.arange(num_b, dtype=jnp.int32), pos_a.shape[:1] + (num_b,))
   if has_dist:  # [unm[0], dst[0], unm[1:], dst[1:]]
     pos_a, pos_b = (_dist_layout(p, num_kept) for p in (pos_a, pos_b))
-  dst = jnp.zeros(metric.shape[:2], jnp.int32).at[:, 0::2].set(pos_a).at[:, 1::2].set(pos_b)
+  if num_b < num_a:  # odd N: A has one more token; interleave [a0, b0, a1, b1, ..., a_last]
+    pos_b = jnp.pad(pos_b, ((0, 0), (0, 1)))
+  dst = jnp.stack([pos_a, pos_b], axis=-1).reshape(pos_a.shape[0], -1)[:, :n]
   return MergePlan(dst=dst, weight=None, num_out=n - r)
 
 
