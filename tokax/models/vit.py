@@ -75,30 +75,58 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention through tokax.kernels.attention; also returns the reduction metrics."""
+  """Multi-head self-attention through tokax.kernels.attention; also returns the reduction metrics.
+
+  Besides the usual call, `probabilities` and `attend` split attention in two, for methods that
+  reduce tokens with the block's own attention map before using it (MCTF's one-step-ahead).
+  """
+  width: int
   num_heads: int
   qkv_bias: bool = True
   implementation: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    dense = lambda feats, use_bias: nn.Dense(feats, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    self.qkv = dense(3 * self.width, self.qkv_bias)
+    self.proj = dense(self.width, True)
+
+  def _qkv(self, x: Array) -> Array:
+    """(B, N, C) -> (B, N, 3, H, Dh)."""
+    return self.qkv(x).reshape(x.shape[0], x.shape[1], 3, self.num_heads, self.width // self.num_heads)
+
   def __call__(self, x: Array, key_bias: Array | None, key_mask: Array | None,
                scores: tuple[str, ...]) -> tuple[Array, dict[str, Array]]:
     """x: (B, N, C) -> (B, N, C) and metrics {"keys": (B, N, Dh), score: (B, N)}."""
-    batch, n, width = x.shape
-    dense = lambda feats, use_bias, name: nn.Dense(
-        feats, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    qkv = dense(3 * width, self.qkv_bias, "qkv")(x).reshape(batch, n, 3, self.num_heads, width // self.num_heads)
+    qkv = self._qkv(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     out, metrics = kernels.attention(
         q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores, implementation=self.implementation)
     metrics = dict(metrics, keys=k.mean(axis=2))
-    return dense(width, True, "proj")(out.reshape(batch, n, width)), metrics
+    return self.proj(out.reshape(x.shape)), metrics
+
+  def probabilities(self, x: Array, key_bias: Array | None, key_mask: Array | None) -> Array:
+    """x: (B, N, C) -> softmax attention probabilities (B, H, N, N), float32."""
+    qkv = self._qkv(x)
+    logits = kernels.reference.attention_logits(qkv[:, :, 0], qkv[:, :, 1], key_bias, key_mask)
+    return jax.nn.softmax(logits, axis=-1)
+
+  def attend(self, x: Array, probs: Array) -> Array:
+    """Attention output with given probabilities: x (B, N, C), probs (B, H, N, N) -> (B, N, C)."""
+    v = self._qkv(x)[:, :, 2]
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return self.proj(out.astype(x.dtype).reshape(x.shape))
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block; the reduction runs between the attention residual and the MLP."""
+  """Pre-norm transformer block with a reduction hook.
+
+  Where the reduction runs is its `placement`: "mid" (after the attention residual, before the
+  MLP: ToMe, EViT, PiToMe, DToMe), "pre" (at the block input, with this block's own attention map,
+  which is merged and reused: MCTF) or "end" (after the MLP residual, through a module that may
+  hold parameters: SiT's token slimming). See tokax.reduction.base.
+  """
   num_heads: int
   mlp_dim: int
   layer: int
@@ -115,25 +143,36 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Tokens, deterministic: bool = True) -> Tokens:
-    x = tokens.x
-    width = x.shape[-1]
+    width = tokens.x.shape[-1]
     norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     scale = lambda name: (LayerScale(self.layer_scale, self.param_dtype, name=name)
                           if self.layer_scale is not None else (lambda y: y))
+    reduction = self.reduction
+    placement = None if reduction is None else reduction.placement
     key_bias = jnp.log(tokens.size) if self.prop_attn_active else None
-    scores = () if self.reduction is None else tuple(self.reduction.scores)
-    y, metrics = Attention(self.num_heads, self.qkv_bias, self.attention, self.dtype, self.param_dtype,
-                           name="attn")(norm("norm1")(x), key_bias, tokens.mask, scores)
-    x = x + DropPath(self.drop_path)(scale("ls1")(y), deterministic)
-    tokens = tokens.replace(x=x)
-    if self.reduction is not None:
-      tokens = self.reduction.reduce(tokens, metrics, layer=self.layer, depth=self.depth)
+    norm1 = norm("norm1")
+    attn = Attention(width, self.num_heads, self.qkv_bias, self.attention, self.dtype, self.param_dtype, name="attn")
+    if placement == "pre" and reduction.attention_layer(layer=self.layer, depth=self.depth):
+      probs = attn.probabilities(norm1(tokens.x), key_bias, tokens.mask)
+      tokens, probs = reduction.reduce_with_attention(tokens, probs, layer=self.layer, depth=self.depth)
+      y = attn.attend(norm1(tokens.x), probs)
+    else:
+      scores = tuple(reduction.scores) if placement == "mid" else ()
+      y, metrics = attn(norm1(tokens.x), key_bias, tokens.mask, scores)
+    tokens = tokens.replace(x=tokens.x + DropPath(self.drop_path)(scale("ls1")(y), deterministic))
+    if placement == "mid":
+      tokens = reduction.reduce(tokens, metrics, layer=self.layer, depth=self.depth)
     x = tokens.x
     h = norm("norm2")(x)
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_fc1")(h)
     h = nn.gelu(h, approximate=self.gelu_approximate)
     h = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_fc2")(h)
-    return tokens.replace(x=x + DropPath(self.drop_path)(scale("ls2")(h), deterministic))
+    tokens = tokens.replace(x=x + DropPath(self.drop_path)(scale("ls2")(h), deterministic))
+    if placement == "end":
+      module = reduction.module(layer=self.layer, depth=self.depth)
+      if module is not None:
+        tokens = module(tokens, deterministic=deterministic)
+    return tokens
 
 
 class ViT(nn.Module):

@@ -1,14 +1,22 @@
 """The contract between a ViT block and a reduction method.
 
 A reduction is a small frozen (hashable) dataclass, so it can sit in a Flax module field and
-`model.clone(reduction=...)` recompiles once per schedule. The block calls it as
+`model.clone(reduction=...)` recompiles once per schedule. `prop_attn` asks attention to add
+log(size) to every key's logit once tokens have been merged. `placement` says where in the block
+it runs, and which of the methods below the block calls:
 
+- "mid" (ToMe, EViT, PiToMe, DToMe): after the attention residual, before the MLP,
     tokens = reduction.reduce(tokens, metrics, layer=i, depth=L)
-
-where `metrics` holds what the block's attention produced: "keys" (B, N, Dh) keys averaged over
-heads, plus any scores the method asked for in `scores` ("cls", "received"). `placement` says
-where in the block it runs ("mid": after the attention residual, before the MLP, as ToMe/EViT do).
-`prop_attn` asks attention to add log(size) to every key's logit once tokens have been merged.
+  `metrics` holds "keys" (B, N, Dh), the keys averaged over heads, plus the attention scores the
+  method lists in `scores` ("cls", "received"; see tokax.kernels.attention).
+- "pre" (MCTF's one-step-ahead attention): at the block input, with the block's own attention map,
+    if reduction.attention_layer(layer=i, depth=L):
+      tokens, probs = reduction.reduce_with_attention(tokens, probs, layer=i, depth=L)
+  `probs` (B, H, N, N) are the softmax probabilities of this block on the unreduced tokens; the
+  returned (B, H, N', N') map is used as this block's attention on the reduced tokens.
+- "end" (SiT's token slimming): after the MLP residual, through a Flax module that may hold
+  parameters: `module = reduction.module(layer=i, depth=L)` (None where the layer keeps its
+  tokens), then `tokens = module(tokens, deterministic=...)`.
 """
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ from typing import Protocol, runtime_checkable
 import jax
 
 from tokax.reduction.tokens import Tokens
+
+PLACEMENTS = ("mid", "pre", "end")
 
 
 @runtime_checkable
