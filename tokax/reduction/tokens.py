@@ -176,10 +176,12 @@ def apply_plan(tokens: Tokens, plan: Plan, *, method: str = "auto") -> Tokens:
     )
   if isinstance(plan, DensePlan):
     t = plan.matrix
-    new_x = jnp.einsum("bmn,bnc->bmc", t.astype(jnp.float32), x.astype(jnp.float32)).astype(x.dtype)
+    new_x = jnp.einsum("bmn,bnc->bmc", t.astype(jnp.float32), x.astype(jnp.float32),
+                       precision=_HIGHEST if x.dtype == jnp.float32 else None).astype(x.dtype)
     support = (t != 0).astype(jnp.float32)
-    new_size = jnp.einsum("bmn,bn->bm", support, size)
-    new_of_old = jnp.argmax(jnp.abs(t), axis=1).astype(jnp.int32)  # where each input mostly went
+    new_size = jnp.einsum("bmn,bn->bm", support, size, precision=_HIGHEST)
+    # where each input mostly went; -1 for inputs no output row uses
+    new_of_old = jnp.where((t != 0).any(axis=1), jnp.argmax(jnp.abs(t), axis=1), -1).astype(jnp.int32)
     mask = None if tokens.mask is None else jnp.einsum("bmn,bn->bm", support, tokens.mask.astype(jnp.float32)) > 0
     return tokens.replace(x=new_x, size=new_size, assign=_remap_assign(tokens.assign, new_of_old), mask=mask)
   raise TypeError(f"apply_plan: expected a SelectPlan, MergePlan or DensePlan, got {type(plan).__name__}")
