@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tokax import kernels
+from tokax.reduction.base import PLACEMENTS
 from tokax.reduction.tokens import Tokens
 
 Array = jax.Array
@@ -231,6 +232,11 @@ class ViT(nn.Module):
       raise ValueError("ViT.pool='cls' needs class_token=True; use pool='gap' for a model without one")
     if self.image_size % arch.patch_size:
       raise ValueError(f"ViT.image_size={self.image_size} is not a multiple of the patch size {arch.patch_size}")
+    placement = getattr(self.reduction, "placement", None)
+    if self.reduction is not None and placement not in PLACEMENTS:
+      raise ValueError(
+          f"ViT.reduction: {type(self.reduction).__name__} has placement {placement!r}, not a block placement "
+          f"{PLACEMENTS}; post-encoder reducers (DivPrune, ToDRE, DCT) act on an encoder's output: reducer(tokens)")
     if self.attention not in (None, *kernels.IMPLEMENTATIONS):
       raise ValueError(f"ViT.attention: expected one of {kernels.IMPLEMENTATIONS} or None; got {self.attention!r}")
     want = (self.image_size, self.image_size, 3)

@@ -3,6 +3,9 @@
 Imports only jax, flax and numpy, so it can be lifted into any JAX codebase.
 """
 from tokax.reduction.base import PLACEMENTS, Reduction
+from tokax.reduction.dct import DCT, dct_compress, dct_plan, dct_token_matrix
+from tokax.reduction.divprune import (DivPrune, ToDRE, divprune, divprune_plan, divprune_select, todre, todre_plan,
+                                      todre_select)
 from tokax.reduction.evit import EViT, cls_select, cls_select_plan, evit_num_keep, evit_plan
 from tokax.reduction.schedule import parse_r, token_counts
 from tokax.reduction.tokens import (DensePlan, MergePlan, Plan, SelectPlan, Tokens, apply_plan, plan_matrix,
@@ -10,6 +13,8 @@ from tokax.reduction.tokens import (DensePlan, MergePlan, Plan, SelectPlan, Toke
 from tokax.reduction.tome import ToMe, bipartite_matching_plan
 
 __all__ = [
+    "DCT", "dct_compress", "dct_plan", "dct_token_matrix", "DivPrune", "ToDRE", "divprune", "divprune_plan",
+    "divprune_select", "todre", "todre_plan", "todre_select",
     "EViT", "PLACEMENTS", "cls_select", "cls_select_plan", "evit_num_keep", "evit_plan",
     "DensePlan", "MergePlan", "Plan", "Reduction", "SelectPlan", "ToMe", "Tokens", "apply_plan",
     "bipartite_matching_plan", "parse_r", "plan_matrix", "source_matrix", "token_counts",

@@ -17,6 +17,9 @@ it runs, and which of the methods below the block calls:
 - "end" (SiT's token slimming): after the MLP residual, through a Flax module that may hold
   parameters: `module = reduction.module(layer=i, depth=L)` (None where the layer keeps its
   tokens), then `tokens = module(tokens, deterministic=...)`.
+
+Post-encoder reducers (DivPrune, ToDRE, DCT, FasterVLM-style selection) have placement "post":
+they are not block hooks but act on an encoder's output tokens, `reducer(tokens)`.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import jax
 
 from tokax.reduction.tokens import Tokens
 
-PLACEMENTS = ("mid", "pre", "end")
+PLACEMENTS = ("mid", "pre", "end")  # block placements; "post" reducers run on encoder outputs
 
 
 @runtime_checkable
