@@ -7,12 +7,14 @@ from tokax.reduction.dct import DCT, dct_compress, dct_plan, dct_token_matrix
 from tokax.reduction.divprune import (DivPrune, ToDRE, divprune, divprune_plan, divprune_select, todre, todre_plan,
                                       todre_select)
 from tokax.reduction.evit import EViT, cls_select, cls_select_plan, evit_num_keep, evit_plan
+from tokax.reduction.pitome import PiToMe, energy_scores, pitome_plan
 from tokax.reduction.schedule import parse_r, token_counts
 from tokax.reduction.tokens import (DensePlan, MergePlan, Plan, SelectPlan, Tokens, apply_plan, plan_matrix,
                                     source_matrix)
 from tokax.reduction.tome import ToMe, bipartite_matching_plan
 
 __all__ = [
+    "PiToMe", "energy_scores", "pitome_plan",
     "DCT", "dct_compress", "dct_plan", "dct_token_matrix", "DivPrune", "ToDRE", "divprune", "divprune_plan",
     "divprune_select", "todre", "todre_plan", "todre_select",
     "EViT", "PLACEMENTS", "cls_select", "cls_select_plan", "evit_num_keep", "evit_plan",

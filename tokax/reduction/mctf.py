@@ -240,7 +240,8 @@ def merge_attention(probs: Array, plan: MergePlan) -> Array:
   groups = jax.nn.one_hot(plan.dst, plan.num_out, dtype=jnp.float32).transpose(0, 2, 1)  # S (B, N', N)
   weight = plan.weight.astype(jnp.float32)
   total = jnp.einsum("bmn,bn->bm", groups, weight, precision=_HIGHEST)
-  rows = groups * (weight / jnp.maximum(jnp.take_along_axis(total, plan.dst, axis=1), _FLOOR))[:, None, :]
+  total = jnp.where(total > 0, total, 1.0)
+  rows = groups * (weight / jnp.take_along_axis(total, plan.dst, axis=1))[:, None, :]
   keys = jnp.einsum("bhqk,bmk->bhqm", probs.astype(jnp.float32), groups, precision=_HIGHEST)
   return jnp.einsum("bpq,bhqm->bhpm", rows, keys, precision=_HIGHEST)
 

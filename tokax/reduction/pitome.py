@@ -18,7 +18,8 @@ Per layer, with T the non-prefix tokens and r = floor(T - T * ratio) tokens remo
   descending match score, not re-sorted), B (energy-rank order)].
 
 Merging is the size-weighted average (merge_wavg), expressed as a MergePlan. The output order is
-the official one because the next layer's A/B split and tie-breaking read it.
+the official one: the traced source matrices then agree row for row, and the next layer's
+tie-breaking (stable sorts by index) sees the same token order.
 
 Deliberate differences from the official code, none of which changes a result on valid inputs:
 - argsorts are stable (torch's default is not): on exact energy or score ties tokax ranks the
@@ -32,6 +33,13 @@ Deliberate differences from the official code, none of which changes a result on
   official pitome_bsm still reorders the tokens, and tokax does the same (a permutation plan);
   the official `pitome` fails there (max over an empty axis), tokax reorders as it would have:
   [prefix, tokens by descending energy]. Fewer than 2 mergeable tokens: identity.
+
+MAE global pooling: the official MAE patch pools sum(size * x) / 3 (it reads T = x.shape[1] before
+patch_embed, i.e. the image channels; reference §3.5). tokax's ViT(pool="gap") divides by the summed
+sizes, the number of patches: the intended size-weighted mean. fc_norm follows, and LayerNorm is
+scale-invariant up to its eps, so the logits differ only by the factor
+sqrt((var + eps) / (var + eps (3/P)^2)) on the normalised part (~1e-6 relative for O(1) features;
+tests/reduction/test_pitome.py quantifies it and checks the official pooled vector).
 """
 from __future__ import annotations
 
@@ -116,7 +124,9 @@ def _protected_slots(sim: Array, order: Array, r: int, offset: int) -> Array:
     r: merges (2r <= T); offset: prefix tokens before the first output slot.
 
   Returns:
-    (B, T) int32 slot per rank: [kept tokens (ranks >= 2r), then B (odd ranks < 2r)].
+    (B, T) int32: the output slot of the token at energy rank p. Slots after the prefix hold the
+    kept tokens (ranks >= 2r, in rank order), then B (odd ranks < 2r); A (even ranks < 2r) share
+    the slot of their most similar B token.
   """
   batch, t = order.shape
   kept = offset + jnp.arange(t - 2 * r, dtype=jnp.int32)
@@ -139,7 +149,9 @@ def _bsm_slots(sim: Array, order: Array, r: int, offset: int) -> Array:
     r: merges (r <= ceil(T/2)); offset: prefix tokens before the first output slot.
 
   Returns:
-    (B, T) int32 slot per rank: [unmerged A by descending edge score, then B].
+    (B, T) int32: the output slot of the token at energy rank p. Slots after the prefix hold the
+    unmerged A tokens (even ranks) by descending best-match score, then B (odd ranks); the r best
+    matched A tokens share the slot of their B partner.
   """
   batch, t = order.shape
   a_idx, b_idx = order[:, 0::2], order[:, 1::2]
