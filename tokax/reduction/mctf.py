@@ -53,11 +53,12 @@ Deliberate differences from the official code (none changes a result on valid, u
   index fuses first.
 - A zero vector gets cosine similarity 0 instead of NaN (official divides by the norm, no eps);
   (cos + 1) / 2 is clipped at 0 before a fractional power 1/tau_sim (rounding can make it -1e-8).
-- Attention received is floored at 1e-30 before 1/ā (a key that no query attends to, e.g. exp
-  underflow, gives official inf/inf = NaN scores) and in the pooling-1 weights (official 0/0 for a
-  group that receives no attention at all).
+- Attention received is floored at 1e-30 before 1/ā and in the pooling-1 weights. Official: a key
+  that no query attends to (exp underflow) gets 1/ā = inf, then inf/max = inf/inf = NaN scores for
+  it and 0 for every other pair; a group that receives no attention at all divides 0 by 0.
 - r is clipped at 0: below 10 tokens the official `r = N - 10` turns negative and the official
   code crashes (the r == 0 early exit misses it); here the layer keeps its tokens.
+- `activate_layers` naming a layer >= the model depth is a ValueError (official: silently unused).
 - Scores are computed in float32 whatever the features' dtype (the official code runs them under
   fp16 autocast for its throughput numbers).
 - Only one_step_ahead=1 (the released setting) is implemented, with pooling types 0 and 1; types

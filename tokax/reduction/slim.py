@@ -18,7 +18,7 @@ Deliberate differences from the official code, none of which changes a result on
 - Only LV-ViT is released (fp32 attention, residuals x + f(x) / skip_lam, conv stem); tokax slims
   its plain ViT/DeiT. Parity is therefore at the module level (the two modules above).
 - Sizes: a slimmed token's size is the share of original patches it holds, every input's size
-  spread over the outputs in proportion to its weights (`soft_sizes`); sizes still sum to N0. The
+  spread over the outputs in proportion to its weights (tokax.reduction.tokens.soft_sizes); sizes still sum to N0. The
   shared DensePlan rule (count of inputs with a nonzero weight) would give every slimmed token
   the size of all inputs. The official code keeps no sizes.
 - Keep counts are clipped to [1, patch tokens present]: the official code would build a Linear
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokax.reduction.tokens import DensePlan, Tokens, apply_plan
+from tokax.reduction.tokens import DensePlan, Tokens, apply_plan, soft_sizes  # noqa: F401  (re-exported)
 
 Array = jax.Array
 Dtype = Any
@@ -124,38 +124,16 @@ def slim_plan(weights: Array, num_prefix: int = 0) -> DensePlan:
   top = jnp.concatenate([jnp.broadcast_to(jnp.eye(p, dtype=jnp.float32), (batch, p, p)),
                          jnp.zeros((batch, p, n_in), jnp.float32)], axis=2)
   bottom = jnp.concatenate([jnp.zeros((batch, n_out, p), jnp.float32), t], axis=2)
-  return DensePlan(matrix=jnp.concatenate([top, bottom], axis=1))
-
-
-def soft_sizes(matrix: Array, size: Array) -> Array:
-  """Sizes after a many-to-many plan: every input's size spread over the outputs by its |weights|.
-
-  size'_m = sum_n |T_mn| / (sum_k |T_kn|) * size_n, so sum(size') = sum(size) over the inputs any
-  output uses. For one-hot or merge plans (one nonzero per column) this is the support count
-  S @ size of MergePlan / SelectPlan; for soft plans it does not count an input once per output.
-
-  Args:
-    matrix: T (B, N', N).
-    size: (B, N) input sizes.
-
-  Returns:
-    (B, N') float32.
-  """
-  a = jnp.abs(matrix.astype(jnp.float32))
-  total = a.sum(axis=1, keepdims=True)  # (B, 1, N) how much of every input is used
-  share = a / jnp.where(total > 0, total, 1.0)
-  return jnp.einsum("bmn,bn->bm", share, size.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+  return DensePlan(matrix=jnp.concatenate([top, bottom], axis=1), sizes="mass")
 
 
 def apply_slim(tokens: Tokens, weights: Array) -> Tokens:
   """Slim the patch tokens with W (B, N, N') (prefix kept in front): x, size, assign and mask move together.
 
   Features X' = W^T X (float32, HIGHEST precision, cast back to x.dtype) and the assignment (every
-  original token follows its input's largest weight) come from apply_plan; sizes from soft_sizes.
+  original token follows its input's largest weight) and sizes (spread by weight, DensePlan sizes='mass') come from apply_plan.
   """
-  plan = slim_plan(weights, tokens.num_prefix)
-  reduced = apply_plan(tokens, plan)
-  return reduced.replace(size=soft_sizes(plan.matrix, tokens.size))
+  return apply_plan(tokens, slim_plan(weights, tokens.num_prefix))
 
 
 class TokenSlimming(nn.Module):

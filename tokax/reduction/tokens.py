@@ -89,8 +89,16 @@ class MergePlan:
 
 @flax.struct.dataclass
 class DensePlan:
-  """Many-to-many: X' = T X with an explicit T of shape (B, N', N); sizes follow S = (T != 0)."""
+  """Many-to-many: X' = T X with an explicit T of shape (B, N', N).
+
+  Attributes:
+    matrix: T (B, N', N).
+    sizes: how token sizes follow: "support" (size' = (T != 0) size: an output stands for every
+      input it uses; pruning, fused tokens, DCT) or "mass" (each input's size is spread over the
+      outputs in proportion to |T|, so totals are kept; soft slimming).
+  """
   matrix: Array
+  sizes: str = flax.struct.field(pytree_node=False, default="support")
 
   @property
   def num_out(self) -> int:
@@ -120,6 +128,28 @@ def _merge_method(method: str) -> str:
   if method == "auto":  # a (B, N', N) x (B, N, C) matmul on the matrix units beats a scatter on accelerators
     return "scatter" if jax.default_backend() == "cpu" else "matmul"
   return method
+
+
+def _size_shares(matrix: Array) -> Array:
+  """(B, N', N) share of every input's size that each output receives: |T| over its column sum."""
+  a = jnp.abs(matrix.astype(jnp.float32))
+  total = a.sum(axis=1, keepdims=True)
+  return a / jnp.where(total > 0, total, 1.0)
+
+
+def soft_sizes(matrix: Array, size: Array) -> Array:
+  """Sizes after a many-to-many plan when each input's size is spread over the outputs by |T|.
+
+  size'_m = sum_n |T_mn| / (sum_k |T_kn|) size_n: totals are kept, and for one-hot or merge plans
+  (one nonzero per column) this is the group count S size of MergePlan / SelectPlan.
+
+  Args:
+    matrix: T (B, N', N); size: (B, N) input sizes.
+
+  Returns:
+    (B, N') float32.
+  """
+  return jnp.einsum("bmn,bn->bm", _size_shares(matrix), size.astype(jnp.float32), precision=_HIGHEST)
 
 
 def apply_plan(tokens: Tokens, plan: Plan, *, method: str = "auto") -> Tokens:
@@ -179,7 +209,8 @@ def apply_plan(tokens: Tokens, plan: Plan, *, method: str = "auto") -> Tokens:
     new_x = jnp.einsum("bmn,bnc->bmc", t.astype(jnp.float32), x.astype(jnp.float32),
                        precision=_HIGHEST if x.dtype == jnp.float32 else None).astype(x.dtype)
     support = (t != 0).astype(jnp.float32)
-    new_size = jnp.einsum("bmn,bn->bm", support, size, precision=_HIGHEST)
+    new_size = (soft_sizes(t, size) if plan.sizes == "mass"
+                else jnp.einsum("bmn,bn->bm", support, size, precision=_HIGHEST))
     # where each input mostly went; -1 for inputs no output row uses
     new_of_old = jnp.where((t != 0).any(axis=1), jnp.argmax(jnp.abs(t), axis=1), -1).astype(jnp.int32)
     mask = None if tokens.mask is None else jnp.einsum("bmn,bn->bm", support, tokens.mask.astype(jnp.float32)) > 0
