@@ -7,6 +7,7 @@ from tokax.reduction.dct import DCT, dct_compress, dct_plan, dct_token_matrix
 from tokax.reduction.divprune import (DivPrune, ToDRE, divprune, divprune_plan, divprune_select, todre, todre_plan,
                                       todre_select)
 from tokax.reduction.evit import EViT, cls_select, cls_select_plan, evit_num_keep, evit_plan
+from tokax.reduction.mctf import MCTF
 from tokax.reduction.pitome import PiToMe, energy_scores, pitome_plan
 from tokax.reduction.schedule import parse_r, token_counts
 from tokax.reduction.slim import ReverseSlim, Slim, TokenSlimming, apply_slim, slim_plan, slim_weights
@@ -15,6 +16,7 @@ from tokax.reduction.tokens import (DensePlan, MergePlan, Plan, SelectPlan, Toke
 from tokax.reduction.tome import ToMe, bipartite_matching_plan
 
 __all__ = [
+    "MCTF",
     "ReverseSlim", "Slim", "TokenSlimming", "apply_slim", "slim_plan", "slim_weights", "soft_sizes",
     "PiToMe", "energy_scores", "pitome_plan",
     "DCT", "dct_compress", "dct_plan", "dct_token_matrix", "DivPrune", "ToDRE", "divprune", "divprune_plan",
