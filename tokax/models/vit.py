@@ -150,7 +150,9 @@ class Block(nn.Module):
                           if self.layer_scale is not None else (lambda y: y))
     reduction = self.reduction
     placement = None if reduction is None else reduction.placement
-    key_bias = jnp.log(tokens.size) if self.prop_attn_active else None
+    key_bias = None
+    if self.prop_attn_active:  # masked slots (size 0) get bias 0; the key mask already excludes them
+      key_bias = jnp.log(tokens.size if tokens.mask is None else jnp.where(tokens.mask, tokens.size, 1.0))
     norm1 = norm("norm1")
     attn = Attention(width, self.num_heads, self.qkv_bias, self.attention, self.dtype, self.param_dtype, name="attn")
     if placement == "pre" and reduction.attention_layer(layer=self.layer, depth=self.depth):

@@ -6,6 +6,8 @@ from tokax.reduction.base import PLACEMENTS, Reduction
 from tokax.reduction.dct import DCT, dct_compress, dct_plan, dct_token_matrix
 from tokax.reduction.divprune import (DivPrune, ToDRE, divprune, divprune_plan, divprune_select, todre, todre_plan,
                                       todre_select)
+from tokax.reduction.dtome import (DToMe, DToMeCalibration, ThresholdState, batch_level_plan, calibrate_thresholds,
+                                   r_schedule, threshold_plan)
 from tokax.reduction.evit import EViT, cls_select, cls_select_plan, evit_num_keep, evit_plan
 from tokax.reduction.mctf import MCTF
 from tokax.reduction.pitome import PiToMe, energy_scores, pitome_plan
@@ -16,6 +18,8 @@ from tokax.reduction.tokens import (DensePlan, MergePlan, Plan, SelectPlan, Toke
 from tokax.reduction.tome import ToMe, bipartite_matching_plan
 
 __all__ = [
+    "DToMe", "DToMeCalibration", "ThresholdState", "batch_level_plan", "calibrate_thresholds", "r_schedule",
+    "threshold_plan",
     "MCTF",
     "ReverseSlim", "Slim", "TokenSlimming", "apply_slim", "slim_plan", "slim_weights", "soft_sizes",
     "PiToMe", "energy_scores", "pitome_plan",

@@ -33,7 +33,8 @@ Deliberate differences from the official code, none of which changes a result on
   key, which torch does NOT do stably (CPU and GPU): valid tokens come out in an
   implementation-defined order, and later layers' A/B splits (hence merges and thresholds) depend
   on it. tokax keeps them in order: [kept A (index order), B (index order)]. The goldens were made
-  with torch's argsort made stable (tests/golden/README.md quantifies the unpatched drift).
+  with torch's argsort made stable; their json records the unpatched run's thresholds, which
+  drift by up to ~2e-2 from the stable ones on the same batches.
 - batch-level merges only take finite edges. Official calibration merges the top r_l * B edges
   even when fewer are finite (CLS rows, padding, rows masked by max_r): with
   max_r_per_instance_ratio < 1 it merges such tokens into B[0]; tokax leaves them (the batch
@@ -48,6 +49,19 @@ Deliberate differences from the official code, none of which changes a result on
 - attention: the official timm block's non-fused branch adds log(size) AFTER the softmax (a bug;
   not taken with timm's default fused attention); tokax adds it to the logits, like the fused
   branch and the open_clip block.
+
+Usage (a ViT; tokax.models.vit.Block / Attention are the modules whose outputs are read):
+
+  calib = model.clone(reduction=DToMeCalibration(r=r_schedule(12, r_total=120)))
+  read = lambda mdl, method: method == "__call__" and isinstance(mdl, (Block, Attention))
+  state = None
+  for images in batches:
+    _, inter = calib.apply(params, images, capture_intermediates=read, mutable=["intermediates"])
+    blocks = [inter["intermediates"][f"blocks_{i}"] for i in range(12)]
+    keys = [b["attn"]["__call__"][0][1]["keys"] for b in blocks]
+    masks = [None] + [b["__call__"][0].mask for b in blocks[:-1]]
+    state = calibrate_thresholds(state, keys, masks, r=calib.reduction.r, has_cls=True)
+  logits = model.clone(reduction=DToMe.from_state(state)).apply(params, images)
 """
 from __future__ import annotations
 
