@@ -1,7 +1,11 @@
-"""H100 run for issue 2: tokax ViT-B/16 dense/ToMe vs timm eager/compiled vs the official ToMe patch.
+"""tokax ViT-B/16 dense and ToMe vs timm (eager, torch.compile) vs the official ToMe timm patch.
 
-Run on the device machine from the repo root:
-  PYTHONPATH=. python scripts/device/issue2_bench.py --tome .ext/tome --out $OUT
+One process, one card, same inputs (bf16, batch 256, median of 30 timed runs after warm-up,
+three rotating random batches). The numbers in BENCHMARKS.md come from:
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false PYTHONPATH=. \
+    python -m tokax.bench.vit_vs_timm --set final --tome /path/to/ToMe --out OUT
+"Bound" rows are bench-only: ToMe's token schedule with no plan at all (the last r tokens dropped),
+the fastest any merging method with that schedule could be.
 """
 import argparse
 import json
@@ -104,6 +108,18 @@ def main():
         "tokax ToMe r=16 no prop-attn, tanh": tanh.clone(attention="cudnn", reduction=ToMe(r=16, prop_attn=False)),
         "tokax ToMe r=(16,-1), tanh": tanh.clone(attention="cudnn", reduction=ToMe(r=(16, -1))),
         "tokax ToMe r=16, xla attention, tanh": tanh.clone(attention="xla", reduction=ToMe(r=16)),
+    }
+  if args.set == "final":
+    tanh = base.clone(gelu_approximate=True)
+    variants = {
+        "tokax dense, exact GELU (timm-equal)": base.clone(attention="cudnn"),
+        "tokax dense, tanh GELU": tanh.clone(attention="cudnn"),
+        "tokax ToMe r=16, exact GELU": base.clone(attention="cudnn", reduction=ToMe(r=16)),
+        "tokax ToMe r=16, tanh GELU": tanh.clone(attention="cudnn", reduction=ToMe(r=16)),
+        "tokax ToMe r=(16,-1), tanh GELU": tanh.clone(attention="cudnn", reduction=ToMe(r=(16, -1))),
+        "tokax ToMe r=16 no prop-attn, tanh GELU": tanh.clone(attention="cudnn", reduction=ToMe(r=16, prop_attn=False)),
+        "bound: r=16 schedule, no plan, tanh GELU": tanh.clone(attention="cudnn", reduction=Truncate(16)),
+        "tokax dense, xla attention, exact GELU": base.clone(attention="xla"),
     }
   if args.set == "small":
     variants = {k: v for k, v in variants.items() if k in (
