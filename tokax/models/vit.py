@@ -183,7 +183,8 @@ class ViT(nn.Module):
 
   Attributes:
     variant: "Ti/16", "S/16", "B/16", "L/16", "H/14", "B/32", "S/8", ... (size/patch).
-    depth: overrides the variant's depth (e.g. a 6-block Ti/8 for CPU-sized runs), or None.
+    width, depth, num_heads, mlp_dim: override the variant's (as big_vision's ViT), e.g. a 6-block
+      Ti/8 for CPU-sized runs; None keeps the variant's.
     num_classes: classifier outputs; 0 returns the pooled features.
     image_size: input height = width.
     pool: "cls" (class token) or "gap" (size-weighted mean of the patch tokens, then fc_norm).
@@ -200,7 +201,10 @@ class ViT(nn.Module):
     reduction: a reduction method (tokax.reduction.ToMe(...)), or None for the dense model.
   """
   variant: str = "S/16"
+  width: int | None = None
   depth: int | None = None
+  num_heads: int | None = None
+  mlp_dim: int | None = None
   num_classes: int = 1000
   image_size: int = 224
   pool: str = "cls"
@@ -218,11 +222,18 @@ class ViT(nn.Module):
   @property
   def arch(self) -> Arch:
     arch = parse_variant(self.variant)
-    if self.depth is None:
-      return arch
-    if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
-      raise ValueError(f"ViT.depth: expected a positive int or None; got {self.depth!r}")
-    return dataclasses.replace(arch, depth=self.depth)
+    overrides = {}
+    for name in ("width", "depth", "num_heads", "mlp_dim"):
+      value = getattr(self, name)
+      if value is None:
+        continue
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"ViT.{name}: expected a positive int or None; got {value!r}")
+      overrides[name] = value
+    arch = dataclasses.replace(arch, **overrides)
+    if arch.width % arch.num_heads:
+      raise ValueError(f"ViT: width {arch.width} is not divisible by num_heads {arch.num_heads}")
+    return arch
 
   def _check(self, images: Array) -> None:
     arch = self.arch
