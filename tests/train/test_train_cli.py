@@ -1,0 +1,91 @@
+"""The real command line, end to end, on the runlocal config: outputs, resume, config errors."""
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tokax.train import logging as metric_logging
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CONFIG = str(REPO / "configs" / "digits_vit.py")
+
+
+def _train(workdir, *overrides, config=CONFIG + ":runlocal"):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return subprocess.run(
+      [sys.executable, "-m", "tokax.train", f"--config={config}", f"--workdir={workdir}", *overrides],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _train_steps(records):
+  return [r["step"] for r in records if "train/loss" in r]
+
+
+def test_train_then_resume(tmp_path):
+  proc = _train(tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / "config.json").exists()
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["total_steps"] == 3 and saved["model"]["depth"] == 1
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3"]
+  records = metric_logging.read_metrics(tmp_path / "metrics.jsonl")
+  assert _train_steps(records) == [1, 2, 3]
+  for record in records:
+    for key, value in record.items():
+      assert not isinstance(value, str), (key, value)  # non-finite values would be written as strings
+  final = records[-1]
+  assert final["step"] == 3 and 0.0 <= final["test/accuracy"] <= 1.0 and final["test/num_examples"] == 32
+
+  proc = _train(tmp_path, "--config.total_steps=5")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = metric_logging.read_metrics(tmp_path / "metrics.jsonl")
+  assert _train_steps(records) == [1, 2, 3, 4, 5]  # resumed at step 3: steps 1-3 were not rerun
+  assert records[-1]["step"] == 5 and "test/accuracy" in records[-1]
+  assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 5
+
+
+def test_mistyped_override_names_the_field(tmp_path):
+  proc = _train(tmp_path, "--config.bach_size=8")
+  assert proc.returncode != 0
+  assert "bach_size" in proc.stderr
+  assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_unknown_config_argument_is_an_error(tmp_path):
+  proc = _train(tmp_path, config=CONFIG + ":runlokal")
+  assert proc.returncode != 0
+  assert "runlokal" in proc.stderr
+
+
+def _load_config_module(name):
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("name", ["digits_vit", "cluttered_digits_vit"])
+@pytest.mark.parametrize("arg", ["", "runlocal", "variant=S/8,runlocal"])
+def test_configs_load(name, arg):
+  config = _load_config_module(name).get_config(arg)
+  if "S/8" in arg:
+    assert config.model.variant == "S/8"
+  assert config.total_steps > 0 and config.batch_size > 0
+  assert config.model.image_size % int(config.model.variant.split("/")[1]) == 0
+  if "runlocal" in arg:
+    assert config.total_steps <= 5
+
+
+def test_parse_arg_is_typed():
+  from tokax.train.config_utils import parse_arg
+
+  arg = parse_arg("variant=S/8,runlocal,steps=7", variant="Ti/8", runlocal=False, steps=1)
+  assert (arg.variant, arg.runlocal, arg.steps) == ("S/8", True, 7)
+  with pytest.raises(ValueError, match="steps"):
+    parse_arg("steps=seven", steps=1)
+  with pytest.raises(ValueError, match="unknown key 'varaint'"):
+    parse_arg("varaint=S/8", variant="Ti/8")

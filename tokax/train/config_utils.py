@@ -1,0 +1,79 @@
+"""Helpers for config files: the typed `arg` parser of get_config(arg) and step durations."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses a config argument "key=value,flag" into a ConfigDict typed by `defaults`.
+
+  `--config file.py:variant=Ti/8,runlocal` calls get_config("variant=Ti/8,runlocal"). A bare key
+  sets a bool default to True; values are converted to the type of their default; an unknown key
+  is an error.
+
+  Args:
+    arg: the text after the colon, or None / "" for all defaults.
+    **defaults: every accepted key with its default value (bool, int, float or str).
+
+  Returns:
+    a locked ConfigDict with one field per default.
+  """
+  values = dict(defaults)
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, has_value, text = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"config argument: unknown key {key!r} in {arg!r}; expected some of {sorted(defaults)}")
+    kind = type(defaults[key])
+    if not has_value:
+      if kind is not bool:
+        raise ValueError(f"config argument: {key!r} needs a value ({key}=...) in {arg!r}")
+      values[key] = True
+    else:
+      values[key] = _convert(key, text.strip(), kind)
+  result = ml_collections.ConfigDict(values)
+  result.lock()
+  return result
+
+
+def _convert(key: str, text: str, kind: type) -> Any:
+  if kind is bool:
+    if text.lower() in ("1", "true", "yes"):
+      return True
+    if text.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(f"config argument: {key!r} expects a bool; got {text!r}")
+  try:
+    return kind(text)
+  except ValueError as e:
+    raise ValueError(f"config argument: {key!r} expects {kind.__name__}; got {text!r}") from e
+
+
+def steps(name: str, config: ml_collections.ConfigDict, num_examples: int, batch_size: int,
+          *, default: int | None = None) -> int:
+  """A duration read from `{name}_steps` or `{name}_epochs` of `config`, in steps.
+
+  Exactly one of the two may be set (not None); with neither set, `default` is returned (an
+  error when default is None). Epochs become ceil(epochs * num_examples / batch_size) steps.
+  """
+  step_count = config.get(f"{name}_steps")
+  epochs = config.get(f"{name}_epochs")
+  if step_count is not None and epochs is not None:
+    raise ValueError(f"config: set only one of {name}_steps={step_count} and {name}_epochs={epochs}")
+  if step_count is not None:
+    if step_count < 0:
+      raise ValueError(f"config: {name}_steps must be >= 0; got {step_count}")
+    return int(step_count)
+  if epochs is not None:
+    if epochs < 0:
+      raise ValueError(f"config: {name}_epochs must be >= 0; got {epochs}")
+    return int(math.ceil(epochs * num_examples / batch_size))
+  if default is None:
+    raise ValueError(f"config: set {name}_steps or {name}_epochs")
+  return default

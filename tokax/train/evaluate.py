@@ -1,0 +1,71 @@
+"""Classification accuracy of a model over a whole in-memory dataset."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokax.data import offline
+from tokax.train import losses
+from tokax.train.model import normalize_images
+
+EvalStep = Callable[[Any, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]
+
+
+def eval_step(params: Any, images: jax.Array, labels: jax.Array, mask: jax.Array, *, model: nn.Module) -> dict[str, jax.Array]:
+  """Sums over the valid examples of one batch.
+
+  Args:
+    params: model variables.
+    images: (B, H, W, 3) float32 in [0, 1].
+    labels: (B,) int32.
+    mask: (B,) bool, False for padding.
+
+  Returns:
+    {"correct", "loss", "count"}: () float32 sums over the valid examples.
+  """
+  logits = model.apply(params, normalize_images(images))
+  weight = mask.astype(jnp.float32)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  loss = losses.softmax_cross_entropy(logits, labels)
+  return {"correct": jnp.sum(correct * weight), "loss": jnp.sum(loss * weight), "count": jnp.sum(weight)}
+
+
+def make_eval_step(model: nn.Module) -> EvalStep:
+  """A jitted eval_step for `model` (one compilation per model, e.g. per reduction schedule)."""
+  return jax.jit(lambda params, images, labels, mask: eval_step(params, images, labels, mask, model=model))
+
+
+def evaluate(step_fn: EvalStep, params: Any, dataset: offline.ArrayDataset, batch_size: int) -> dict[str, float]:
+  """Top-1 accuracy and mean loss over every example of `dataset` (the last batch is padded).
+
+  Sums stay on the device until the end, so the loop never waits on a batch.
+
+  Returns:
+    {"accuracy", "loss", "num_examples"}.
+  """
+  batches = offline.iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
+  totals = None
+  for batch in batches:
+    sums = step_fn(params, batch["image"], batch["label"], batch["mask"])
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count,
+          "num_examples": int(count)}
+
+
+def make_predict_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
+  """Jitted (params, images (B, H, W, 3) in [0, 1]) -> (B,) int32 predicted classes."""
+  return jax.jit(lambda params, images: jnp.argmax(model.apply(params, normalize_images(images)), -1))
+
+
+def predict(predict_fn: Callable[[Any, jax.Array], jax.Array], params: Any, dataset: offline.ArrayDataset,
+            batch_size: int) -> np.ndarray:
+  """(N,) int32 predicted class of every example of `dataset`, in order."""
+  batches = offline.iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
+  outputs = [predict_fn(params, batch["image"]) for batch in batches]  # dispatched before any is read
+  return np.concatenate([np.asarray(out) for out in outputs])[:len(dataset)]

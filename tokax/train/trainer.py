@@ -1,0 +1,221 @@
+"""The one trainer: a ViT classifier on an embedded dataset, from a config.
+
+train(config, workdir) builds everything from the config, resumes from the workdir's latest
+checkpoint if there is one, and writes into the workdir:
+  config.json    the resolved config (total_steps filled in)
+  metrics.jsonl  one JSON line per log / eval step (train/*, val/*, test/*)
+  checkpoints/   orbax checkpoints of the train state (keep-last-N)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import tqdm
+from absl import logging
+
+from tokax.data import offline
+from tokax.train import checkpoint, evaluate, optim
+from tokax.train import logging as metric_logging
+from tokax.train.config_utils import steps
+from tokax.train.model import build_model, build_reduction
+from tokax.train.step import init_state, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """What train() returns.
+
+  Attributes:
+    model: the trained ViT (dense, or with the config's reduction).
+    params: its variables, on the device.
+    step: the final step.
+    metrics: the final {"val/accuracy", "test/accuracy", ...}.
+  """
+  model: Any
+  params: Any
+  step: int
+  metrics: dict[str, float]
+
+
+def model_from_config(config: ml_collections.ConfigDict, num_classes: int):
+  """The ViT described by config.model and config.reduction."""
+  m, red = config.model, config.reduction
+  return build_model(
+      variant=m.variant, image_size=m.image_size, num_classes=num_classes, pool=m.pool,
+      drop_path=m.drop_path, dtype=m.dtype, width=m.width, depth=m.depth, num_heads=m.num_heads,
+      mlp_dim=m.mlp_dim, reduction=build_reduction(red.name, r=red.r, prop_attn=red.prop_attn))
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> offline.ArrayDataset:
+  """One split ("train", "val" or "test") of config.data at the model's resolution."""
+  d = config.data
+  return offline.load(d.name, split, image_size=config.model.image_size, num_examples=d[f"num_{split}"], seed=d.seed)
+
+
+def load_datasets(config: ml_collections.ConfigDict) -> dict[str, offline.ArrayDataset]:
+  """The train, val and test splits of config.data."""
+  return {split: load_split(config, split) for split in ("train", "val", "test")}
+
+
+def batches_from_step(dataset: offline.ArrayDataset, batch_size: int, *, seed: int, step: int) -> Iterator[dict]:
+  """The endless shuffled batch stream, positioned at `step` (so a resumed run sees the same data)."""
+  steps_per_epoch = len(dataset) // batch_size
+  epoch, skip = divmod(step, steps_per_epoch)
+  stream = offline.iterate_batches(dataset, batch_size, seed=seed, epoch_offset=epoch, num_epochs=None)
+  return itertools.islice(stream, skip, None)
+
+
+def _data_parallel_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over all devices; params replicated, batches split along "data"."""
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Trains (or resumes) the model of `config` in `workdir`; see the module docstring for the outputs."""
+  os.makedirs(workdir, exist_ok=True)
+  datasets = load_datasets(config)
+  train_ds = datasets["train"]
+  num_train, batch_size = len(train_ds), config.batch_size
+  total_steps = steps("total", config, num_train, batch_size)
+  warmup_steps = steps("warmup", config, num_train, batch_size, default=0)
+  log_every = max(1, steps("log_every", config, num_train, batch_size, default=50))
+  eval_every = steps("eval_every", config, num_train, batch_size, default=0)
+  checkpoint_every = steps("checkpoint_every", config, num_train, batch_size, default=0)
+  _save_config(config, workdir, total_steps=total_steps)
+
+  model = model_from_config(config, train_ds.num_classes)
+  schedule = optim.lr_schedule(peak_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps)
+  tx = optim.adamw(schedule, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
+
+  mesh = _data_parallel_mesh()
+  replicated = jax.NamedSharding(mesh, jax.P())
+  data_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  init_fn = functools.partial(init_state, model, tx, image_shape=train_ds.images.shape[1:])
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+  state = checkpoint.restore_latest(manager, checkpoint.abstract_like(jax.eval_shape(init_fn, init_rng), replicated))
+  if state is None:
+    state = jax.jit(init_fn, out_shardings=replicated)(init_rng)
+  start_step = int(state.step)
+  logging.info("training %s (%s) from step %d to %d (batch %d, %d train examples)",
+               model.variant, model.arch, start_step, total_steps, batch_size, num_train)
+
+  train_step = jax.jit(
+      make_train_step(model=model, tx=tx, schedule=schedule, label_smoothing=config.label_smoothing,
+                      max_shift=config.augment.max_shift),
+      in_shardings=(replicated, data_sharding, replicated), out_shardings=(replicated, replicated),
+      donate_argnums=(0,))
+  eval_step = evaluate.make_eval_step(model)
+  run_eval = lambda split, params: {f"{split}/{k}": v for k, v in evaluate.evaluate(
+      eval_step, params, datasets[split], config.eval_batch_size).items()}
+
+  batches = batches_from_step(train_ds, batch_size, seed=config.data.seed, step=start_step)
+  writer = metric_logging.MetricWriter(os.path.join(workdir, "metrics.jsonl"))
+  show_bar = config.progress_bar and jax.process_index() == 0
+  bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not show_bar,
+                  mininterval=1.0 if sys.stderr.isatty() else 30.0)
+  log = _TrainLog(writer, bar, batch_size=batch_size, log_every=log_every, total_steps=total_steps)
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = jax.device_put(next(batches), data_sharding)
+      if step == start_step + 1:
+        compile_start = time.perf_counter()
+        state, metrics = train_step(state, batch, step_rng)  # traces and compiles, then dispatches
+        writer.write(step, {"train/compile_s": time.perf_counter() - compile_start})
+        log.restart_clock()
+      else:
+        state, metrics = train_step(state, batch, step_rng)
+      log.push(step, metrics)
+      if eval_every and step % eval_every == 0 and step != total_steps:
+        eval_start = time.perf_counter()
+        writer.write(step, run_eval("val", state.params))
+        log.exclude(time.perf_counter() - eval_start)
+      if checkpoint_every and step % checkpoint_every == 0 and step != total_steps:
+        checkpoint.save(manager, step, state)
+    log.flush()
+    bar.close()
+    if total_steps > start_step:
+      checkpoint.save(manager, total_steps, state)
+    final_step = max(start_step, total_steps)
+    final = {**run_eval("val", state.params), **run_eval("test", state.params)}
+    writer.write(final_step, final)
+  finally:
+    bar.close()
+    writer.close()
+    manager.wait_until_finished()
+    manager.close()
+  logging.info("final metrics at step %d: %s", final_step, final)
+  return TrainResult(model=model, params=state.params, step=final_step, metrics=final)
+
+
+class _TrainLog:
+  """Fetches each step's metrics one step late (the next step is already queued), checks the loss,
+  and writes the means over every `log_every` steps with the images/s of that window."""
+
+  def __init__(self, writer: metric_logging.MetricWriter, bar: tqdm.tqdm, *, batch_size: int, log_every: int,
+               total_steps: int):
+    self.writer, self.bar = writer, bar
+    self.batch_size, self.log_every, self.total_steps = batch_size, log_every, total_steps
+    self.pending = None  # (step, metrics on the device)
+    self.sums, self.count = {}, 0
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    self.clock, self.excluded = time.perf_counter(), 0.0
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (an evaluation, say) out of the current window's images/s."""
+    self.excluded += seconds
+
+  def push(self, step: int, metrics: dict) -> None:
+    """Takes the metrics of the step just dispatched and logs the previous step's."""
+    if self.pending is not None:
+      self._log(*self.pending)
+    self.pending = (step, metrics)
+
+  def flush(self) -> None:
+    if self.pending is not None:
+      self._log(*self.pending)
+      self.pending = None
+
+  def _log(self, step: int, metrics: dict) -> None:
+    metrics = jax.device_get(metrics)
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+      raise FloatingPointError(f"non-finite training loss {loss} at step {step}")
+    for key, value in metrics.items():
+      self.sums[key] = self.sums.get(key, 0.0) + float(value)
+    self.count += 1
+    self.bar.update(step - self.bar.n)
+    if step % self.log_every and step != self.total_steps:
+      return
+    seconds = max(time.perf_counter() - self.clock - self.excluded, 1e-9)
+    means = {f"train/{key}": total / self.count for key, total in self.sums.items()}
+    means["train/lr"] = float(metrics["lr"])  # the current value, not the window's mean
+    images_per_s = self.count * self.batch_size / seconds
+    self.writer.write(step, {**means, "train/images_per_s": images_per_s, "train/step_time_s": seconds / self.count})
+    self.bar.set_postfix(loss=f"{means['train/loss']:.3f}", img_s=f"{images_per_s:.0f}", refresh=False)
+    self.sums, self.count = {}, 0
+    self.restart_clock()
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: str, **resolved: Any) -> None:
+  """Writes the config, overrides applied and derived durations filled in, as workdir/config.json."""
+  if jax.process_index() != 0:
+    return
+  values = config.to_dict()
+  values.update(resolved)
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(values, f, indent=2, sort_keys=True, default=str)
