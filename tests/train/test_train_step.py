@@ -1,6 +1,7 @@
 """The jitted train step learns, augmentation keeps shapes, and a diverging run stops with its step."""
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,8 @@ def test_train_step_overfits_a_fixed_batch():
   tx = optim.adamw(schedule, weight_decay=0.0, grad_clip_norm=1.0)
   state = jax.jit(functools.partial(init_state, model, tx, image_shape=(16, 16, 3)))(jax.random.key(0))
   batch = {"image": jax.random.uniform(jax.random.key(1), (8, 16, 16, 3)), "label": jnp.arange(8) % 4}
-  step = jax.jit(make_train_step(model=model, tx=tx, schedule=schedule), donate_argnums=(0,))
+  step = jax.jit(chex.assert_max_traces(make_train_step(model=model, tx=tx, schedule=schedule), n=1),
+                 donate_argnums=(0,))  # one compilation for all 20 steps
   losses = []
   for _ in range(20):
     state, metrics = step(state, batch, jax.random.key(2))
