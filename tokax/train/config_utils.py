@@ -77,3 +77,26 @@ def steps(name: str, config: ml_collections.ConfigDict, num_examples: int, batch
   if default is None:
     raise ValueError(f"config: set {name}_steps or {name}_epochs")
   return default
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """get_config(arg) of a config file named as on the command line: "configs/x.py" or "configs/x.py:arg".
+
+  A relative path is taken from the working directory, then from the repository root.
+  """
+  import importlib.util
+  import os
+
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.isfile(os.path.join(repo, path)):
+      path = os.path.join(repo, path)
+    else:
+      raise ValueError(f"config file {path!r} not found (from {spec!r}); give a path like configs/<name>.py[:arg]")
+  module_spec = importlib.util.spec_from_file_location(f"_tokax_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path!r} defines no get_config(arg)")
+  return module.get_config(arg or None)

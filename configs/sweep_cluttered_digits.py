@@ -1,0 +1,49 @@
+r"""Accuracy sweep: every reduction method at three strengths on the ViT trained on cluttered digits.
+
+The accuracy half of BENCHMARKS.md's reduction-zoo tables. Trains configs/cluttered_digits_vit.py
+into checkpoint.workdir first unless that holds a finished run, then measures every method off the
+shelf on the 1,000 test images:
+
+  python -m tokax.bench.sweep --config configs/sweep_cluttered_digits.py --workdir /tmp/sweep_digits \
+      --config.checkpoint.workdir=/tmp/cluttered_vit
+
+The model has 4 blocks of 197 tokens (112 px, patch 8), so strengths are larger per block than on
+ViT-B/16 (12 blocks): tome / mctf / dtome r of 16, 32, 48 leave 133, 69, 27 tokens (ToMe).
+Arguments: runlocal (the trainer's runlocal model and data: a CPU smoke run).
+"""
+import ml_collections
+
+from tokax.train.config_utils import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, runlocal=False)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = dict()  # from the checkpoint's training config
+  config.checkpoint = dict(config="configs/cluttered_digits_vit.py", workdir="/tmp/cluttered_vit")
+  config.eval_split = "test"
+  config.calibration_split = "val"  # DToMe thresholds are calibrated on validation images, never test
+  config.dtype = "float32"
+  config.attention = "auto"
+  config.gelu_approximate = False  # as trained
+  config.batch_size = 256
+  config.warmup = 3
+  config.repeats = 10
+  config.eval_batch_size = 250
+  config.calibration_batch_size = 100
+  config.calibration_batches = 5
+  config.methods = dict(tome=[16, 32, 48], pitome=[0.9, 0.8, 0.7], mctf=[16, 32, 48], evit=[0.8, 0.6, 0.4],
+                        dtome=[16, 32, 48], slim=[0.7, 0.5])
+  config.overhead = "none"
+  config.post_methods = dict()
+  if arg.runlocal:
+    config.checkpoint.config = "configs/cluttered_digits_vit.py:runlocal"
+    config.batch_size = 8
+    config.warmup = 1
+    config.repeats = 2
+    config.eval_batch_size = 16
+    config.calibration_batch_size = 16
+    config.calibration_batches = 1
+    config.methods = dict(tome=[4], pitome=[0.9], mctf=[4], evit=[0.6], dtome=[4], slim=[0.5])
+  return config

@@ -1,0 +1,74 @@
+"""tokax.bench.sweep: the bound models, DToMe calibration, the target checks and one end-to-end run."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from tokax.bench import sweep
+from tokax.models import ViT
+from tokax.reduction import DToMeCalibration
+from tokax.train import config_utils
+
+IMAGE = (32, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = ViT(variant="Ti/8", width=32, depth=3, num_heads=2, image_size=32, num_classes=10)
+  images = jax.random.uniform(jax.random.key(1), (8, *IMAGE))
+  return model, model.init(jax.random.key(0), images), images
+
+
+@pytest.mark.parametrize("method,strength", [("tome", 2), ("mctf", 3), ("evit", 0.5), ("slim", 0.5), ("pitome", 0.8)])
+def test_bounds_keep_the_methods_token_counts(tiny, method, strength):
+  model, params, _ = tiny
+  reduced = model.clone(reduction=sweep.block_reduction(method, strength, depth=3))
+  params, _ = sweep.params_for(reduced, params, IMAGE)
+  counts = sweep.layer_token_counts(reduced, params, IMAGE)
+  assert counts[-1] < 17
+  for bound in sweep.bounds(reduced, counts, 17):
+    assert sweep.layer_token_counts(bound, params, IMAGE) == counts
+
+
+def test_calibrated_dtome_merges_r_per_block_on_its_calibration_batch(tiny):
+  """theta is the first edge the batch-level ranking did not merge: on that batch, r * B merges.
+
+  Exact for the first merging block only (later blocks see batch-level vs per-image merged tokens).
+  """
+  model, params, images = tiny
+  dtome = sweep.calibrate_dtome(model, params, [images], DToMeCalibration(r=(3, 0, 0)))
+  assert dtome.thresholds[1:] == (float("inf"),) * 2
+  _, inter = model.clone(reduction=dtome).apply(params, images, return_intermediates=True)
+  valid = np.asarray(inter["mask"]).sum(-1)
+  assert valid.mean() == 17 - 3 and valid.min() < valid.max()  # per-image counts differ, the batch total is exact
+
+
+def test_target_checks_name_the_rows_that_miss():
+  rows = [{"method": "dense", "strength": "-", "speedup_vs_predicted": 1.0},
+          {"method": "tome", "strength": 16, "speedup_vs_predicted": 0.95, "plan_fraction": 0.04},
+          {"method": "mctf", "strength": 16, "speedup_vs_predicted": 0.62, "plan_fraction": 0.21}]
+  speed, plan = sweep.target_checks(rows)
+  assert speed == "Speed-up >= 90% of the GFLOPs prediction: 1/2 rows; below: mctf 16 (62%)"
+  assert plan == "Plan time <= 10% of the forward: 1/2 timed rows; above: mctf 16 (21.0%)"
+
+
+@pytest.mark.slow
+def test_sweep_on_a_trained_checkpoint_writes_the_tables(tmp_path):
+  config = config_utils.load_config_file("configs/sweep_cluttered_digits.py:runlocal")
+  config.checkpoint.workdir = str(tmp_path / "train")
+  config.methods = {"tome": [4]}
+  config.overhead = "all"
+  config.post_methods = {"divprune": [0.5]}
+  config.repeats = 1
+  result = sweep.run(config, str(tmp_path / "sweep"))
+  rows = {(r["method"], r["strength"]): r for r in result["rows"]}
+  dense, tome = rows[("dense", "-")], rows[("tome", 4)]
+  assert dense["tokens"] == 17 and tome["tokens"] == 13  # 16 patches + cls, one block merging 4
+  assert tome["predicted_speedup"] == pytest.approx(dense["gflops_per_image"] / tome["gflops_per_image"])
+  assert 0.0 <= tome["top1"] <= 1.0 and "plan_ms" in tome and "plan_ms" not in dense
+  assert result["post_rows"][0]["tokens"] == 1 + 8
+  for name in ("sweep.json", "sweep.md", "sweep.png"):
+    assert os.path.getsize(tmp_path / "sweep" / name) > 0
+  assert json.load(open(tmp_path / "sweep" / "sweep.json"))["rows"][0]["method"] == "dense"

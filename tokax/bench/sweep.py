@@ -1,0 +1,531 @@
+r"""Every reduction method at several strengths on one model: one table and one plot.
+
+  python -m tokax.bench.sweep --config configs/sweep_vit_b16.py --workdir /tmp/sweep_b16
+  python -m tokax.bench.sweep --config configs/sweep_cluttered_digits.py --workdir /tmp/sweep_digits
+
+For each (method, strength) row: tokens after the last block (the mean valid count for masked
+methods), GFLOPs per image (XLA's cost analysis of the forward with XLA attention, because XLA
+does not count cuDNN's custom calls), images/s of the configured forward (median of timed calls,
+rotating random batches), top-1 on the eval split when the config names one, the speed-up over
+dense and the speed-up that the GFLOPs predict.
+
+Where the time goes (rows of the configured "overhead" strengths): the same per-block token
+counts are also run with the plan replaced by slicing the token array ("bound" models, bench
+only), once with the attention scores the method asks for and once without. Then
+  plan ms  = method - bound with scores   (computing and applying the plans)
+  score ms = bound with scores - bound    (getting the metric from attention: probabilities
+                                           materialised where the method needs them)
+Post-encoder reducers (DivPrune, ToDRE, DCT, FasterVLM's [CLS] selection) leave the encoder's
+compute unchanged; they get their own rows: the reducer's time on the encoder's output tokens
+against the dense forward.
+
+Writes sweep.json, sweep.md and sweep.png into --workdir and prints the tables.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokax.bench import throughput
+from tokax.models.vit import Attention, Block, ViT
+from tokax.reduction import (DCT, EViT, MCTF, DivPrune, DToMe, DToMeCalibration, PiToMe, Slim, ThresholdState, ToDRE,
+                             ToMe, Tokens, calibrate_thresholds, cls_select, r_schedule)
+
+BLOCK_METHODS = ("tome", "pitome", "mctf", "evit", "dtome", "slim")
+POST_METHODS = ("divprune", "todre", "dct", "fastervlm")
+
+
+# --- methods at a strength ---------------------------------------------------------------------
+
+
+def evit_layers(depth: int) -> tuple[int, ...]:
+  """EViT's keep layers (3, 6, 9) of a 12-block ViT, scaled to `depth`."""
+  return tuple(sorted({min(depth - 1, max(0, round(depth * f))) for f in (0.25, 0.5, 0.75)}))
+
+
+def slim_stages(depth: int) -> tuple[int, ...]:
+  """Four stages of (nearly) equal length summing to `depth` (fewer if depth < 4)."""
+  stages = min(4, depth)
+  base, extra = divmod(depth, stages)
+  return tuple(base + (i < extra) for i in range(stages))
+
+
+def block_reduction(method: str, strength: float, *, depth: int) -> Any:
+  """The reduction `method` at `strength` for a ViT of `depth` blocks (DToMe: its calibration).
+
+  Strengths: tome, mctf and dtome: tokens merged per block (r); pitome: fraction kept per block;
+  evit: keep rate at evit_layers(depth); slim: SiT keeping ratio per stage (slim_stages(depth)).
+  """
+  if method == "tome":
+    return ToMe(r=int(strength))
+  if method == "mctf":
+    return MCTF(r=int(strength))
+  if method == "pitome":
+    return PiToMe(ratio=float(strength))
+  if method == "evit":
+    return EViT(keep_rate=float(strength), layers=evit_layers(depth))
+  if method == "slim":
+    return Slim(stage_blocks=slim_stages(depth), keeping_ratio=float(strength))
+  if method == "dtome":
+    return DToMeCalibration(r=r_schedule(depth, int(strength) * depth))
+  raise ValueError(f"sweep: unknown block method {method!r}; expected one of {BLOCK_METHODS}")
+
+
+def post_reduction(method: str, strength: float) -> Any:
+  """Post-encoder reducer at `strength` = fraction of the patch tokens kept (dct: of each grid side)."""
+  if method == "divprune":
+    return DivPrune(ratio=float(strength))
+  if method == "todre":
+    return ToDRE(ratio=float(strength))
+  if method == "dct":
+    return DCT(ratio=float(strength))
+  if method == "fastervlm":
+    return FasterVLM(ratio=float(strength))
+  raise ValueError(f"sweep: unknown post-encoder method {method!r}; expected one of {POST_METHODS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FasterVLM:
+  """FasterVLM's post-encoder selection: the top `ratio` of patch tokens by last-layer [CLS] attention."""
+  ratio: float
+
+  def __call__(self, tokens: Tokens, metrics: dict[str, jax.Array]) -> Tokens:
+    keep = max(1, int((tokens.num_tokens - tokens.num_prefix) * self.ratio))
+    return cls_select(tokens, metrics["cls"], keep)
+
+
+def _block_call(module: Any, method: str) -> bool:
+  return method == "__call__" and isinstance(module, (Block, Attention))
+
+
+def calibrate_dtome(model: ViT, params: Any, batches: Iterable[jax.Array], calibration: DToMeCalibration) -> DToMe:
+  """DToMe with thresholds calibrated by running `model` with `calibration` over `batches` (B, H, W, 3).
+
+  DyMU's recipe: each batch's batch-level merge gives per-layer thresholds, averaged over batches.
+  """
+  depth = model.arch.depth
+  calib = model.clone(reduction=calibration)
+
+  @jax.jit
+  def update(state: ThresholdState, images: jax.Array) -> ThresholdState:
+    _, inter = calib.apply(params, images, capture_intermediates=_block_call, mutable=["intermediates"])
+    blocks = [inter["intermediates"][f"blocks_{i}"] for i in range(depth)]
+    keys = [b["attn"]["__call__"][0][1]["keys"] for b in blocks]
+    masks = [None] + [b["__call__"][0].mask for b in blocks[:-1]]
+    return calibrate_thresholds(state, keys, masks, r=calibration.r, has_cls=model.class_token,
+                                has_dist=model.distilled, max_r=calibration.max_r)
+
+  state, seen = ThresholdState.create(depth), 0
+  for images in batches:
+    state, seen = update(state, images), seen + 1
+  if not seen:
+    raise ValueError("calibrate_dtome: got no calibration batches")
+  return DToMe.from_state(state, max_r=calibration.max_r, prop_attn=calibration.prop_attn)
+
+
+# --- the same token counts with no plan (bench only) ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleBound:
+  """Bench only: keeps a method's per-block token counts, but drops the surplus tokens by slicing.
+
+  What a method would cost if its plans were free: the blocks see the same token counts at the
+  same places. With `scores` (or placement "pre", which reads the attention probabilities) the
+  attention also produces the metric the method consumes, so the difference to the method is
+  the plan's cost alone.
+
+  Attributes:
+    num_tokens: tokens entering the first block.
+    counts: tokens after each block.
+    placement: "mid", "pre" or "end" (tokax.reduction.base).
+    scores: attention scores to request ("mid" only).
+    prop_attn: proportional attention once the count dropped, as the method.
+  """
+  num_tokens: int
+  counts: tuple[int, ...]
+  placement: str = "mid"
+  scores: tuple[str, ...] = ()
+  prop_attn: bool = False
+
+  def _before(self, layer: int) -> int:
+    return self.counts[layer - 1] if layer else self.num_tokens
+
+  @staticmethod
+  def _keep(tokens: Tokens, n: int) -> Tokens:
+    return tokens if n == tokens.num_tokens else tokens.replace(x=tokens.x[:, :n], size=tokens.size[:, :n])
+
+  def reduce(self, tokens: Tokens, metrics: dict[str, jax.Array], *, layer: int, depth: int) -> Tokens:
+    return self._keep(tokens, self.counts[layer])
+
+  def attention_layer(self, *, layer: int, depth: int) -> bool:
+    return self.counts[layer] < self._before(layer)
+
+  def reduce_with_attention(self, tokens: Tokens, probs: jax.Array, *, layer: int, depth: int):
+    n = self.counts[layer]
+    return self._keep(tokens, n), probs[..., :n, :n]
+
+  def module(self, *, layer: int, depth: int) -> Callable[..., Tokens] | None:
+    n = self.counts[layer]
+    return None if n == self._before(layer) else (lambda tokens, deterministic=True: self._keep(tokens, n))
+
+
+def layer_token_counts(model: ViT, params: Any, image_shape: Sequence[int]) -> tuple[int, ...]:
+  """Token slots after each block of `model` on (H, W, 3) images; static shapes only, nothing runs."""
+  def forward(p, x):
+    _, state = model.apply(p, x, capture_intermediates=lambda m, name: name == "__call__" and isinstance(m, Block),
+                           mutable=["intermediates"])
+    return state["intermediates"]
+
+  inter = jax.eval_shape(forward, params, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return tuple(int(inter[f"blocks_{i}"]["__call__"][0].x.shape[1]) for i in range(model.arch.depth))
+
+
+def bounds(model: ViT, counts: tuple[int, ...], num_tokens: int) -> tuple[ViT, ViT]:
+  """(with scores, without scores) ScheduleBound models for `model`'s reduction and token counts."""
+  reduction = model.reduction
+  placement = reduction.placement
+  prop_attn = bool(getattr(reduction, "prop_attn", False))
+  if isinstance(reduction, DToMe):  # masked slots: the count never changes, the bound is the dense model
+    return model.clone(reduction=None), model.clone(reduction=None)
+  scores = tuple(reduction.scores) if placement == "mid" else ()
+  with_scores = ScheduleBound(num_tokens, counts, placement, scores, prop_attn)
+  # Without scores, a "pre" method's count change moves to the block's middle: the attention then
+  # runs on the block's input tokens (as MCTF's, which merges the probabilities, not the keys).
+  plain = ScheduleBound(num_tokens, counts, "mid" if placement == "pre" else placement, (), prop_attn)
+  return model.clone(reduction=with_scores), model.clone(reduction=plain)
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+def forward_gflops(model: ViT, params: Any, batch_shape: Sequence[int], dtype: Any) -> float:
+  """GFLOPs per image of the forward, counted by XLA on the XLA-attention version (cuDNN calls count 0)."""
+  xla = model.clone(attention="xla")
+  lowered = jax.jit(lambda p, x: xla.apply(p, x)).lower(params, jax.ShapeDtypeStruct(tuple(batch_shape), dtype))
+  return throughput.compiled_flops(lowered) / batch_shape[0] / 1e9
+
+
+def params_for(model: ViT, params: Any, image_shape: Sequence[int]) -> tuple[Any, bool]:
+  """`params` completed for `model` (a reducer with parameters, e.g. Slim, gets fresh ones).
+
+  Returns (params, trained): trained is False when parameters had to be initialised.
+  """
+  import flax.traverse_util as traverse
+
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  want, have = traverse.flatten_dict(shapes), traverse.flatten_dict(params)
+  missing = [k for k in want if k not in have]
+  if not missing:
+    return params, True
+  fresh = traverse.flatten_dict(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32)))
+  dtype = jax.tree.leaves(params)[0].dtype
+  merged = {k: have[k] if k in have else fresh[k].astype(dtype) for k in want}
+  return traverse.unflatten_dict(merged), False
+
+
+def mean_valid_tokens(model: ViT, params: Any, images: jax.Array) -> float:
+  """Mean number of valid tokens after the last block (the slot count unless the method masks)."""
+  _, inter = jax.jit(lambda p, x: model.apply(p, x, return_intermediates=True))(params, images)
+  mask = inter["mask"]
+  return float(inter["size"].shape[1] if mask is None else jnp.mean(jnp.sum(mask, -1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How rows are measured: timing batch (B, H, W, 3), its dtype, warm-up and timed calls."""
+  batch_shape: tuple[int, ...]
+  dtype: Any
+  warmup: int
+  repeats: int
+
+  def time(self, model: ViT, params: Any) -> dict[str, float]:
+    return throughput.measure(lambda p, x: model.apply(p, x), params, self.batch_shape, self.dtype,
+                              warmup=self.warmup, repeats=self.repeats)
+
+
+def block_row(model: ViT, params: Any, settings: Settings, *, method: str, strength: Any, dense: dict[str, Any],
+              overhead: bool, predict: Callable[[ViT, Any], np.ndarray] | None, labels: np.ndarray | None,
+              trained: bool = True) -> dict[str, Any]:
+  """One table row for `model` (a ViT with its reduction); `dense` is the dense row of the same run."""
+  image_shape = settings.batch_shape[1:]
+  timing = settings.time(model, params)
+  counts = layer_token_counts(model, params, image_shape)
+  row = {"method": method, "strength": strength, "tokens": counts[-1], "layer_tokens": list(counts),
+         "gflops_per_image": forward_gflops(model, params, settings.batch_shape, settings.dtype),
+         "images_per_s": timing["images_per_s"], "median_ms": timing["median_ms"], "trained": trained}
+  if isinstance(model.reduction, DToMe):
+    images = throughput.random_batches(settings.batch_shape, settings.dtype, count=1, seed=1)[0]
+    row["tokens"] = mean_valid_tokens(model, params, images)
+  if dense:
+    row["speedup"] = row["images_per_s"] / dense["images_per_s"]
+    row["predicted_speedup"] = dense["gflops_per_image"] / row["gflops_per_image"]
+    row["speedup_vs_predicted"] = row["speedup"] / row["predicted_speedup"]
+  if overhead:
+    num_tokens = layer_token_counts(model.clone(reduction=None), params, image_shape)[0]
+    with_scores, plain = bounds(model, counts, num_tokens)
+    scored_ms = settings.time(with_scores, params)["median_ms"]
+    plain_ms = settings.time(plain, params)["median_ms"]
+    row.update(bound_ms=plain_ms, bound_scores_ms=scored_ms, plan_ms=row["median_ms"] - scored_ms,
+               score_ms=scored_ms - plain_ms, plan_fraction=(row["median_ms"] - scored_ms) / row["median_ms"])
+  if predict is not None and labels is not None:
+    predictions = predict(model, params)
+    row["top1"] = float(np.mean(predictions == labels)) if trained else None
+  return row
+
+
+def post_row(reducer: Any, settings: Settings, *, method: str, strength: Any, width: int, num_tokens: int,
+             dense_ms: float) -> dict[str, Any]:
+  """A post-encoder reducer timed on (B, num_tokens, width) random tokens with a [CLS] attention row."""
+  batch = settings.batch_shape[0]
+  kx, ks = jax.random.split(jax.random.key(2))
+  x = jax.random.normal(kx, (batch, num_tokens, width), jnp.float32).astype(settings.dtype)
+  cls = jax.nn.softmax(jax.random.normal(ks, (batch, num_tokens), jnp.float32), axis=-1)
+  forward = jax.jit(lambda x, cls: reducer(Tokens.create(x), {"cls": cls}) if method in ("todre", "fastervlm")
+                    else reducer(Tokens.create(x)))
+  out = jax.block_until_ready(forward(x, cls))
+  times = []
+  for _ in range(settings.repeats):
+    times.append(_timed(lambda: jax.block_until_ready(forward(x, cls))))
+  ms = float(np.median(times)) * 1e3
+  return {"method": method, "strength": strength, "tokens": int(out.num_tokens), "reducer_ms": ms,
+          "fraction_of_dense": ms / dense_ms}
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+# --- the sweep -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Setup:
+  """What the sweep runs on: the dense model, its params, and (with a checkpoint) the eval data."""
+  model: ViT
+  params: Any
+  description: str
+  eval_data: Any = None  # tokax.data.offline.ArrayDataset, images in [0, 1]
+  calibration_images: np.ndarray | None = None  # (N, H, W, 3) in [0, 1]
+
+
+def _cast(params: Any, dtype: Any) -> Any:
+  return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+
+
+def setup_from_config(config: Any) -> Setup:
+  """The model of config.checkpoint (trained, or restored from its workdir) or a random config.model."""
+  dtype = jnp.dtype(config.dtype)
+  overrides = dict(dtype=dtype, attention=None if config.attention == "auto" else config.attention,
+                   gelu_approximate=config.gelu_approximate)
+  if config.checkpoint.config:
+    from tokax.train import config_utils, trainer
+
+    train_config = config_utils.load_config_file(config.checkpoint.config)
+    if not config.checkpoint.workdir:
+      raise ValueError("sweep config: checkpoint.workdir is empty; give the training run's --workdir "
+                       "(it is trained there first if it holds no finished run)")
+    result = trainer.train(train_config, config.checkpoint.workdir)
+    model = result.model.clone(reduction=None, **overrides)
+    evaluation = trainer.load_split(train_config, config.eval_split)
+    calibration = trainer.load_split(train_config, config.calibration_split)
+    return Setup(model, _cast(result.params, dtype),
+                 f"{train_config.data.name} checkpoint at step {result.step} ({config.checkpoint.workdir})",
+                 evaluation, calibration.images)
+  model = ViT(**{k: v for k, v in config.model.items()}, **overrides)
+  image = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
+  params = _cast(jax.jit(model.init)(jax.random.key(config.seed), image), dtype)
+  return Setup(model, params, "random weights")
+
+
+def _strengths(values: Any) -> list[Any]:
+  return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+def _overhead_strengths(strengths: list[Any], mode: str) -> list[Any]:
+  if mode == "all":
+    return strengths
+  if mode == "middle":
+    return [strengths[len(strengths) // 2]] if strengths else []
+  if mode == "none":
+    return []
+  raise ValueError(f"sweep config: overhead must be 'middle', 'all' or 'none'; got {mode!r}")
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+  """Runs the sweep of `config` (see configs/sweep_*.py); writes sweep.json/.md/.png into `workdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  setup = setup_from_config(config)
+  model, params = setup.model, setup.params
+  depth = model.arch.depth
+  image_shape = (model.image_size, model.image_size, 3)
+  settings = Settings((config.batch_size, *image_shape), jnp.dtype(config.dtype), config.warmup, config.repeats)
+  predict, labels = None, None
+  if setup.eval_data is not None:
+    from tokax.train import evaluate
+
+    labels = setup.eval_data.labels
+    predict = lambda m, p: evaluate.predict(evaluate.make_predict_fn(m), p, setup.eval_data, config.eval_batch_size)
+
+  def calibration_batches():
+    size = config.calibration_batch_size
+    if setup.calibration_images is not None:
+      from tokax.train.model import normalize_images
+
+      images = setup.calibration_images
+      count = min(len(images) // size, config.calibration_batches)
+      return [normalize_images(jnp.asarray(images[i * size:(i + 1) * size], settings.dtype)) for i in range(count)]
+    shape = (size, *image_shape)
+    return throughput.random_batches(shape, settings.dtype, count=config.calibration_batches, seed=3)
+
+  rows: list[dict[str, Any]] = []
+  dense = block_row(model, params, settings, method="dense", strength="-", dense={}, overhead=False, predict=predict,
+                    labels=labels)
+  dense.update(speedup=1.0, predicted_speedup=1.0, speedup_vs_predicted=1.0)
+  rows.append(dense)
+  logging.info("dense: %s", dense)
+  for method, values in config.methods.items():
+    strengths = _strengths(values)
+    timed_overhead = _overhead_strengths(strengths, config.overhead)
+    for strength in strengths:
+      reduction = block_reduction(method, strength, depth=depth)
+      if isinstance(reduction, DToMeCalibration):
+        reduction = calibrate_dtome(model, params, calibration_batches(), reduction)
+      reduced = model.clone(reduction=reduction)
+      reduced_params, trained = params_for(reduced, params, image_shape)
+      row = block_row(reduced, reduced_params, settings, method=method, strength=strength, dense=dense,
+                      overhead=strength in timed_overhead, predict=predict, labels=labels,
+                      trained=trained)
+      rows.append(row)
+      logging.info("%s %s: %s", method, strength, row)
+
+  post_rows = []
+  num_tokens = layer_token_counts(model, params, image_shape)[0]
+  for method, values in config.post_methods.items():
+    for strength in _strengths(values):
+      post_rows.append(post_row(post_reduction(method, strength), settings, method=method, strength=strength,
+                                width=model.arch.width, num_tokens=num_tokens, dense_ms=dense["median_ms"]))
+
+  device = jax.devices()[0].device_kind
+  arch = model.arch
+  caption = (f"ViT {model.variant} (width {arch.width}, depth {depth}, {arch.num_heads} heads) at {model.image_size} px, "
+             f"{setup.description}; batch {config.batch_size}, {config.dtype}, attention {config.attention}, "
+             f"on {device} (jax {jax.__version__})")
+  result = {"caption": caption, "device": device, "jax": jax.__version__, "rows": rows, "post_rows": post_rows,
+            "config": json.loads(config.to_json_best_effort())}
+  with open(os.path.join(workdir, "sweep.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(workdir, "sweep.md"), "w", encoding="utf-8") as f:
+    f.write(to_markdown(result) + "\n")
+  plot(rows, os.path.join(workdir, "sweep.png"), title=caption)
+  return result
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+  return "-" if value is None else format(value * scale, spec)
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+  """The caption, the block-method table, the post-encoder table and the target checks."""
+  rows = result["rows"]
+  lines = [result["caption"], "",
+           "| method | strength | tokens (last block) | GFLOPs/img | images/s | speed-up | GFLOPs-predicted | "
+           "achieved / predicted | plan ms (% of forward) | score ms | top-1 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for row in rows:
+    plan = "-" if "plan_ms" not in row else f"{row['plan_ms']:.2f} ({100 * row['plan_fraction']:.1f}%)"
+    top1 = row.get("top1")
+    top1 = ("untrained reducer" if not row.get("trained", True) and "top1" in row else _fmt(top1, ".1f", 100))
+    tokens = row["tokens"] if isinstance(row["tokens"], int) else f"{row['tokens']:.1f} (mean valid)"
+    lines.append(f"| {row['method']} | {row['strength']} | {tokens} | {row['gflops_per_image']:.2f} | "
+                 f"{row['images_per_s']:,.0f} | {row['speedup']:.2f}x | {row['predicted_speedup']:.2f}x | "
+                 f"{100 * row['speedup_vs_predicted']:.0f}% | {plan} | {_fmt(row.get('score_ms'), '.2f')} | {top1} |")
+  if result["post_rows"]:
+    lines += ["", "Post-encoder reducers on the encoder's output tokens (the encoder's compute is the dense row's):", "",
+              "| method | kept fraction | tokens out | reducer ms | % of the dense forward |", "|---|---|---|---|---|"]
+    for row in result["post_rows"]:
+      lines.append(f"| {row['method']} | {row['strength']} | {row['tokens']} | {row['reducer_ms']:.3f} | "
+                   f"{100 * row['fraction_of_dense']:.1f}% |")
+  lines += ["", *target_checks(rows)]
+  return "\n".join(lines)
+
+
+def target_checks(rows: list[dict[str, Any]]) -> list[str]:
+  """Lines naming the rows that miss speed-up >= 90% of the GFLOPs prediction, or plan time > 10%."""
+  reduced = [r for r in rows if r["method"] != "dense"]
+  slow = [f"{r['method']} {r['strength']} ({100 * r['speedup_vs_predicted']:.0f}%)" for r in reduced
+          if r["speedup_vs_predicted"] < 0.9]
+  costly = [f"{r['method']} {r['strength']} ({100 * r['plan_fraction']:.1f}%)" for r in reduced
+            if "plan_fraction" in r and r["plan_fraction"] > 0.1]
+  timed = sum("plan_fraction" in r for r in reduced)
+  return [f"Speed-up >= 90% of the GFLOPs prediction: {len(reduced) - len(slow)}/{len(reduced)} rows"
+          + (f"; below: {', '.join(slow)}" if slow else ""),
+          f"Plan time <= 10% of the forward: {timed - len(costly)}/{timed} timed rows"
+          + (f"; above: {', '.join(costly)}" if costly else "")]
+
+
+def plot(rows: list[dict[str, Any]], path: str, *, title: str = "") -> None:
+  """images/s (and top-1 when measured) against GFLOPs per image, one line per method, as a PNG."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  panels = [("images_per_s", "images/s")]
+  if any(r.get("top1") is not None for r in rows):
+    panels.append(("top1", "top-1 accuracy (%)"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), dpi=120, squeeze=False)
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  for ax, (key, label) in zip(axes[0], panels):
+    for method in methods:
+      points = [(r["gflops_per_image"], r[key]) for r in rows if r["method"] == method and r.get(key) is not None]
+      if not points:
+        continue
+      xs, ys = zip(*points)
+      ys = [100 * y for y in ys] if key == "top1" else ys
+      ax.plot(xs, ys, "*" if method == "dense" else "o-", ms=10 if method == "dense" else 5, label=method)
+    ax.set_xlabel("GFLOPs per image (XLA cost analysis)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=8)
+  fig.suptitle(title, fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import app
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  result = run(_CONFIG.value, _WORKDIR.value)
+  print(to_markdown(result))
+  print(f"outputs in {_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file, with an optional ':arg'.",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for sweep.json, sweep.md and sweep.png.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
