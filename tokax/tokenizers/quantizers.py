@@ -416,10 +416,10 @@ class FSQ(nn.Module):
     if 2 in levels and not self.eps < 0:
       raise ValueError(f"{owner}.levels: a level of 2 makes the arctanh shift infinite with eps = {self.eps}; "
                        "use levels >= 3, LFQ for binary codes, or eps < 0 (lucidrains' convention)")
+    _check_codebook_size(math.prod(levels), "levels (their product)", owner)
     if not abs(self.eps) < 1.0 / (max(levels) - 1):
       raise ValueError(f"{owner}.eps: |eps| must be < 1 / (max(levels) - 1) = {1.0 / (max(levels) - 1):.4g} so that "
                        f"each channel takes exactly L values; got {self.eps!r}")
-    _check_codebook_size(math.prod(levels), "levels (their product)", owner)
     object.__setattr__(self, "levels", levels)
     super().__post_init__()
 
@@ -459,6 +459,12 @@ class FSQ(nn.Module):
     codes = jnp.sum(level_idx * basis, axis=-1, dtype=INDEX_DTYPE)
     metrics = histogram_metrics(code_counts(codes.reshape(-1, 1), self.codebook_size, axis_name=self.axis_name))
     return zhat.astype(z.dtype), QuantizerOutput(codes=codes, loss=jnp.zeros((), jnp.float32), metrics=metrics)
+
+  def latent_to_codes(self, latent: Array) -> Array:
+    """Quantized latent (..., d) (values k / (L // 2)) -> int32 codes (...); inverse of codes_to_latent."""
+    _, _, _, half_width, basis = self._constants()
+    level_idx = jnp.round(jnp.asarray(latent, jnp.float32) * half_width + half_width).astype(INDEX_DTYPE)
+    return jnp.sum(level_idx * basis, axis=-1, dtype=INDEX_DTYPE)
 
   def codes_to_latent(self, codes: Array) -> Array:
     """int codes (...) -> float32 (..., d) in [-1, 1]."""
@@ -571,6 +577,12 @@ class LFQ(nn.Module):
     if self.axis_name is not None:
       avg_probs = jax.lax.pmean(avg_probs, self.axis_name)
     return per_sample, jnp.mean(_clamped_entropy(avg_probs))
+
+  def latent_to_codes(self, latent: Array) -> Array:
+    """Latent (..., D) -> int32 codes (...) or (..., num_codebooks) from its signs; inverse of codes_to_latent."""
+    latent = jnp.asarray(latent).reshape(latent.shape[:-1] + (self.num_codebooks, self.codebook_bits))
+    codes = jnp.sum((latent > 0).astype(INDEX_DTYPE) * self._bit_weights(), axis=-1, dtype=INDEX_DTYPE)
+    return codes if self.num_codebooks > 1 else codes[..., 0]
 
   def codes_to_latent(self, codes: Array) -> Array:
     """int codes (...) or (..., num_codebooks) -> float32 (..., D) in {-s, s}."""
