@@ -228,8 +228,16 @@ def fusion_weights(received: Array, size: Array, pooling_type: int = 1) -> Array
   raise ValueError(f"fusion_weights: pooling_type must be one of {POOLING_TYPES}; got {pooling_type!r}")
 
 
+def _segment_sum_rows(values: Array, segments: Array, num_segments: int) -> Array:
+  """Per image, sums the rows of values (B, N, ...) that share a segment id (B, N) -> (B, num_segments, ...)."""
+  return jax.vmap(lambda v, s: jax.ops.segment_sum(v, s, num_segments=num_segments))(values, segments)
+
+
 def merge_attention(probs: Array, plan: MergePlan) -> Array:
   """One-step-ahead attention of the fused tokens: A' = diag(S w)^-1 S diag(w) A S^T per head.
+
+  Computed as two row scatters (keys summed per group, then queries w-averaged per group): O(N^2)
+  per head, where the dense product with the one-hot S would be O(N^3).
 
   Args:
     probs: (B, H, N, N) attention probabilities (rows sum to one).
@@ -238,13 +246,16 @@ def merge_attention(probs: Array, plan: MergePlan) -> Array:
   Returns:
     (B, H, N', N') float32: keys summed per group (rows still sum to one), queries w-averaged.
   """
-  groups = jax.nn.one_hot(plan.dst, plan.num_out, dtype=jnp.float32).transpose(0, 2, 1)  # S (B, N', N)
+  m = plan.num_out
   weight = plan.weight.astype(jnp.float32)
-  total = jnp.einsum("bmn,bn->bm", groups, weight, precision=_HIGHEST)
+  total = _segment_sum_rows(weight, plan.dst, m)  # (B, N') S w
   total = jnp.where(total > 0, total, 1.0)
-  rows = groups * (weight / jnp.take_along_axis(total, plan.dst, axis=1))[:, None, :]
-  keys = jnp.einsum("bhqk,bmk->bhqm", probs.astype(jnp.float32), groups, precision=_HIGHEST)
-  return jnp.einsum("bpq,bhqm->bhpm", rows, keys, precision=_HIGHEST)
+  query_weight = weight / jnp.take_along_axis(total, plan.dst, axis=1)  # (B, N)
+  by_key = probs.astype(jnp.float32).transpose(0, 3, 1, 2)  # (B, K, H, Q)
+  keys = _segment_sum_rows(by_key, plan.dst, m)  # (B, M, H, Q): A S^T, key-major
+  by_query = keys.transpose(0, 3, 2, 1) * query_weight[:, :, None, None]  # (B, Q, H, M)
+  merged = _segment_sum_rows(by_query, plan.dst, m)  # (B, P, H, M)
+  return merged.transpose(0, 2, 1, 3)
 
 
 def mctf_fuse(tokens: Tokens, probs: Array, r: int, *, tau_sim: float = 1.0, tau_info: float = 20.0,
