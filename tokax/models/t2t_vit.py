@@ -239,6 +239,8 @@ class T2TViT(nn.Module):
     variant: a preset: "7", "10", "12", "14", "19", "24" (performer stem) or "t_14", "t_19",
       "t_24" (transformer stem); "T2T-ViT-7" and the official "t2t_vit_t_14" spellings work too.
     tokens_type: "performer" or "transformer" to override the preset's stem; None keeps it.
+    width, depth, num_heads, mlp_ratio: override the preset's backbone (e.g. a 1-block model for
+      CPU runs); None keeps the preset's.
     num_classes: classifier outputs; 0 returns the normed class token.
     image_size: input height = width, a multiple of 16.
     token_dim: width of the T2T layers (64 in every official model).
@@ -250,6 +252,10 @@ class T2TViT(nn.Module):
   """
   variant: str = "14"
   tokens_type: str | None = None
+  width: int | None = None
+  depth: int | None = None
+  num_heads: int | None = None
+  mlp_ratio: float | None = None
   num_classes: int = 1000
   image_size: int = 224
   token_dim: int = 64
@@ -267,6 +273,19 @@ class T2TViT(nn.Module):
       if self.tokens_type not in TOKENS_TYPES:
         raise ValueError(f"T2TViT.tokens_type: expected one of {TOKENS_TYPES} or None; got {self.tokens_type!r}")
       arch = dataclasses.replace(arch, tokens_type=self.tokens_type)
+    overrides = {}
+    for name in ("width", "depth", "num_heads", "mlp_ratio"):
+      value = getattr(self, name)
+      if value is None:
+        continue
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
+          name != "mlp_ratio" and not isinstance(value, int)):
+        raise ValueError(f"T2TViT.{name}: expected a positive {'number' if name == 'mlp_ratio' else 'int'} "
+                         f"or None; got {value!r}")
+      overrides[name] = value
+    arch = dataclasses.replace(arch, **overrides)
+    if arch.width % arch.num_heads:
+      raise ValueError(f"T2TViT: width {arch.width} is not divisible by num_heads {arch.num_heads}")
     return arch
 
   @property
