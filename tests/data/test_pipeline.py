@@ -139,3 +139,12 @@ def test_image_folder(tmp_path):
   np.testing.assert_array_equal(batch["image"], images[[1, 4, 3, 0, 2]])  # PNG is lossless
   with pytest.raises(ValueError, match="not a directory"):
     pipeline.get_source(f"folder:{tmp_path}/missing", split="")
+
+
+def test_input_benchmark_smoke():
+  from tokax.bench import input_pipeline
+
+  source = input_pipeline.synthetic_jpegs(4)
+  assert source[0]["image"][:2] == b"\xff\xd8"  # JPEG
+  row = input_pipeline.measure(source, threads=1, batch=2, batches=1, preprocess=input_pipeline.DEFAULT_PREPROCESS)
+  assert row["image_shape"] == [224, 224, 3] and row["dtype"] == "float32" and row["images_per_s"] > 0
