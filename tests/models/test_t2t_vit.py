@@ -44,6 +44,7 @@ def _relative(actual, expected):
   return float(np.max(np.abs(np.asarray(actual) - expected)) / np.max(np.abs(expected)))
 
 
+@pytest.mark.slow  # the module fixture compiles both models (~10 s on 2 cores)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_logits_match_official(golden_runs, name):
   meta, arrays, _, _, _, logits, inter = golden_runs[name]
@@ -67,6 +68,7 @@ def test_soft_split_equals_unfold_closed_form():
   np.testing.assert_array_equal(out[0], expected)
 
 
+@pytest.mark.slow  # ToMe's 7 matching layers take ~12 s to compile on 2 cores
 def test_tome_r8_under_jit(golden_runs):
   """T2T-ViT-7 at 224 with ToMe r=8: 197 tokens lose 8 per block, sizes still cover every patch."""
   _, _, model, params, images, dense_logits, _ = golden_runs["t2t_vit_7"]
