@@ -54,3 +54,23 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str
         draw = rng.standard_normal(shape, dtype=np.float64)
         out[name] = (offset + scale * draw).astype(np.float32)
     return out
+
+
+# T2T-ViT: the same draws, with three changes that keep the official model in its working range.
+T2T_KQV_SCALE = 0.2  # Token_performer.kqv: |k|^2 / 2 of order 1, so exp(w.k - |k|^2 / 2) neither vanishes
+T2T_FEATURE_SCALE = 10.0  # Token_performer.w: unit-variance rows, like orthogonal_ * sqrt(m)
+
+
+def t2t_random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+    """random_state_dict for an official T2T_ViT, without pos_embed (the fixed sinusoid table).
+
+    The performer's kqv weights are scaled by T2T_KQV_SCALE (else its denominator falls below the
+    official 1e-8 epsilon) and its random features `w` by T2T_FEATURE_SCALE.
+    """
+    out = random_state_dict({k: v for k, v in shapes.items() if k != "pos_embed"}, seed)
+    for name in out:
+        if name.endswith(".kqv.weight"):
+            out[name] *= np.float32(T2T_KQV_SCALE)
+        elif name.endswith(".w"):
+            out[name] *= np.float32(T2T_FEATURE_SCALE)
+    return out

@@ -1,4 +1,6 @@
-"""Input data: embedded offline datasets (offline.py)."""
+"""Input data: embedded offline datasets (offline.py), the input pipeline (pipeline.py: datasets by
+name, string-named preprocessing from transforms.py, restorable host-local batches), tfds.py and
+folder.py sources. tensorflow-datasets and grain are imported only when used."""
 
 from tokax.data.offline import (
     BACKGROUNDS,
@@ -10,12 +12,16 @@ from tokax.data.offline import (
     resize_bilinear,
     split_source_indices,
 )
+from tokax.data.pipeline import DataIterator, get_source, make_iterator
 
 __all__ = [
     "BACKGROUNDS",
     "DATASETS",
     "SPLITS",
     "ArrayDataset",
+    "DataIterator",
+    "get_source",
+    "make_iterator",
     "iterate_batches",
     "load",
     "resize_bilinear",

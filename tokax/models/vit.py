@@ -127,6 +127,7 @@ class Block(nn.Module):
   MLP: ToMe, EViT, PiToMe, DToMe), "pre" (at the block input, with this block's own attention map,
   which is merged and reused: MCTF) or "end" (after the MLP residual, through a module that may
   hold parameters: SiT's token slimming). See tokax.reduction.base.
+  norm_epsilon is the LayerNorms' epsilon: 1e-6 as timm's ViT, 1e-5 (torch's default) for T2T-ViT.
   """
   num_heads: int
   mlp_dim: int
@@ -139,13 +140,14 @@ class Block(nn.Module):
   drop_path: float = 0.0
   attention: str | None = None
   gelu_approximate: bool = False
+  norm_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens: Tokens, deterministic: bool = True) -> Tokens:
     width = tokens.x.shape[-1]
-    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    norm = lambda name: nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     scale = lambda name: (LayerScale(self.layer_scale, self.param_dtype, name=name)
                           if self.layer_scale is not None else (lambda y: y))
     reduction = self.reduction

@@ -49,12 +49,13 @@ class TrainResult:
 
 
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int):
-  """The ViT described by config.model and config.reduction."""
+  """The model described by config.model (a ViT, or a T2T-ViT with model.name="t2t_vit") and config.reduction."""
   m, red = config.model, config.reduction
+  extra = {key: m[key] for key in ("name", "tokens_type", "mlp_ratio") if key in m}  # T2T-ViT configs
   return build_model(
       variant=m.variant, image_size=m.image_size, num_classes=num_classes, pool=m.pool,
       drop_path=m.drop_path, dtype=m.dtype, width=m.width, depth=m.depth, num_heads=m.num_heads,
-      mlp_dim=m.mlp_dim, reduction=build_reduction(red.name, r=red.r, prop_attn=red.prop_attn))
+      mlp_dim=m.mlp_dim, reduction=build_reduction(red.name, r=red.r, prop_attn=red.prop_attn), **extra)
 
 
 def load_split(config: ml_collections.ConfigDict, split: str) -> offline.ArrayDataset:

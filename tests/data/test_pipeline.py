@@ -1,0 +1,150 @@
+"""Input pipeline: string-named ops (closed forms), mixup/cutmix, tfds (mock), image folder, exact restore."""
+import numpy as np
+import pytest
+
+from tokax.data import pipeline, transforms
+
+
+def _rng(seed=0):
+  return np.random.default_rng(seed)
+
+
+def test_ops_closed_forms():
+  image = _rng().integers(0, 256, (20, 30, 3), dtype=np.uint8)
+  out = transforms.parse("random_crop(8, 10)|flip_lr|value_range(-1, 1)")({"image": image, "label": 1}, _rng(5))
+  rng = _rng(5)  # the same draws, by hand
+  top, left = rng.integers(20 - 8 + 1), rng.integers(30 - 10 + 1)
+  crop = image[top:top + 8, left:left + 10]
+  crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+  np.testing.assert_allclose(out["image"], crop / 127.5 - 1.0, atol=1e-6)
+  assert out["image"].dtype == np.float32 and out["label"] == 1
+  ops = transforms.parse(["resize_small(12)", "central_crop(12)"])({"image": image}, _rng())
+  assert ops["image"].shape == (12, 12, 3)
+  norm = transforms.parse("normalize")({"image": image}, _rng())["image"]
+  np.testing.assert_allclose(norm, (image / 255.0 - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD, rtol=1e-5)
+  crop = transforms.parse("inception_crop(16)")({"image": image}, _rng(3))["image"]
+  assert crop.shape == (16, 16, 3) and crop.dtype == np.uint8
+  with pytest.raises(ValueError, match="unknown example op 'rotate'"):
+    transforms.parse("decode|rotate(3)")
+  with pytest.raises(ValueError, match="resize first"):
+    transforms.parse("random_crop(40)")({"image": image}, _rng())
+
+
+def test_mixup_and_cutmix_closed_forms():
+  b, k = 6, 5
+  labels = np.array([0, 1, 2, 3, 4, 0])
+  images = np.broadcast_to(np.arange(1, b + 1, dtype=np.float32)[:, None, None, None], (b, 16, 20, 3)).copy()
+  images += _rng(1).standard_normal(images.shape).astype(np.float32) * 0.01
+  batch = {"image": images, "label": labels}
+  onehot = transforms.one_hot(labels, k, 0.1)
+  np.testing.assert_allclose(onehot.sum(-1), 1.0, rtol=1e-6)
+
+  mixed = transforms.parse_batch(f"mixup(0.8, num_classes={k}, label_smoothing=0.1)")(batch, _rng(2))
+  lam = float(mixed["mix_lambda"][0])
+  assert lam == pytest.approx(float(_rng(2).beta(0.8, 0.8)))
+  np.testing.assert_allclose(mixed["image"], lam * images + (1 - lam) * images[::-1], rtol=1e-6)
+  np.testing.assert_allclose(mixed["label"], lam * onehot + (1 - lam) * onehot[::-1], rtol=1e-6)
+  np.testing.assert_allclose(mixed["label"].sum(-1), 1.0, rtol=1e-6)
+
+  for seed in range(4):
+    cut = transforms.parse_batch(f"cutmix(1.0, num_classes={k})")(batch, _rng(seed))
+    lam = float(cut["mix_lambda"][0])
+    from_partner = np.abs(cut["image"] - images[::-1]) < 0.1  # the pasted box: the mirror image's values
+    assert from_partner[..., 0].mean(axis=(1, 2)) == pytest.approx(np.full(b, 1 - lam))  # area = 1 - lambda
+    np.testing.assert_allclose(cut["label"].sum(-1), 1.0, rtol=1e-6)
+    hard = transforms.one_hot(labels, k)
+    np.testing.assert_allclose(cut["label"], lam * hard + (1 - lam) * hard[::-1], rtol=1e-6)
+  both = transforms.parse_batch(f"mixup_cutmix(num_classes={k})")(batch, _rng(0))
+  np.testing.assert_allclose(both["label"].sum(-1), 1.0, rtol=1e-6)
+
+
+def _source(n=23, size=12):
+  images = _rng(7).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+  return [{"image": images[i], "label": i} for i in range(n)]
+
+
+def test_restore_mid_epoch_and_process_slices():
+  source = _source()
+  kwargs = dict(batch_size=4, seed=3, preprocess="random_crop(8)|flip_lr|value_range(0, 1)", num_threads=2)
+  straight = pipeline.DataIterator(source, **kwargs)
+  batches = [next(straight) for _ in range(9)]  # 5 batches per epoch: crosses into epoch 1
+  epoch0 = np.concatenate([b["label"] for b in batches[:5]])
+  assert len(set(epoch0.tolist())) == 20  # each example at most once per epoch
+  epoch1 = np.concatenate([b["label"] for b in batches[5:9]])
+  assert not np.array_equal(epoch1, epoch0[:16])  # a new permutation every epoch
+
+  resumed = pipeline.DataIterator(source, **kwargs)
+  next(resumed), next(resumed), next(resumed)
+  state = resumed.get_state()
+  assert state == {"epoch": 0, "position": 3}
+  fresh = pipeline.DataIterator(source, **kwargs)
+  fresh.set_state(state)
+  for expected in batches[3:9]:
+    got = next(fresh)
+    np.testing.assert_array_equal(got["label"], expected["label"])
+    np.testing.assert_array_equal(got["image"], expected["image"])
+  assert fresh.get_state() == {"epoch": 1, "position": 4}
+
+  halves = [pipeline.DataIterator(source, process_index=p, process_count=2, **kwargs) for p in range(2)]
+  for expected in batches[:2]:
+    got = [next(h) for h in halves]
+    np.testing.assert_array_equal(np.concatenate([g["image"] for g in got]), expected["image"])
+  with pytest.raises(ValueError, match="position"):
+    fresh.set_state({"epoch": 0, "position": 5})
+
+
+def test_eval_order_padding_and_batch_ops():
+  source = _source(n=10)
+  it = pipeline.DataIterator(source, batch_size=4, shuffle=False, drop_remainder=False, num_epochs=1,
+                             preprocess="value_range(0, 1)", num_threads=1)
+  batches = list(it)
+  assert [b["mask"].sum() for b in batches] == [4, 4, 2]
+  np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in batches]), np.arange(10))
+  np.testing.assert_allclose(batches[0]["image"], np.stack([s["image"] for s in source[:4]]) / 255.0, rtol=1e-6)
+  mixed = next(pipeline.DataIterator(source, batch_size=4, batch_preprocess="mixup_cutmix(num_classes=10)",
+                                     preprocess="value_range(0, 1)", num_threads=1))
+  assert mixed["label"].shape == (4, 10)
+  np.testing.assert_allclose(mixed["label"].sum(-1), 1.0, rtol=1e-6)
+
+
+def test_tfds_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    it = pipeline.make_iterator("tfds:mnist:train", batch_size=4, seed=0, num_threads=2,
+                                preprocess="decode|resize(16)|value_range(-1, 1)")
+    source = it.source
+    assert len(source) == 12 and source.num_classes == 10
+    batch = next(it)
+    assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
+    first = np.random.default_rng((pipeline._ORDER_SALT, 0, 0)).permutation(12)[:4]
+    np.testing.assert_array_equal(batch["label"], [source[int(i)]["label"] for i in first])
+    image = transforms.pil_resize(np.repeat(source[int(first[0])]["image"], 3, axis=-1), 16, 16)
+    np.testing.assert_allclose(batch["image"][0], image / 127.5 - 1.0, atol=1e-6)
+  with pytest.raises(ValueError, match="no split"):
+    pipeline.get_source("tfds:mnist", split="")
+
+
+def test_image_folder(tmp_path):
+  from PIL import Image
+
+  images = _rng(4).integers(0, 256, (5, 9, 11, 3), dtype=np.uint8)
+  for i, cls in enumerate(["cat", "ant", "cat", "bee", "ant"]):
+    (tmp_path / "train" / cls).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(images[i]).save(tmp_path / "train" / cls / f"{i}.png")
+  it = pipeline.make_iterator(f"folder:{tmp_path}", split="train", batch_size=5, shuffle=False, num_threads=1,
+                              preprocess="decode")
+  assert it.source.classes == ["ant", "bee", "cat"]
+  batch = next(it)
+  np.testing.assert_array_equal(batch["label"], [0, 0, 1, 2, 2])
+  np.testing.assert_array_equal(batch["image"], images[[1, 4, 3, 0, 2]])  # PNG is lossless
+  with pytest.raises(ValueError, match="not a directory"):
+    pipeline.get_source(f"folder:{tmp_path}/missing", split="")
+
+
+def test_input_benchmark_smoke():
+  from tokax.bench import input_pipeline
+
+  source = input_pipeline.synthetic_jpegs(4)
+  assert source[0]["image"][:2] == b"\xff\xd8"  # JPEG
+  row = input_pipeline.measure(source, threads=1, batch=2, batches=1, preprocess=input_pipeline.DEFAULT_PREPROCESS)
+  assert row["image_shape"] == [224, 224, 3] and row["dtype"] == "float32" and row["images_per_s"] > 0

@@ -1,0 +1,226 @@
+"""The input pipeline: a dataset by name, string-named preprocessing, host-local numpy batches.
+
+  it = make_iterator("tfds:imagenet2012:train", batch_size=1024, seed=0,
+                     preprocess="decode|inception_crop(224)|flip_lr|value_range(-1, 1)",
+                     batch_preprocess="mixup_cutmix(num_classes=1000)", num_threads=16)
+  batch = next(it)          # {"image": (B / process_count, 224, 224, 3) float32, "label": ...}
+  state = it.get_state()    # {"epoch": e, "position": p}: JSON, goes into the checkpoint
+  it.set_state(state)       # the same batches follow, bit for bit
+
+Determinism: epoch e visits the examples in the order permutation(seed, e) (or in order without
+shuffle); example i of epoch e is preprocessed with np.random.default_rng((seed, e, i)) and batch
+k's batch ops with default_rng((seed, k, process_index)). So batch k is a pure function of
+(seed, k) and restoring needs only (epoch, position): no worker state, no buffers.
+
+Multi-host: with process_count P, batch_size is the global batch; process p gets the p-th
+contiguous slice of each global batch (B / P examples), ready for
+jax.make_array_from_process_local_data.
+
+Threads: batches are built by `num_threads` worker threads through grain
+(MapDataset.range(...).map(load_batch).to_iter_dataset with ReadOptions), in order, with
+`prefetch` batches buffered (without grain installed, a plain thread pool does the same).
+Decoding and resizing run in PIL, which releases the GIL.
+
+Names: "tfds:<name>[:split]" (tokax.data.tfds), "folder:<root>" (tokax.data.folder; root/<split>
+if that directory exists), or an embedded dataset "digits" / "cluttered_digits" (also as
+"offline:<name>"; images float32 in [0, 1]).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from tokax.data import offline, transforms
+
+_EXAMPLE_SALT = 0x54524E53
+_BATCH_SALT = 0x4D495842
+_ORDER_SALT = 0x4F524452
+
+
+class Source(Protocol):
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+class ArraySource:
+  """An offline.ArrayDataset as a Source: [i] -> {"image": (H, W, 3) float32 in [0, 1], "label": int32}."""
+
+  def __init__(self, dataset: offline.ArrayDataset):
+    self.dataset = dataset
+    self.num_classes = dataset.num_classes
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {"image": self.dataset.images[index], "label": self.dataset.labels[index]}
+
+
+def get_source(name: str, split: str = "train", *, data_dir: str | None = None, **offline_kwargs: Any) -> Source:
+  """A Source by name (see the module docstring); offline_kwargs go to offline.load (image_size, ...)."""
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"data.name: expected 'tfds:<name>[:split]', 'folder:<root>' or one of {offline.DATASETS}; "
+                     f"got {name!r}")
+  if name.startswith("tfds:"):
+    from tokax.data import tfds  # noqa: PLC0415 (tensorflow-datasets is optional)
+
+    return tfds.data_source(name, split, data_dir=data_dir)
+  if name.startswith("folder:"):
+    from tokax.data.folder import ImageFolder  # noqa: PLC0415
+
+    root = name[len("folder:"):]
+    return ImageFolder(os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root)
+  dataset = name.removeprefix("offline:")
+  if dataset not in offline.DATASETS:
+    raise ValueError(f"data.name: unknown dataset {name!r}; expected 'tfds:<name>[:split]', 'folder:<root>' or "
+                     f"one of {offline.DATASETS}")
+  return ArraySource(offline.load(dataset, split, **offline_kwargs))
+
+
+class DataIterator(Iterator[dict[str, np.ndarray]]):
+  """Host-local batches of a Source, restorable from {"epoch", "position"}; see the module docstring.
+
+  Attributes:
+    steps_per_epoch: global batches per epoch (the last partial one dropped, or padded and
+      masked without drop_remainder).
+  """
+
+  def __init__(self, source: Source, *, batch_size: int, preprocess: str | Sequence[str] = "",
+               batch_preprocess: str | Sequence[str] = "", seed: int = 0, shuffle: bool = True,
+               drop_remainder: bool = True, num_epochs: int | None = None, process_index: int = 0,
+               process_count: int = 1, num_threads: int = 8, prefetch: int | None = None,
+               keys: tuple[str, ...] = ("image", "label")):
+    for field, value, minimum in (("batch_size", batch_size, 1), ("seed", seed, 0), ("num_threads", num_threads, 1),
+                                  ("process_count", process_count, 1), ("process_index", process_index, 0)):
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"DataIterator.{field}: expected an int >= {minimum}; got {value!r}")
+    if process_index >= process_count:
+      raise ValueError(f"DataIterator.process_index: {process_index} >= process_count {process_count}")
+    if batch_size % process_count:
+      raise ValueError(f"DataIterator.batch_size: the global batch {batch_size} must divide evenly over "
+                       f"{process_count} processes")
+    if num_epochs is not None and (isinstance(num_epochs, bool) or num_epochs < 1):
+      raise ValueError(f"DataIterator.num_epochs: expected a positive int or None (forever); got {num_epochs!r}")
+    n = len(source)
+    if drop_remainder and batch_size > n:
+      raise ValueError(f"DataIterator.batch_size: {batch_size} > dataset size {n} with drop_remainder=True yields "
+                       "nothing; lower batch_size or set drop_remainder=False")
+    self.source, self.keys = source, tuple(keys)
+    self.batch_size, self.local_batch_size = batch_size, batch_size // process_count
+    self.seed, self.shuffle, self.drop_remainder, self.num_epochs = seed, shuffle, drop_remainder, num_epochs
+    self.process_index, self.process_count = process_index, process_count
+    self.num_threads, self.prefetch = num_threads, prefetch if prefetch is not None else 2 * num_threads
+    self.preprocess = transforms.parse(preprocess)
+    self.batch_preprocess = transforms.parse_batch(batch_preprocess)
+    self.steps_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
+    self._orders: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+    self._next_step = 0
+    self._stream = None
+
+  # --- state ----------------------------------------------------------------------------------
+
+  def get_state(self) -> dict[str, int]:
+    """{"epoch": e, "position": p}: the next batch is batch p of epoch e."""
+    epoch, position = divmod(self._next_step, self.steps_per_epoch)
+    return {"epoch": int(epoch), "position": int(position)}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    """Continue from a get_state() value."""
+    try:
+      epoch, position = int(state["epoch"]), int(state["position"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"DataIterator.set_state: expected {{'epoch': int, 'position': int}}; got {state!r}") from e
+    if epoch < 0 or not 0 <= position < self.steps_per_epoch:
+      raise ValueError(f"DataIterator.set_state: need epoch >= 0 and 0 <= position < {self.steps_per_epoch}; "
+                       f"got {state!r}")
+    self._next_step = epoch * self.steps_per_epoch + position
+    self._stream = None
+
+  # --- batches --------------------------------------------------------------------------------
+
+  def _order(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch not in self._orders:
+        n = len(self.source)
+        order = (np.random.default_rng((_ORDER_SALT, self.seed, epoch)).permutation(n) if self.shuffle
+                 else np.arange(n))
+        self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+        self._orders[epoch] = order
+      return self._orders[epoch]
+
+  def load_batch(self, step: int) -> dict[str, np.ndarray]:
+    """Global batch `step` (counting over epochs), this process's slice, preprocessed."""
+    epoch, position = divmod(step, self.steps_per_epoch)
+    order = self._order(epoch)
+    start = position * self.batch_size + self.process_index * self.local_batch_size
+    positions = np.arange(start, start + self.local_batch_size)
+    valid = positions < len(order)
+    examples = []
+    for pos in np.where(valid, positions, 0):
+      index = int(order[pos])
+      rng = np.random.default_rng((_EXAMPLE_SALT, self.seed, epoch, index))
+      example = self.preprocess(dict(self.source[index]), rng)
+      examples.append({k: example[k] for k in self.keys})
+    try:
+      batch = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in self.keys}
+    except ValueError as e:
+      shapes = sorted({str(np.shape(ex["image"])) for ex in examples if "image" in ex})
+      raise ValueError(f"DataIterator: examples of one batch differ in shape (images {shapes}); end the "
+                       "preprocess with a fixed-size op such as resize(224) or random_crop(224)") from e
+    if not self.drop_remainder:
+      batch["mask"] = valid
+    rng = np.random.default_rng((_BATCH_SALT, self.seed, step, self.process_index))
+    return self.batch_preprocess(batch, rng)
+
+  def _make_stream(self) -> Iterator[dict[str, np.ndarray]]:
+    stop = 2 ** 62 if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
+    if self._next_step >= stop:
+      return iter(())
+    try:
+      import grain  # noqa: PLC0415 (optional dependency: pip install tokax[data])
+    except ImportError:
+      return _thread_pool_stream(self.load_batch, self._next_step, stop, self.num_threads, self.prefetch)
+    steps = grain.MapDataset.range(self._next_step, stop)
+    return iter(steps.map(self.load_batch).to_iter_dataset(
+        grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)))
+
+  def __iter__(self) -> "DataIterator":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._stream is None:
+      self._stream = self._make_stream()
+    batch = next(self._stream)
+    self._next_step += 1
+    return batch
+
+
+def _thread_pool_stream(load, start: int, stop: int, num_threads: int, prefetch: int) -> Iterator[Any]:
+  """load(start), load(start + 1), ... in order, `prefetch` ahead on a thread pool (grain's stand-in)."""
+  import collections  # noqa: PLC0415
+  from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+  with ThreadPoolExecutor(num_threads) as pool:
+    pending = collections.deque()
+    step = start
+    while pending or step < stop:
+      while step < stop and len(pending) < max(prefetch, 1):
+        pending.append(pool.submit(load, step))
+        step += 1
+      yield pending.popleft().result()
+
+
+def make_iterator(name: str | Source, *, batch_size: int, split: str = "train", data_dir: str | None = None,
+                  source_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> DataIterator:
+  """DataIterator over get_source(name, split, ...) (or a Source given directly); kwargs as DataIterator's.
+
+  The trainer's entry point: host-local numpy batches with get_state / set_state.
+  """
+  source = name if not isinstance(name, str) else get_source(name, split, data_dir=data_dir, **(source_kwargs or {}))
+  return DataIterator(source, batch_size=batch_size, **kwargs)
