@@ -22,16 +22,21 @@ from absl import app, flags
 
 from tokax.models.xar import XAR, sample
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of an xAR training run (config.json, checkpoints/).")
-_NUM = flags.DEFINE_integer("num", 100, "Number of samples.")
-_BATCH = flags.DEFINE_integer("batch_size", 500, "Samples per jit call.")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Flow steps per entity (default: the config's sample.num_steps).")
-_CFG = flags.DEFINE_float("cfg", None, "Guidance weight (default: the config's).")
-_CFG_SCHEDULE = flags.DEFINE_enum("cfg_schedule", None, ["linear", "constant"], "Per-entity guidance schedule.")
-_METHOD = flags.DEFINE_enum("method", None, ["euler", "em"], "ODE (euler) or SDE (em) sampler.")
-_SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
-_OUT = flags.DEFINE_string("out", None, "Output directory (default: the workdir).")
-flags.mark_flags_as_required(["workdir"])
+
+
+def _define_flags() -> dict:
+  """The command line's flags (defined only when run as a program, so importing this module is free)."""
+  return dict(
+      workdir=flags.DEFINE_string("workdir", None, "Workdir of an xAR training run (config.json, checkpoints/)."),
+      num=flags.DEFINE_integer("num", 100, "Number of samples."),
+      batch_size=flags.DEFINE_integer("batch_size", 500, "Samples per jit call."),
+      num_steps=flags.DEFINE_integer("num_steps", None, "Flow steps per entity (default: the config's)."),
+      cfg=flags.DEFINE_float("cfg", None, "Guidance weight (default: the config's)."),
+      cfg_schedule=flags.DEFINE_enum("cfg_schedule", None, ["linear", "constant"], "Per-entity guidance schedule."),
+      method=flags.DEFINE_enum("method", None, ["euler", "em"], "ODE (euler) or SDE (em) sampler."),
+      seed=flags.DEFINE_integer("seed", 0, "Noise seed."),
+      out=flags.DEFINE_string("out", None, "Output directory (default: the workdir)."),
+  )
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -102,16 +107,18 @@ def sample_workdir(workdir: str, num: int, *, out: str | None = None, batch_size
   return {"num": num, "seconds": seconds, "samples_per_s": num / max(seconds, 1e-9), "out": out, **kwargs}
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag_values: dict) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if flag_values["workdir"].value is None:
+    raise app.UsageError("--workdir is required")
   from tokax.train import logging as metric_logging
   metric_logging.quiet_orbax_info()
-  summary = sample_workdir(_WORKDIR.value, _NUM.value, out=_OUT.value, batch_size=_BATCH.value, seed=_SEED.value,
-                           num_steps=_NUM_STEPS.value, cfg=_CFG.value, cfg_schedule=_CFG_SCHEDULE.value,
-                           method=_METHOD.value)
+  v = {k: f.value for k, f in flag_values.items()}
+  summary = sample_workdir(v.pop("workdir"), v.pop("num"), **v)
   print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS))
