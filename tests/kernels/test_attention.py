@@ -76,3 +76,47 @@ def test_folded_key_bias_equals_the_bias():
   out = jax.nn.dot_product_attention(fq, fk, fv, scale=64 ** -0.5, implementation="xla")[..., :64]
   ref, _ = _numpy_attention(q, k, v, bias, None)
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def _numpy_masked(q, k, v, mask):
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(np.broadcast_to(mask, logits.shape), logits, -np.inf)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+@pytest.mark.parametrize("mask_batch,mask_heads,nq", [(1, 1, 12), (2, 3, 5)])
+def test_general_mask_and_longer_keys_match_float64(mask_batch, mask_heads, nq):
+  """A (B|1, H|1, N, M) boolean mask, with M > N as against a KV cache."""
+  rng = np.random.default_rng(nq)
+  b, h, d, m = 2, 3, 8, 12
+  q = rng.standard_normal((b, nq, h, d)).astype(np.float32)
+  k, v = (rng.standard_normal((b, m, h, d)).astype(np.float32) for _ in range(2))
+  mask = rng.uniform(size=(mask_batch, mask_heads, nq, m)) > 0.4
+  mask[..., 0] = True
+  out, _ = kernels.attention(q, k, v, mask=jnp.asarray(mask), implementation="xla")
+  np.testing.assert_allclose(out, _numpy_masked(q, k, v, mask), rtol=2e-5, atol=2e-5)
+
+
+def test_mask_is_checked_and_cudnn_dispatch_on_masks():
+  from tokax.kernels.attention import cudnn_applies, cudnn_mask
+  x = jnp.ones((2, 4, 2, 8)) * jnp.arange(4.0)[None, :, None, None]
+  with pytest.raises(ValueError, match="mask must be a bool array"):
+    kernels.attention(x, x, x, mask=jnp.ones((1, 1, 4, 5), bool))
+  with pytest.raises(ValueError, match="mask must be a bool array"):
+    kernels.attention(x, x, x, mask=jnp.ones((1, 1, 4, 4), jnp.float32))
+  half = jnp.zeros((2, 6, 2, 64), jnp.bfloat16)
+  odd = jnp.zeros((2, 5, 2, 64), jnp.bfloat16)
+  mask = jnp.ones((1, 1, 6, 6), bool)
+  assert cudnn_applies(half, (), half, mask, backend="gpu")
+  assert not cudnn_applies(odd, (), odd, jnp.ones((1, 1, 5, 5), bool), backend="gpu")  # odd length + bias
+  assert cudnn_applies(odd, (), odd, None, backend="gpu")
+  assert not cudnn_applies(half, (), half, mask, backend="cpu")
+  assert not cudnn_applies(half.astype(jnp.float32), (), half, mask, backend="gpu")
+  key_mask = jnp.asarray([[True] * 5 + [False]] * 2)
+  block = jnp.tril(jnp.ones((6, 6), bool))[None, None]
+  combined = cudnn_mask(half, half, key_mask, block)
+  assert combined.shape == (2, 1, 6, 6)
+  np.testing.assert_array_equal(combined, np.tril(np.ones((6, 6), bool))[None, None] & np.asarray(key_mask)[:, None, None])

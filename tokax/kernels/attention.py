@@ -6,7 +6,11 @@ selection metrics that reduction methods need ("cls", "received"). Implementatio
 - "xla": the pure-jnp reference (materialises the probabilities; always available).
 - "cudnn": jax.nn.dot_product_attention(implementation="cudnn"): flash attention on NVIDIA GPUs,
   bf16/fp16 only, no score side outputs.
-- None / "auto": cudnn where it applies (GPU, half precision, no scores requested), else xla.
+- None / "auto": cudnn where it applies (GPU, half precision, no scores requested, a mask cuDNN
+  takes), else xla.
+
+Keys and values may be longer than the queries (attention against a KV cache), and a general
+boolean `mask` (B or 1, H or 1, N, M) expresses block-causal or cache-validity patterns.
 """
 from __future__ import annotations
 
@@ -20,20 +24,44 @@ Array = jax.Array
 IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 
 
-def _check_inputs(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None) -> None:
-  if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+def _check_inputs(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
+                  mask: Array | None) -> None:
+  if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape or k.shape[::2] != q.shape[::2] or k.shape[3] != q.shape[3]:
     raise ValueError(
-        f"attention: q, k, v must all be (B, N, H, D) with equal shapes; got {q.shape}, {k.shape}, {v.shape}")
-  batch, n = q.shape[:2]
+        "attention: q must be (B, N, H, D) and k, v (B, M, H, D) with the same B, H, D; "
+        f"got {q.shape}, {k.shape}, {v.shape}")
+  batch, n, heads = q.shape[:3]
+  m = k.shape[1]
   for name, arr in (("key_bias", key_bias), ("key_mask", key_mask)):
-    if arr is not None and arr.shape != (batch, n):
-      raise ValueError(f"attention: {name} must be (B, N) = {(batch, n)}; got {arr.shape}")
+    if arr is not None and arr.shape != (batch, m):
+      raise ValueError(f"attention: {name} must be (B, M) = {(batch, m)}; got {arr.shape}")
+  if mask is not None:
+    ok = (mask.ndim == 4 and mask.shape[0] in (1, batch) and mask.shape[1] in (1, heads)
+          and mask.shape[2:] == (n, m) and mask.dtype == jnp.bool_)
+    if not ok:
+      raise ValueError(
+          f"attention: mask must be a bool array of shape (B or 1, H or 1, N, M) = ({batch} or 1, {heads} or 1, "
+          f"{n}, {m}); got {mask.dtype} {mask.shape}")
 
 
-def cudnn_applies(q: Array, scores: tuple[str, ...]) -> bool:
-  """Whether cuDNN flash attention can serve this call on the default backend."""
-  return (not scores and jax.default_backend() == "gpu"
-          and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 120)
+def cudnn_applies(q: Array, scores: tuple[str, ...], k: Array | None = None, mask: Array | None = None,
+                  key_mask: Array | None = None, *, backend: str | None = None) -> bool:
+  """Whether cuDNN flash attention can serve this call on `backend` (default: the default backend).
+
+  Conditions: a GPU, half precision, head dim a multiple of 8 and <= 120, no scores. A mask reaches
+  cuDNN as an additive (B, 1 or H, N, M) bias, and cuDNN rejects a bias unless both sequence
+  lengths are even, so a masked call with an odd N or M goes to xla.
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if scores or backend != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16):
+    return False
+  if q.shape[-1] % 8 or q.shape[-1] > 120:
+    return False
+  if mask is not None or key_mask is not None:
+    m = q.shape[1] if k is None else k.shape[1]
+    if q.shape[1] % 2 or m % 2:
+      return False
+  return True
 
 
 def fold_key_bias(q: Array, k: Array, v: Array, key_bias: Array) -> tuple[Array, Array, Array]:
@@ -58,14 +86,26 @@ def fold_key_bias(q: Array, k: Array, v: Array, key_bias: Array) -> tuple[Array,
   return (jnp.concatenate([q, extra_q], -1), jnp.concatenate([k, extra_k], -1), jnp.concatenate([v, zeros_v], -1))
 
 
-def _cudnn(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None) -> Array:
+def cudnn_mask(q: Array, k: Array, key_mask: Array | None, mask: Array | None) -> Array | None:
+  """key_mask (B, M) and mask (B|1, H|1, N, M) combined into the (B, 1 or H, N, M) bool mask cuDNN takes."""
+  batch, n, heads = q.shape[:3]
+  m = k.shape[1]
+  combined = None
+  if key_mask is not None:
+    combined = key_mask[:, None, None, :]
+  if mask is not None:
+    combined = mask if combined is None else jnp.logical_and(combined, mask)
+  if combined is None:
+    return None
+  return jnp.broadcast_to(combined, (batch, combined.shape[1] if combined.shape[1] == heads else 1, n, m))
+
+
+def _cudnn(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
+           mask: Array | None) -> Array:
   """cuDNN flash attention; a key bias rides in the head dimension (fold_key_bias) rather than as a
   (B, 1, N, N) bias tensor, which costs a few percent more FLOPs instead of an N x N read per layer."""
   d = q.shape[-1]
-  mask = None
-  if key_mask is not None:  # cuDNN wants the mask with full query and key lengths
-    batch, n = q.shape[:2]
-    mask = jnp.broadcast_to(key_mask[:, None, None, :], (batch, 1, n, n))
+  mask = cudnn_mask(q, k, key_mask, mask)  # cuDNN wants the mask with full query and key lengths
   if key_bias is not None:
     q, k, v = fold_key_bias(q, k, v, key_bias)
   out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=d ** -0.5, implementation="cudnn")
@@ -79,34 +119,37 @@ def attention(
     *,
     key_bias: Array | None = None,
     key_mask: Array | None = None,
+    mask: Array | None = None,
     scores: tuple[str, ...] = (),
     implementation: str | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-  """Multi-head softmax attention with optional per-key bias, key mask and selection scores.
+  """Multi-head softmax attention with optional per-key bias, masks and selection scores.
 
   Args:
-    q, k, v: (B, N, H, D).
-    key_bias: (B, N) additive bias per key (proportional attention: log token size), or None.
-    key_mask: (B, N) bool, True for real tokens (DToMe padding), or None.
-    scores: subset of ("cls", "received"); each is returned as a (B, N) float32 array.
+    q: (B, N, H, D) queries; k, v: (B, M, H, D) keys and values (M = N for self-attention).
+    key_bias: (B, M) additive bias per key (proportional attention: log token size), or None.
+    key_mask: (B, M) bool, True for real tokens (DToMe padding), or None.
+    mask: (B or 1, H or 1, N, M) bool, True where query n may attend to key m (block-causal
+      generation, KV-cache validity), or None. Every query must keep at least one key.
+    scores: subset of ("cls", "received"); each is returned as a (B, M) float32 array.
     implementation: "xla", "cudnn" or None/"auto".
 
   Returns:
-    out (B, N, H, D) in q's dtype and a dict name -> (B, N) scores.
+    out (B, N, H, D) in q's dtype and a dict name -> (B, M) scores.
   """
-  _check_inputs(q, k, v, key_bias, key_mask)
+  _check_inputs(q, k, v, key_bias, key_mask, mask)
   scores = tuple(scores)
   for name in scores:
     if name not in reference.SCORE_NAMES:
       raise ValueError(f"attention: unknown score {name!r}; expected a subset of {reference.SCORE_NAMES}")
   if implementation in (None, "auto"):
-    implementation = "cudnn" if cudnn_applies(q, scores) else "xla"
+    implementation = "cudnn" if cudnn_applies(q, scores, k, mask, key_mask) else "xla"
   if implementation == "xla":
-    return reference.attention_reference(q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores)
+    return reference.attention_reference(q, k, v, key_bias=key_bias, key_mask=key_mask, mask=mask, scores=scores)
   if implementation == "cudnn":
     if scores:
       raise ValueError(
           f"attention: implementation='cudnn' returns no scores but scores={scores} were requested; "
           "use implementation='xla' (or 'auto', which picks one that can)")
-    return _cudnn(q, k, v, key_bias, key_mask), {}
+    return _cudnn(q, k, v, key_bias, key_mask, mask), {}
   raise ValueError(f"attention: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")

@@ -12,17 +12,20 @@ Array = jax.Array
 SCORE_NAMES = ("cls", "received")
 
 
-def attention_logits(q: Array, k: Array, key_bias: Array | None, key_mask: Array | None) -> Array:
-  """Scaled logits with the per-key bias and mask applied.
+def attention_logits(q: Array, k: Array, key_bias: Array | None, key_mask: Array | None,
+                     mask: Array | None = None) -> Array:
+  """Scaled logits with the per-key bias and masks applied.
 
   Args:
     q: (B, N, H, D) queries.
     k: (B, M, H, D) keys.
     key_bias: (B, M) additive bias per key (proportional attention adds log size), or None.
     key_mask: (B, M) bool, True where the key is a real token, or None.
+    mask: (B or 1, H or 1, N, M) bool, True where the query may attend to the key (a block-causal
+      mask, say), or None.
 
   Returns:
-    (B, H, N, M) float32 logits; masked keys are -inf.
+    (B, H, N, M) float32 logits; masked entries are -inf.
   """
   scale = q.shape[-1] ** -0.5
   # head-major operands: XLA's CPU dot runs ~5x faster on (B, H, N, D) than on (B, N, H, D)
@@ -32,6 +35,8 @@ def attention_logits(q: Array, k: Array, key_bias: Array | None, key_mask: Array
     logits = logits + key_bias.astype(jnp.float32)[:, None, None, :]
   if key_mask is not None:
     logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
   return logits
 
 
@@ -67,20 +72,24 @@ def attention_reference(
     *,
     key_bias: Array | None = None,
     key_mask: Array | None = None,
+    mask: Array | None = None,
     scores: tuple[str, ...] = (),
 ) -> tuple[Array, dict[str, Array]]:
   """Softmax attention that materialises the probabilities.
 
   Args:
-    q, k, v: (B, N, H, D).
-    key_bias: (B, N) additive per-key bias or None.
-    key_mask: (B, N) bool valid keys or None.
+    q: (B, N, H, D); k, v: (B, M, H, D) (M = N for self-attention, M > N against a KV cache).
+    key_bias: (B, M) additive per-key bias or None.
+    key_mask: (B, M) bool valid keys or None.
+    mask: (B or 1, H or 1, N, M) bool, True = attend, or None. Every query must keep at least
+      one key (a fully masked row gives NaN, as in any softmax).
     scores: names of selection metrics to return (see attention_scores).
 
   Returns:
-    out (B, N, H, D) in q's dtype, and a dict of (B, N) float32 scores.
+    out (B, N, H, D) in q's dtype, and a dict of (B, M) float32 scores.
   """
-  logits = attention_logits(q, k, key_bias, key_mask)
+  logits = attention_logits(q, k, key_bias, key_mask, mask)
   probs = jax.nn.softmax(logits, axis=-1)
   out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
-  return out.transpose(0, 2, 1, 3).astype(q.dtype), attention_scores(probs, scores, key_mask)
+  query_mask = key_mask if q.shape[1] == k.shape[1] else None
+  return out.transpose(0, 2, 1, 3).astype(q.dtype), attention_scores(probs, scores, query_mask)

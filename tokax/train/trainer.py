@@ -83,7 +83,14 @@ def _data_parallel_mesh() -> jax.sharding.Mesh:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Trains (or resumes) the model of `config` in `workdir`; see the module docstring for the outputs."""
+  """Trains (or resumes) the model of `config` in `workdir`; see the module docstring for the outputs.
+
+  config.task selects the trainer: "classification" (default, this module) or "xar" (generation,
+  tokax.train.xar_trainer).
+  """
+  if config.get("task", "classification") == "xar":
+    from tokax.train import xar_trainer
+    return xar_trainer.train_xar(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   datasets = load_datasets(config)
   train_ds = datasets["train"]
