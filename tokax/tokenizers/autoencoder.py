@@ -59,6 +59,13 @@ def upsample_nearest_2x(x: Array) -> Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+def output_conv(out_channels: int, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+                name: str | None = None) -> nn.Conv:
+  """The decoder's last layer, conv3x3 -> out_channels; `output_conv(...).apply({"params": p}, features)`
+  applies the trained `conv_out` params p on their own."""
+  return nn.Conv(out_channels, (3, 3), dtype=dtype, param_dtype=param_dtype, name=name)
+
+
 class ResBlock(nn.Module):
   """GN -> swish -> conv3x3 -> GN -> swish -> conv3x3, plus the input (1x1-projected if C changes).
 
@@ -131,8 +138,8 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   """Latents (B, h, w, C_z) -> images (B, h*f, w*f, out_channels) (unbounded; trained toward [-1, 1]).
 
-  Attributes: as Encoder, plus out_channels (3). `features` returns the input of the last conv
-  (`conv_out`), which the adaptive GAN weight differentiates through.
+  Attributes: as Encoder, plus out_channels (3). With return_features it also returns the input
+  of the last conv (`conv_out`), which the adaptive GAN weight differentiates through.
   """
   filters: int = 128
   channel_multipliers: Sequence[int] = (1, 1, 2, 2, 4)
@@ -141,10 +148,6 @@ class Decoder(nn.Module):
   norm_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-
-  def output_conv(self, name: str | None = None) -> nn.Conv:
-    """The last layer, conv3x3 -> out_channels; unbound (name=None) it applies a given {"params": conv_out}."""
-    return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   @nn.compact
   def __call__(self, z: Array, *, return_features: bool = False) -> Array | tuple[Array, Array]:
@@ -163,5 +166,5 @@ class Decoder(nn.Module):
         x = conv(self.filters * self.channel_multipliers[i], 3)(upsample_nearest_2x(x))
     features = nn.swish(nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype,
                                      param_dtype=self.param_dtype)(x))
-    out = self.output_conv(name="conv_out")(features)
+    out = output_conv(self.out_channels, self.dtype, self.param_dtype, name="conv_out")(features)
     return (out, features) if return_features else out

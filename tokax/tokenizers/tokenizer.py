@@ -58,7 +58,9 @@ def build_quantizer(name: str, **kwargs: Any) -> nn.Module:
 
 def check_images(images: Any, owner: str) -> None:
   """Raises ValueError unless `images` is (B, H, W, 3) floating point in [0, 1] (checked on concrete arrays only)."""
-  shape, dtype = np.shape(images), getattr(images, "dtype", np.asarray(images).dtype)
+  if not hasattr(images, "dtype"):
+    images = np.asarray(images)
+  shape, dtype = images.shape, images.dtype
   if len(shape) != 4 or shape[-1] != 3:
     raise ValueError(f"{owner}: images must have shape (B, H, W, 3); got {shape}")
   if not jnp.issubdtype(dtype, jnp.floating):
