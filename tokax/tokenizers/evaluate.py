@@ -269,35 +269,49 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 # --- command line -----------------------------------------------------------------------------
 
 
-def _main(argv: list[str]) -> None:
+def evaluate_workdirs(workdirs: list[str], out_dir: str, *, suites: tuple[str, ...] = SUITES, batch_size: int = 64,
+                      num_examples: int | None = None, ema: bool = True) -> list[dict[str, Any]]:
+  """Evaluates the tokenizer of each training workdir; writes tokenizer_eval.{md,json} and <name>_grid.png.
+
+  Returns:
+    one row per tokenizer and suite: {"tokenizer", "suite", "psnr", "ssim", ["usage", "perplexity",
+    "bits_per_image"]}, plus an "all" row per discrete tokenizer (usage over every suite's codes).
+  """
   import matplotlib.image
+
+  from tokax.train.tokenizer_trainer import load_tokenizer  # the trainer imports this module
+
+  os.makedirs(out_dir, exist_ok=True)
+  rows = []
+  for workdir in workdirs:
+    model, variables, config, step = load_tokenizer(workdir, ema=ema)
+    short = os.path.basename(os.path.normpath(workdir))
+    results = evaluate_tokenizer(model, variables, image_size=config.model.image_size, batch_size=batch_size,
+                                 suites=suites, num_examples=num_examples)
+    rows += [{"tokenizer": f"{short} ({config.quantizer.name}, step {step})", "suite": suite, **r.metrics}
+             for suite, r in results.items()]
+    matplotlib.image.imsave(os.path.join(out_dir, f"{short}_grid.png"),
+                            image_grid({k: v for k, v in results.items() if k != "all"}))
+  with open(os.path.join(out_dir, "tokenizer_eval.md"), "w", encoding="utf-8") as fh:
+    fh.write(format_table(rows) + "\n")
+  with open(os.path.join(out_dir, "tokenizer_eval.json"), "w", encoding="utf-8") as fh:
+    json.dump([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+               for r in rows], fh, indent=2)
+  return rows
+
+
+def _main(argv: list[str]) -> None:
   from absl import flags
 
   from tokax.train import logging as metric_logging
-  from tokax.train.tokenizer_trainer import load_tokenizer
 
   if len(argv) > 1:
     raise ValueError(f"evaluate: unexpected arguments {argv[1:]}")
   metric_logging.quiet_orbax_info()
   f = flags.FLAGS
-  out_dir = f.out or f.workdir[0]
-  os.makedirs(out_dir, exist_ok=True)
-  rows = []
-  for workdir in f.workdir:
-    model, variables, config, step = load_tokenizer(workdir, ema=not f.raw_weights)
-    name = f"{os.path.basename(os.path.normpath(workdir))} ({config.quantizer.name}, step {step})"
-    results = evaluate_tokenizer(model, variables, image_size=config.model.image_size, batch_size=f.batch_size,
-                                 suites=tuple(f.suites), num_examples=f.num_examples)
-    rows += [{"tokenizer": name, "suite": suite, **r.metrics} for suite, r in results.items()]
-    grid_path = os.path.join(out_dir, f"{os.path.basename(os.path.normpath(workdir))}_grid.png")
-    matplotlib.image.imsave(grid_path, image_grid({k: v for k, v in results.items() if k != "all"}))
-  table = format_table(rows)
-  print(table)
-  with open(os.path.join(out_dir, "tokenizer_eval.md"), "w", encoding="utf-8") as fh:
-    fh.write(table + "\n")
-  with open(os.path.join(out_dir, "tokenizer_eval.json"), "w", encoding="utf-8") as fh:
-    json.dump([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-               for r in rows], fh, indent=2)
+  rows = evaluate_workdirs(f.workdir, f.out or f.workdir[0], suites=tuple(f.suites), batch_size=f.batch_size,
+                           num_examples=f.num_examples, ema=not f.raw_weights)
+  print(format_table(rows))
 
 
 def run() -> None:
