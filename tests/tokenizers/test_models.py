@@ -23,12 +23,17 @@ def tokenizer():
 
 def test_tokenizer_round_trip_and_state(tokenizer):
   model, variables = tokenizer
-  out, updates = model.apply(variables, IMAGES, train=True, mutable=["quantizer_state"])
+
+  @jax.jit
+  def run(variables, images):
+    out, updates = model.apply(variables, images, train=True, mutable=["quantizer_state"])
+    codes = model.apply(variables, images, method=Tokenizer.encode)
+    return out, updates, codes, model.apply(variables, codes, method=Tokenizer.decode)  # codes -> latent -> image
+
+  out, updates, codes, decoded = run(variables, IMAGES)
   assert out.reconstruction.shape == IMAGES.shape and out.codes.shape == (3, 4, 4)
   assert int(updates["quantizer_state"]["quantizer"]["calls"]) == 1
-  codes = model.apply(variables, IMAGES, method=Tokenizer.encode)
   np.testing.assert_array_equal(codes, out.codes)
-  decoded = model.apply(variables, codes, method=Tokenizer.decode)  # codes -> latent -> image
   np.testing.assert_allclose(decoded, (out.reconstruction + 1) / 2, rtol=1e-5, atol=1e-5)
 
 
