@@ -5,6 +5,10 @@ packages:
 
 - ``digits``: scikit-learn's 1,797 handwritten 8x8 digits, bilinearly upsampled to
   ``image_size`` (default 32) as grey RGB.
+- ``photo_crops``: random square crops (6 scales, random flips, no colour change) of scikit-image's
+  bundled photos, split by photo (PHOTO_SPLITS): training photos never appear in val or test, and
+  the textures (brick, grass, gravel) and text images (page, text) are in no split, kept for
+  detail and text-preservation evaluation. Labels are the photo's index in BACKGROUNDS.
 - ``cluttered_digits``: one such digit, in a random bright colour, alpha-blended onto a random
   crop of one of scikit-image's bundled photos and textures (default 224x224). The digit's side
   is 25-40% of the image's, so most patch tokens are background: the redundancy that token
@@ -29,12 +33,12 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-DATASETS: tuple[str, ...] = ("digits", "cluttered_digits")
+DATASETS: tuple[str, ...] = ("digits", "cluttered_digits", "photo_crops")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 NUM_CLASSES = 10
 MIN_IMAGE_SIZE = 8
 
-DEFAULT_IMAGE_SIZE: dict[str, int] = {"digits": 32, "cluttered_digits": 224}
+DEFAULT_IMAGE_SIZE: dict[str, int] = {"digits": 32, "cluttered_digits": 224, "photo_crops": 64}
 DEFAULT_NUM_EXAMPLES: dict[str, int] = {"train": 5000, "val": 500, "test": 1000}
 
 # scikit-image photos and textures whose files ship inside the scikit-image wheel. Left out: the
@@ -47,10 +51,20 @@ BACKGROUNDS: tuple[str, ...] = (
     "retina", "rocket", "text",
 )
 
+# photo_crops: which photos each split crops from (held out by photo, not by crop).
+PHOTO_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("camera", "cell", "clock", "coins", "hubble_deep_field", "immunohistochemistry", "moon",
+              "motorcycle", "retina", "rocket"),
+    "val": ("coffee",),
+    "test": ("astronaut", "chelsea"),
+}
+TEXTURES: tuple[str, ...] = ("brick", "grass", "gravel")
+TEXT_IMAGES: tuple[str, ...] = ("page", "text")
+
 _SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 _SPLIT_PERMUTATION_SEED = 20240611  # fixed: the split never depends on the user's seed
 _SPLIT_ID = {split: i for i, split in enumerate(SPLITS)}
-_DATASET_SALT = {"digits": 0x44494749, "cluttered_digits": 0x434C5554}
+_DATASET_SALT = {"digits": 0x44494749, "cluttered_digits": 0x434C5554, "photo_crops": 0x50484F54}
 _BATCH_SALT = 0x42415443
 _PARAM_BLOCK = 1024  # examples drawn per RNG stream: example i does not depend on N
 _DIGIT_SIDE_FRACTION = (0.25, 0.4)  # of the image side
@@ -143,6 +157,8 @@ def load(
     return _build_digits(split, image_size, num_examples, seed)
   if num_examples is None:
     num_examples = DEFAULT_NUM_EXAMPLES[split]
+  if name == "photo_crops":
+    return _build_photo_crops(split, image_size, num_examples, seed)
   return _build_cluttered_digits(split, image_size, num_examples, seed)
 
 
@@ -477,3 +493,36 @@ def _build_cluttered_digits(
   return ArrayDataset(
       images=images, labels=targets[source], num_classes=NUM_CLASSES, name="cluttered_digits",
       split=split, source_index=source, boxes=boxes)
+
+
+# --- photo crops ------------------------------------------------------------------------------
+
+
+def _build_photo_crops(split: str, image_size: int, num_examples: int, seed: int) -> ArrayDataset:
+  """Crops of the split's photos; example i is a pure function of (seed, split, i), as cluttered digits."""
+  photos = np.asarray([BACKGROUNDS.index(name) for name in PHOTO_SPLITS[split]])
+  pyramid = _background_pyramid(image_size)
+  images = np.empty((num_examples, image_size, image_size, 3), np.float32)
+  labels = np.empty((num_examples,), np.int32)
+  for block in range(-(-num_examples // _PARAM_BLOCK)):
+    rng = np.random.default_rng((_DATASET_SALT["photo_crops"], seed, _SPLIT_ID[split], block))
+    n = _PARAM_BLOCK
+    photo = photos[rng.integers(len(photos), size=n)]
+    level = rng.integers(_CROP_LEVELS, size=n)
+    crop_y, crop_x = rng.uniform(size=n), rng.uniform(size=n)
+    flip = rng.integers(2, size=n).astype(bool)
+    for j in range(min(n, num_examples - block * n)):
+      i = block * n + j
+      source = pyramid[photo[j]][level[j]]
+      y = _window_start(crop_y[j], source.shape[0] - image_size + 1)
+      x = _window_start(crop_x[j], source.shape[1] - image_size + 1)
+      crop = source[y:y + image_size, x:x + image_size]
+      images[i] = (crop[:, ::-1] if flip[j] else crop) / np.float32(255)
+      labels[i] = photo[j]
+  return ArrayDataset(images=images, labels=labels, num_classes=len(BACKGROUNDS), name="photo_crops", split=split)
+
+
+def bundled_image(name: str) -> np.ndarray:
+  """One of scikit-image's bundled images (BACKGROUNDS) at full resolution: (H, W, 3) float32 in [0, 1]."""
+  _check_choice("name", name, BACKGROUNDS)
+  return _as_rgb01(_background_loaders()[name]())

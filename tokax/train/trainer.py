@@ -1,5 +1,8 @@
 """The one trainer: a ViT classifier on an embedded dataset, from a config.
 
+config.task selects the task: "classifier" (the default, below) or "tokenizer"
+(tokenizer_trainer.py: a visual tokenizer, same workdir layout and resume behaviour).
+
 train(config, workdir) builds everything from the config, resumes from the workdir's latest
 checkpoint if there is one, and writes into the workdir:
   config.json    the resolved config (total_steps filled in)
@@ -85,12 +88,18 @@ def _data_parallel_mesh() -> jax.sharding.Mesh:
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Trains (or resumes) the model of `config` in `workdir`; see the module docstring for the outputs.
 
-  config.task selects the trainer: "classification" (default, this module) or "xar" (generation,
-  tokax.train.xar_trainer).
+  config.task selects the trainer: "classifier" (default, this module), "xar" (generation,
+  tokax.train.xar_trainer) or "tokenizer" (tokax.train.tokenizer_trainer).
   """
-  if config.get("task", "classification") == "xar":
+  task = config.get("task", "classifier")
+  if task == "xar":
     from tokax.train import xar_trainer
     return xar_trainer.train_xar(config, workdir)
+  if task == "tokenizer":
+    from tokax.train import tokenizer_trainer  # imports this module
+    return tokenizer_trainer.train(config, workdir)
+  if task != "classifier":
+    raise ValueError(f"config.task must be 'classifier', 'xar' or 'tokenizer'; got {task!r}")
   os.makedirs(workdir, exist_ok=True)
   datasets = load_datasets(config)
   train_ds = datasets["train"]
