@@ -10,7 +10,7 @@ or a tuple of axis names; shorter tuples leave the trailing dims replicated), or
 Rules match the whole train state, so the optimizer's moments ("opt_state/.../mu/params/...")
 follow the parameters they belong to. Presets:
   replicated   every leaf on every device (plain data parallelism).
-  fsdp         every leaf's largest divisible dim over "data" (ZeRO-3 style).
+  fsdp         every leaf's largest divisible dim over "data" (ZeRO-3 style); step and rng replicated.
   tensor       Megatron-style over "model": qkv and mlp_fc1 column-parallel (output dim), proj and
                mlp_fc2 row-parallel (input dim); the rest replicated.
   fsdp_tensor  tensor, with the other dim of those kernels and every other leaf over "data".
@@ -38,7 +38,7 @@ _ROW = r"(attn/proj|mlp_fc2)"
 
 PRESETS: dict[str, tuple[Rule, ...]] = {
     "replicated": ((r".*", ()),),
-    "fsdp": ((r".*", FSDP),),
+    "fsdp": ((r"^(step|rng)$", ()), (r".*", FSDP)),
     "tensor": (
         (_COLUMN + r"/kernel$", (None, MODEL_AXIS)),
         (_COLUMN + r"/bias$", (MODEL_AXIS,)),
@@ -46,6 +46,7 @@ PRESETS: dict[str, tuple[Rule, ...]] = {
         (r".*", ()),
     ),
     "fsdp_tensor": (
+        (r"^(step|rng)$", ()),
         (_COLUMN + r"/kernel$", (DATA_AXIS, MODEL_AXIS)),
         (_COLUMN + r"/bias$", (MODEL_AXIS,)),
         (_ROW + r"/kernel$", (MODEL_AXIS, DATA_AXIS)),
