@@ -115,17 +115,15 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any
       for leaf in path, shape and dtype (the mesh and shardings may differ from the saving run's).
   """
   step_dir = os.path.join(str(manager.directory), str(step))
-  saved = _read_meta(step_dir).get("tree")
-  wanted = tree_signature(target)
+  saved = {path: rest for path, *rest in _read_meta(step_dir).get("tree") or []}
+  wanted = {path: rest for path, *rest in tree_signature(target)}
   if saved != wanted:
-    saved_rows = {tuple(row[:1]): row for row in saved or []}
-    diffs = [f"{row[0]}: saved {saved_rows.get(tuple(row[:1]), 'absent')}, expected {row}"
-             for row in wanted if saved_rows.get(tuple(row[:1])) != row]
-    extra = sorted(set(saved_rows) - {tuple(row[:1]) for row in wanted})
+    diffs = [f"{path}: saved {saved.get(path, 'nothing')}, expected {want}"
+             for path, want in wanted.items() if saved.get(path) != want]
+    diffs += [f"{path}: saved {saved[path]}, expected nothing" for path in saved if path not in wanted]
     raise CheckpointError(
-        f"checkpoint {step_dir} holds a different train state than this config builds ({len(diffs)} leaves differ, "
-        f"{len(extra)} extra; first: {(diffs or [str(extra[:1])])[0]}); it will not be loaded. Use the config that "
-        f"wrote it, or a fresh --workdir")
+        f"checkpoint {step_dir} holds a different train state than this config builds ({len(diffs)} leaves differ; "
+        f"first: {diffs[0]}); it will not be loaded. Use the config that wrote it, or a fresh --workdir")
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
