@@ -34,7 +34,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from tokax.models import ViT
