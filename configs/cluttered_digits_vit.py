@@ -43,6 +43,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.grad_clip_norm = 1.0
   config.label_smoothing = 0.0
 
+  # Parallelism (tokax.train.sharding): mesh axes and sizes (-1: the remaining devices), parameter
+  # placement by preset ("replicated", "fsdp", "tensor", "fsdp_tensor") after any (regex, spec) rules;
+  # distributed=True calls jax.distributed.initialize() (one process per host).
+  config.mesh = dict(data=-1, model=1)
+  config.sharding = dict(preset="replicated", rules=())
+  config.distributed = False
+
   config.log_every_steps = 50
   config.eval_every_steps = 400
   config.checkpoint_every_steps = 400

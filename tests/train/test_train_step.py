@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokax.train import augment, optim, trainer
+from tokax.train import augment, checkpoint, optim, trainer
 from tokax.train.model import build_model
 from tokax.train.step import init_state, make_train_step
 
@@ -27,7 +27,7 @@ def test_train_step_overfits_a_fixed_batch():
                  donate_argnums=(0,))  # one compilation for all 20 steps
   losses = []
   for _ in range(20):
-    state, metrics = step(state, batch, jax.random.key(2))
+    state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
   assert int(state.step) == 20
   assert np.isfinite(losses).all()
@@ -85,9 +85,12 @@ def test_periodic_checkpoint_is_the_state_at_its_step(tmp_path):
   trainer.train(config, str(tmp_path / "three"))
   config.total_steps = 2
   stopped = trainer.train(config, str(tmp_path / "two"))
-  manager = ocp.CheckpointManager(str(tmp_path / "three" / "checkpoints"))
+  manager = ocp.CheckpointManager(str(tmp_path / "three" / "checkpoints"), item_names=checkpoint.ITEMS)
   assert manager.all_steps() == [2, 3]
-  saved = manager.restore(2, args=ocp.args.StandardRestore())
+  restored = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                        data=ocp.args.JsonRestore()))
   manager.close()
+  saved = restored["state"]
   assert int(saved["step"]) == 2
+  assert restored["data"]["epoch"] == 0 and restored["data"]["batch"] == 2  # 64 examples, batch 16: 4 per epoch
   jax.tree.map(np.testing.assert_array_equal, saved["params"], jax.device_get(stopped.params))

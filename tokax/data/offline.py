@@ -214,7 +214,7 @@ def _batches(
   epoch = epoch_offset
   while num_epochs is None or epoch < epoch_offset + num_epochs:
     if shuffle:
-      order = np.random.default_rng((_BATCH_SALT, seed, epoch)).permutation(n)
+      order = epoch_permutation(n, seed, epoch)
     else:
       order = np.arange(n)
     for start in range(0, stop, batch_size):
@@ -222,6 +222,11 @@ def _batches(
       batch = {"image": ds.images[index], "label": ds.labels[index]}
       yield batch if drop_remainder else _pad_batch(batch, batch_size)
     epoch += 1
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """(N,) int: the order in which shuffled iterate_batches visits the examples in `epoch`."""
+  return np.random.default_rng((_BATCH_SALT, seed, epoch)).permutation(num_examples)
 
 
 def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tokax import kernels
+from tokax.models.partitioning import constrain_batch
 from tokax.reduction.base import PLACEMENTS
 from tokax.reduction.tokens import Tokens
 
@@ -286,7 +287,7 @@ class ViT(nn.Module):
     if prefix:
       x = jnp.concatenate([jnp.broadcast_to(t, (batch, 1, arch.width)).astype(x.dtype) for t in prefix] + [x], axis=1)
     pos = self.param("pos_embed", init, (1, x.shape[1], arch.width), self.param_dtype)
-    x = x + pos.astype(x.dtype)
+    x = constrain_batch(x + pos.astype(x.dtype))
     tokens = Tokens.create(x, has_cls=self.class_token, has_dist=self.distilled)
 
     counts = []
@@ -300,6 +301,7 @@ class ViT(nn.Module):
           drop_path=self.drop_path * i / max(arch.depth - 1, 1), attention=self.attention,
           gelu_approximate=self.gelu_approximate, dtype=self.dtype,
           param_dtype=self.param_dtype, name=f"blocks_{i}")(tokens, deterministic=not train)
+      tokens = tokens.replace(x=constrain_batch(tokens.x))
       merged = merged or tokens.num_tokens != n_before or tokens.mask is not None
       counts.append(tokens.num_tokens)
 

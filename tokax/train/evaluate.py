@@ -34,15 +34,22 @@ def eval_step(params: Any, images: jax.Array, labels: jax.Array, mask: jax.Array
   return {"correct": jnp.sum(correct * weight), "loss": jnp.sum(loss * weight), "count": jnp.sum(weight)}
 
 
-def make_eval_step(model: nn.Module) -> EvalStep:
-  """A jitted eval_step for `model` (one compilation per model, e.g. per reduction schedule)."""
-  return jax.jit(lambda params, images, labels, mask: eval_step(params, images, labels, mask, model=model))
+def make_eval_step(model: nn.Module, *, out_sharding: jax.sharding.Sharding | None = None) -> EvalStep:
+  """A jitted eval_step for `model` (one compilation per model, e.g. per reduction schedule).
+
+  out_sharding: where the sums go (a replicated sharding, for several processes to read them).
+  """
+  fn = lambda params, images, labels, mask: eval_step(params, images, labels, mask, model=model)
+  return jax.jit(fn) if out_sharding is None else jax.jit(fn, out_shardings=out_sharding)
 
 
-def evaluate(step_fn: EvalStep, params: Any, dataset: offline.ArrayDataset, batch_size: int) -> dict[str, float]:
+def evaluate(step_fn: EvalStep, params: Any, dataset: offline.ArrayDataset, batch_size: int, *,
+             sharding: jax.sharding.Sharding | None = None) -> dict[str, float]:
   """Top-1 accuracy and mean loss over every example of `dataset` (the last batch is padded).
 
-  Sums stay on the device until the end, so the loop never waits on a batch.
+  Sums stay on the device until the end, so the loop never waits on a batch. With `sharding` (e.g.
+  replicated over a multi-process mesh), every process passes the whole batch and the batches become
+  global arrays on it.
 
   Returns:
     {"accuracy", "loss", "num_examples"}.
@@ -50,6 +57,8 @@ def evaluate(step_fn: EvalStep, params: Any, dataset: offline.ArrayDataset, batc
   batches = offline.iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
   totals = None
   for batch in batches:
+    if sharding is not None:
+      batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
     sums = step_fn(params, batch["image"], batch["label"], batch["mask"])
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)

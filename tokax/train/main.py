@@ -3,15 +3,23 @@
   python -m tokax.train --config configs/cluttered_digits_vit.py --workdir /tmp/cd_vit
   python -m tokax.train --config configs/cluttered_digits_vit.py:runlocal --workdir /tmp/x \\
       --config.batch_size=16 --config.total_steps=10
+  python -m tokax.train --config configs/digits_vit.py --workdir /tmp/dv \\
+      --config.mesh.data=4 --config.mesh.model=2 --config.sharding.preset=tensor
+
+Multi-host: start the same command on every host with `--config.distributed=True`; on TPU pods
+and SLURM/Open MPI clusters jax.distributed.initialize() finds its peers, elsewhere pass
+--coordinator_address=host:port --num_processes=N --process_id=i.
 
 The config file's get_config(arg) receives the text after the colon; `--config.a.b=value`
 overrides a field (a mistyped field is an error). Running again in the same workdir resumes
-from its latest checkpoint.
+from its latest checkpoint. A SIGTERM saves a checkpoint and exits with status 143 (128 + 15).
 """
 from __future__ import annotations
 
 import json
+import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -20,15 +28,37 @@ from tokax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, with an optional ':arg'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl and checkpoints.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, with --config.distributed (default: auto-detect).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, with --config.distributed.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, with --config.distributed.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+PREEMPTED_EXIT_CODE = 143
+
+
+def initialize_distributed(config) -> None:
+  """jax.distributed.initialize() when config.distributed is set; must run before any device is used."""
+  explicit = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
+              "process_id": _PROCESS_ID.value}
+  if not config.get("distributed", False):
+    given = [f"--{name}" for name, value in explicit.items() if value is not None]
+    if given:
+      raise app.UsageError(f"{', '.join(given)} need --config.distributed=True")
+    return
+  jax.distributed.initialize(**{name: value for name, value in explicit.items() if value is not None})
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metric_logging.quiet_orbax_info()
+  initialize_distributed(_CONFIG.value)
   result = trainer.train(_CONFIG.value, _WORKDIR.value)
-  print(json.dumps({"step": result.step, **result.metrics}))
+  if jax.process_index() == 0:
+    print(json.dumps({"step": result.step, "preempted": result.preempted, **result.metrics}))
+  if result.preempted:
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def run() -> None:

@@ -14,6 +14,9 @@ from tokax.train.model import normalize_images
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+# (model outputs, batch) -> (scalar loss, {name: scalar}); the outputs are whatever model.apply
+# returns with the step's apply_kwargs (logits, or (logits, intermediates) for losses that need more).
+LossFn = Callable[[Any, Batch], tuple[jax.Array, Metrics]]
 
 
 @flax.struct.dataclass
@@ -24,55 +27,70 @@ class TrainState:
     step: () int32, number of updates applied.
     params: the model variables ({"params": ...}).
     opt_state: the optimizer state.
+    rng: (2,) uint32 raw key data (jax.random.key_data) of the run's base key; step s draws its
+      randomness from fold_in(rng, s), so a restored state replays the same dropout and augmentation.
   """
   step: jax.Array
   params: Any
   opt_state: Any
+  rng: jax.Array
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
-  """Initial state for images of shape (H, W, 3); jit it with out_shardings to create it in place."""
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...],
+               step_rng: jax.Array | None = None) -> TrainState:
+  """Initial state for images of shape (H, W, 3); jit it with out_shardings to create it in place.
+
+  `rng` initialises the parameters; `step_rng` (default: fold_in(rng, 1)) is the base key of the steps.
+  """
   params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  step_rng = jax.random.fold_in(rng, 1) if step_rng is None else step_rng
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.key_data(step_rng))
 
 
-def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, label_smoothing: float = 0.0,
-               max_shift: int = 0) -> tuple[TrainState, Metrics]:
-  """One AdamW update on a batch.
+def classification_loss(label_smoothing: float = 0.0) -> LossFn:
+  """Softmax cross-entropy on logits (B, K) against batch["label"] (B,); reports train accuracy too."""
+
+  def loss_fn(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+    loss = losses.softmax_cross_entropy(logits, batch["label"], label_smoothing=label_smoothing).mean()
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+  return loss_fn
+
+
+def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, loss_fn: LossFn | None = None, label_smoothing: float = 0.0,
+               max_shift: int = 0, apply_kwargs: dict[str, Any] | None = None) -> tuple[TrainState, Metrics]:
+  """One optimizer update on a batch.
 
   Args:
     state: the current state.
-    batch: {"image": (B, H, W, 3) float32 in [0, 1], "label": (B,) int32}.
-    rng: base key; the step folds in state.step, so a resumed run draws the same randomness.
+    batch: {"image": (B, H, W, 3) float32 in [0, 1], "label": (B,) int32, ...}.
     model, tx, schedule: the ViT, its optimizer and that optimizer's lr schedule (for logging).
-    label_smoothing: epsilon of the cross-entropy targets.
+    loss_fn: (outputs, batch) -> (loss, metrics); default: classification_loss(label_smoothing).
+    label_smoothing: epsilon of the default loss's targets.
     max_shift: random translation in pixels (0: no augmentation).
+    apply_kwargs: extra keyword arguments of model.apply (e.g. return_intermediates=True).
 
   Returns:
-    the new state and scalar metrics: loss, accuracy (train batch), grad_norm, lr (of this step).
+    the new state and scalar metrics: loss, the loss_fn's metrics, grad_norm, lr (of this step).
   """
-  rng = jax.random.fold_in(rng, state.step)
+  loss_fn = classification_loss(label_smoothing) if loss_fn is None else loss_fn
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   augment_rng, dropout_rng = jax.random.split(rng)
   images = normalize_images(augment.random_translate(batch["image"], augment_rng, max_shift))
 
-  def loss_fn(params):
-    logits = model.apply(params, images, train=True, rngs={"dropout": dropout_rng})
-    loss = losses.softmax_cross_entropy(logits, batch["label"], label_smoothing=label_smoothing).mean()
-    return loss, logits
+  def objective(params):
+    outputs = model.apply(params, images, train=True, rngs={"dropout": dropout_rng}, **(apply_kwargs or {}))
+    return loss_fn(outputs, batch)
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {
-      "loss": loss,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-      "grad_norm": optax.tree.norm(grads),
-      "lr": schedule(state.step),
-  }
+  metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def make_train_step(**kwargs: Any) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+def make_train_step(**kwargs: Any) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """train_step with its static arguments (model, tx, schedule, ...) bound, ready for jax.jit."""
-  return lambda state, batch, rng: train_step(state, batch, rng, **kwargs)
+  return lambda state, batch: train_step(state, batch, **kwargs)

@@ -7,20 +7,25 @@ train(config, workdir) builds everything from the config, resumes from the workd
 checkpoint if there is one, and writes into the workdir:
   config.json    the resolved config (total_steps filled in)
   metrics.jsonl  one JSON line per log / eval step (train/*, val/*, test/*)
-  checkpoints/   orbax checkpoints of the train state (keep-last-N)
+  checkpoints/   orbax checkpoints of the train state and the data position (keep-last-N)
+
+The step is one jax.jit over the mesh of config.mesh, parameters placed by config.sharding's rules
+(tokax.train.sharding), the batch split over "data". With several processes (jax.distributed
+initialised by main.py), each loads its rows of every global batch; process 0 writes the files.
+A SIGTERM stops the loop after the current step and saves a checkpoint there (result.preempted).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -28,8 +33,9 @@ import tqdm
 from absl import logging
 
 from tokax.data import offline
-from tokax.train import checkpoint, evaluate, optim
+from tokax.train import checkpoint, evaluate, optim, sharding
 from tokax.train import logging as metric_logging
+from tokax.train.batch_stream import BatchStream
 from tokax.train.config_utils import steps
 from tokax.train.model import build_model, build_reduction
 from tokax.train.step import init_state, make_train_step
@@ -43,12 +49,14 @@ class TrainResult:
     model: the trained ViT (dense, or with the config's reduction).
     params: its variables, on the device.
     step: the final step.
-    metrics: the final {"val/accuracy", "test/accuracy", ...}.
+    metrics: the final {"val/accuracy", "test/accuracy", ...} ({} when preempted).
+    preempted: whether a SIGTERM stopped the run early (after saving a checkpoint at `step`).
   """
   model: Any
   params: Any
   step: int
   metrics: dict[str, float]
+  preempted: bool = False
 
 
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int):
@@ -72,17 +80,29 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, offline.ArrayD
   return {split: load_split(config, split) for split in ("train", "val", "test")}
 
 
-def batches_from_step(dataset: offline.ArrayDataset, batch_size: int, *, seed: int, step: int) -> Iterator[dict]:
-  """The endless shuffled batch stream, positioned at `step` (so a resumed run sees the same data)."""
-  steps_per_epoch = len(dataset) // batch_size
-  epoch, skip = divmod(step, steps_per_epoch)
-  stream = offline.iterate_batches(dataset, batch_size, seed=seed, epoch_offset=epoch, num_epochs=None)
-  return itertools.islice(stream, skip, None)
+def mesh_from_config(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The device mesh of config.mesh ({"data": -1, "model": 1} when unset) over all devices."""
+  return sharding.make_mesh(config.get("mesh") or {"data": -1, "model": 1})
 
 
-def _data_parallel_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over all devices; params replicated, batches split along "data"."""
-  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+def rules_from_config(config: ml_collections.ConfigDict) -> tuple[sharding.Rule, ...]:
+  """config.sharding.rules (tried first) then the rules of config.sharding.preset ("replicated" when unset)."""
+  spec = config.get("sharding") or {}
+  return sharding.resolve_rules(spec.get("preset", "replicated"), tuple(spec.get("rules", ())))
+
+
+def jit_train_step(step_fn: Callable, mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
+  """step_fn(state, batch) -> (state, metrics) jitted over `mesh`: state on `state_shardings` and donated,
+  the batch split over "data", the metrics replicated. Call it under jax.set_mesh(mesh)."""
+  return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def _check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+  data = mesh.shape[sharding.DATA_AXIS]
+  if batch_size % data or batch_size % jax.process_count():
+    raise ValueError(f"config.batch_size={batch_size} must be a multiple of the mesh's data axis ({data}) and of "
+                     f"the process count ({jax.process_count()}); change the batch size or config.mesh")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
@@ -115,66 +135,112 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   schedule = optim.lr_schedule(peak_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps)
   tx = optim.adamw(schedule, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
 
-  mesh = _data_parallel_mesh()
-  replicated = jax.NamedSharding(mesh, jax.P())
-  data_sharding = jax.NamedSharding(mesh, jax.P("data"))
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  init_fn = functools.partial(init_state, model, tx, image_shape=train_ds.images.shape[1:])
+  mesh = mesh_from_config(config)
+  _check_batch_size(batch_size, mesh)
+  rules = rules_from_config(config)
+  data_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  init_fn = functools.partial(init_state, model, tx, image_shape=train_ds.images.shape[1:], step_rng=step_rng)
+  state_shapes = jax.eval_shape(init_fn, init_rng)
+  state_shardings = sharding.tree_shardings(state_shapes, rules, mesh)
+  stream = BatchStream(train_ds, batch_size, seed=config.data.seed,
+                       rows=sharding.process_batch_slice(data_sharding, batch_size))
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-  state = checkpoint.restore_latest(manager, checkpoint.abstract_like(jax.eval_shape(init_fn, init_rng), replicated))
-  if state is None:
-    state = jax.jit(init_fn, out_shardings=replicated)(init_rng)
-  start_step = int(state.step)
-  logging.info("training %s (%s) from step %d to %d (batch %d, %d train examples)",
-               model.variant, model.arch, start_step, total_steps, batch_size, num_train)
+  with jax.set_mesh(mesh):
+    restored = checkpoint.restore_latest(manager, checkpoint.abstract_state(state_shapes, state_shardings))
+    if restored is None:
+      state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
+    else:
+      state, position = restored
+      stream.restore(position)
+    start_step = int(state.step)
+    logging.info("training %s (%s) from step %d to %d (batch %d, %d train examples, mesh %s, %d processes)",
+                 model.variant, model.arch, start_step, total_steps, batch_size, num_train, dict(mesh.shape),
+                 jax.process_count())
 
-  train_step = jax.jit(
-      make_train_step(model=model, tx=tx, schedule=schedule, label_smoothing=config.label_smoothing,
-                      max_shift=config.augment.max_shift),
-      in_shardings=(replicated, data_sharding, replicated), out_shardings=(replicated, replicated),
-      donate_argnums=(0,))
-  eval_step = evaluate.make_eval_step(model)
-  run_eval = lambda split, params: {f"{split}/{k}": v for k, v in evaluate.evaluate(
-      eval_step, params, datasets[split], config.eval_batch_size).items()}
+    train_step = jit_train_step(
+        make_train_step(model=model, tx=tx, schedule=schedule, label_smoothing=config.label_smoothing,
+                        max_shift=config.augment.max_shift), mesh, state_shardings)
+    eval_step = evaluate.make_eval_step(model, out_sharding=replicated)
+    run_eval = lambda split, params: {f"{split}/{k}": v for k, v in evaluate.evaluate(
+        eval_step, params, datasets[split], config.eval_batch_size, sharding=replicated).items()}
 
-  batches = batches_from_step(train_ds, batch_size, seed=config.data.seed, step=start_step)
-  writer = metric_logging.MetricWriter(os.path.join(workdir, "metrics.jsonl"))
-  show_bar = config.progress_bar and jax.process_index() == 0
-  bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not show_bar,
-                  mininterval=1.0 if sys.stderr.isatty() else 30.0)
-  log = _TrainLog(writer, bar, batch_size=batch_size, log_every=log_every, total_steps=total_steps)
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = jax.device_put(next(batches), data_sharding)
-      if step == start_step + 1:
-        compile_start = time.perf_counter()
-        state, metrics = train_step(state, batch, step_rng)  # traces and compiles, then dispatches
-        writer.write(step, {"train/compile_s": time.perf_counter() - compile_start})
-        log.restart_clock()
-      else:
-        state, metrics = train_step(state, batch, step_rng)
-      log.push(step, metrics)
-      if eval_every and step % eval_every == 0 and step != total_steps:
-        eval_start = time.perf_counter()
-        writer.write(step, run_eval("val", state.params))
-        log.exclude(time.perf_counter() - eval_start)
-      if checkpoint_every and step % checkpoint_every == 0 and step != total_steps:
-        checkpoint.save(manager, step, state)
-    log.flush()
-    bar.close()
-    if total_steps > start_step:
-      checkpoint.save(manager, total_steps, state)
-    final_step = max(start_step, total_steps)
-    final = {**run_eval("val", state.params), **run_eval("test", state.params)}
-    writer.write(final_step, final)
-  finally:
-    bar.close()
-    writer.close()
-    manager.wait_until_finished()
-    manager.close()
-  logging.info("final metrics at step %d: %s", final_step, final)
-  return TrainResult(model=model, params=state.params, step=final_step, metrics=final)
+    writer = metric_logging.MetricWriter(os.path.join(workdir, "metrics.jsonl"))
+    show_bar = config.progress_bar and jax.process_index() == 0
+    bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not show_bar,
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    log = _TrainLog(writer, bar, batch_size=batch_size, log_every=log_every, total_steps=total_steps)
+    final, final_step, preempted = {}, start_step, False
+    try:
+      with _PreemptionWatch(manager) as preemption:
+        for step in range(start_step + 1, total_steps + 1):
+          batch = sharding.global_batch(next(stream), data_sharding, batch_size)
+          if step == start_step + 1:
+            compile_start = time.perf_counter()
+            state, metrics = train_step(state, batch)  # traces and compiles, then dispatches
+            writer.write(step, {"train/compile_s": time.perf_counter() - compile_start})
+            log.restart_clock()
+          else:
+            state, metrics = train_step(state, batch)
+          log.push(step, metrics)
+          final_step = step
+          if step != total_steps and preemption.reached(step):
+            log.flush()
+            checkpoint.save(manager, step, state, stream.position())
+            logging.warning("pre-empted (SIGTERM) after step %d: checkpoint saved; rerun the command to resume", step)
+            preempted = True
+            break
+          if eval_every and step % eval_every == 0 and step != total_steps:
+            eval_start = time.perf_counter()
+            writer.write(step, run_eval("val", state.params))
+            log.exclude(time.perf_counter() - eval_start)
+          if checkpoint_every and step % checkpoint_every == 0 and step != total_steps:
+            checkpoint.save(manager, step, state, stream.position())
+      log.flush()
+      bar.close()
+      if not preempted:
+        if total_steps > start_step:
+          checkpoint.save(manager, total_steps, state, stream.position())
+        final = {**run_eval("val", state.params), **run_eval("test", state.params)}
+        writer.write(final_step, final)
+    finally:
+      bar.close()
+      writer.close()
+      manager.wait_until_finished()
+      manager.close()
+  if not preempted:
+    logging.info("final metrics at step %d: %s", final_step, final)
+  return TrainResult(model=model, params=state.params, step=final_step, metrics=final, preempted=preempted)
+
+
+class _PreemptionWatch:
+  """Says when to stop for a pre-emption.
+
+  One process: SIGTERM sets a flag (the previous handler comes back on exit), read after each
+  step. Several processes: jax.distributed's preemption service catches the signal and orbax's
+  reached_preemption(step) has every process stop at the same step.
+  """
+
+  def __init__(self, manager):
+    self.manager, self.flag, self.previous = manager, False, None
+
+  def __enter__(self) -> "_PreemptionWatch":
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.flag = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return bool(self.manager.reached_preemption(step))
+    return self.flag
+
+  def __exit__(self, *exc) -> None:
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
 
 
 class _TrainLog:
