@@ -8,7 +8,8 @@ The speed half of BENCHMARKS.md's reduction-zoo tables (an H100, bf16, batch 256
 Strengths: tome / mctf / dtome r (tokens merged per block), pitome the fraction kept per block,
 evit the keep rate at blocks 3, 6, 9, slim SiT's keeping ratio per stage (random slimming weights:
 speed only). Post-encoder reducers keep a fraction of the 196 patch tokens (dct: of each side).
-Arguments: runlocal (ViT-Ti/16 at 64 px, batch 4, a few calls: a CPU smoke run).
+Arguments: only (methods to keep, "+"-separated, e.g. only=tome+mctf; post-encoder ones too),
+runlocal (ViT-Ti/16 at 64 px, batch 4, a few calls: a CPU smoke run).
 """
 import ml_collections
 
@@ -16,7 +17,7 @@ from tokax.train.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, runlocal=False)
+  arg = parse_arg(arg, only="", runlocal=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = dict(variant="B/16", image_size=224, num_classes=1000)
@@ -46,4 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.calibration_batches = 1
     config.methods = dict(tome=[2, 4], pitome=[0.9], mctf=[2], evit=[0.7], dtome=[2], slim=[0.5])
     config.post_methods = dict(divprune=[0.5], todre=[0.5], dct=[0.5], fastervlm=[0.5])
+  if arg.only:
+    keep = set(arg.only.split("+"))
+    config.methods = {k: v for k, v in config.methods.items() if k in keep}
+    config.post_methods = {k: v for k, v in config.post_methods.items() if k in keep}
   return config
