@@ -13,7 +13,7 @@ from golden.weights import random_state_dict
 from tokax.interop.timm import convert_state_dict, export_state_dict
 from tokax.models import ViT
 from tokax.models.vit import Block
-from tokax.reduction import DensePlan, SelectPlan, Tokens, apply_plan, plan_matrix
+from tokax.reduction import DensePlan, SelectPlan, ToMe, Tokens, apply_plan, plan_matrix
 from tokax.reduction.evit import EViT, evit_num_keep, evit_plan
 
 SETTINGS = {
@@ -384,3 +384,12 @@ def test_list_layers_are_hashable():
   r = EViT(layers=[3, 6, 9])
   assert r.layers == (3, 6, 9) and hash(r) == hash(EViT())
   assert r.placement == "mid" and r.scores == ("cls",) and r.prop_attn is False
+
+
+def test_only_pruning_blocks_ask_attention_for_the_cls_row():
+  """The other blocks keep score-free (flash) attention; the logits do not change."""
+  from tokax.reduction.base import layer_scores
+
+  evit = EViT(keep_rate=0.7, layers=(1, 3))
+  assert [layer_scores(evit, layer=i, depth=4) for i in range(4)] == [(), ("cls",), (), ("cls",)]
+  assert layer_scores(ToMe(r=2), layer=0, depth=4) == ToMe(r=2).scores

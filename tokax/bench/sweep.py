@@ -39,6 +39,7 @@ from tokax.bench import throughput
 from tokax.models.vit import Attention, Block, ViT
 from tokax.reduction import (DCT, EViT, MCTF, DivPrune, DToMe, DToMeCalibration, PiToMe, Slim, ThresholdState, ToDRE,
                              ToMe, Tokens, calibrate_thresholds, cls_select, r_schedule)
+from tokax.reduction.base import layer_scores
 
 BLOCK_METHODS = ("tome", "pitome", "mctf", "evit", "dtome", "slim")
 POST_METHODS = ("divprune", "todre", "dct", "fastervlm")
@@ -148,14 +149,21 @@ class ScheduleBound:
     num_tokens: tokens entering the first block.
     counts: tokens after each block.
     placement: "mid", "pre" or "end" (tokax.reduction.base).
-    scores: attention scores to request ("mid" only).
+    layer_scores_: attention scores each block requests ("mid" only), as the method's layer_scores.
     prop_attn: proportional attention once the count dropped, as the method.
   """
   num_tokens: int
   counts: tuple[int, ...]
   placement: str = "mid"
-  scores: tuple[str, ...] = ()
+  layer_scores_: tuple[tuple[str, ...], ...] = ()
   prop_attn: bool = False
+
+  @property
+  def scores(self) -> tuple[str, ...]:
+    return tuple(sorted({name for names in self.layer_scores_ for name in names}))
+
+  def layer_scores(self, *, layer: int, depth: int) -> tuple[str, ...]:
+    return self.layer_scores_[layer] if self.layer_scores_ else ()
 
   def _before(self, layer: int) -> int:
     return self.counts[layer - 1] if layer else self.num_tokens
@@ -197,7 +205,8 @@ def bounds(model: ViT, counts: tuple[int, ...], num_tokens: int) -> tuple[ViT, V
   prop_attn = bool(getattr(reduction, "prop_attn", False))
   if isinstance(reduction, DToMe):  # masked slots: the count never changes, the bound is the dense model
     return model.clone(reduction=None), model.clone(reduction=None)
-  scores = tuple(reduction.scores) if placement == "mid" else ()
+  depth = len(counts)
+  scores = tuple(layer_scores(reduction, layer=i, depth=depth) for i in range(depth)) if placement == "mid" else ()
   with_scores = ScheduleBound(num_tokens, counts, placement, scores, prop_attn)
   # Without scores, a "pre" method's count change moves to the block's middle: the attention then
   # runs on the block's input tokens (as MCTF's, which merges the probabilities, not the keys).

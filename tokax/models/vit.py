@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from tokax import kernels
 from tokax.models.partitioning import constrain_batch
-from tokax.reduction.base import PLACEMENTS
+from tokax.reduction.base import PLACEMENTS, layer_scores
 from tokax.reduction.tokens import Tokens
 
 Array = jax.Array
@@ -163,7 +163,7 @@ class Block(nn.Module):
       tokens, probs = reduction.reduce_with_attention(tokens, probs, layer=self.layer, depth=self.depth)
       y = attn.attend(norm1(tokens.x), probs)
     else:
-      scores = tuple(reduction.scores) if placement == "mid" else ()
+      scores = layer_scores(reduction, layer=self.layer, depth=self.depth) if placement == "mid" else ()
       y, metrics = attn(norm1(tokens.x), key_bias, tokens.mask, scores)
     tokens = tokens.replace(x=tokens.x + DropPath(self.drop_path)(scale("ls1")(y), deterministic))
     if placement == "mid":

@@ -43,3 +43,15 @@ class Reduction(Protocol):
   def scores(self) -> tuple[str, ...]: ...
 
   def reduce(self, tokens: Tokens, metrics: dict[str, jax.Array], *, layer: int, depth: int) -> Tokens: ...
+
+
+def layer_scores(reduction: Reduction, *, layer: int, depth: int) -> tuple[str, ...]:
+  """The attention scores block `layer` must produce for `reduction`.
+
+  A method that needs scores only in some blocks defines `layer_scores(layer=, depth=)` (EViT: its
+  pruning blocks), so the others can use kernels without score outputs (cuDNN flash attention);
+  otherwise every block produces `reduction.scores`.
+  """
+  if hasattr(reduction, "layer_scores"):
+    return tuple(reduction.layer_scores(layer=layer, depth=depth))
+  return tuple(reduction.scores)

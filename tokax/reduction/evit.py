@@ -156,6 +156,10 @@ class EViT:
   def scores(self) -> tuple[str, ...]:
     return ("cls",)
 
+  def layer_scores(self, *, layer: int, depth: int) -> tuple[str, ...]:
+    """Scores block `layer` needs: the [CLS] row only where EViT prunes, so other blocks keep flash attention."""
+    return ("cls",) if self.layer_keep_rates(depth)[layer] < 1.0 else ()
+
   def layer_keep_rates(self, depth: int) -> tuple[float, ...]:
     """(depth,) keep rate of every block: keep_rate at `layers`, 1.0 elsewhere."""
     outside = [l for l in self.layers if l >= depth]
