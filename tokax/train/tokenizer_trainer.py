@@ -45,7 +45,8 @@ def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
     return KLAutoencoder(latent_channels=config.quantizer.latent_dim, kl_weight=config.quantizer.kl_weight, **arch)
   kwargs = dict(config.quantizer.get("kwargs", {}))
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  return Tokenizer(quantizer=build_quantizer(name, **kwargs), latent_dim=config.quantizer.latent_dim, **arch)
+  latent_dim = config.quantizer.latent_dim
+  return Tokenizer(quantizer=build_quantizer(name, latent_dim=latent_dim, **kwargs), latent_dim=latent_dim, **arch)
 
 
 def discriminator_from_config(config: ml_collections.ConfigDict) -> nn.Module | None:
