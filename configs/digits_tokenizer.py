@@ -64,6 +64,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   config.progress_bar = True
 
+  # Parallelism, as in configs/digits_vit.py (the shared trainer loop): mesh axes and sizes (-1: the
+  # remaining devices), parameter placement by preset ("replicated", "fsdp"; the "tensor" presets name
+  # ViT layers) after any (regex, spec) rules; distributed=True calls jax.distributed.initialize().
+  config.mesh = dict(data=-1, model=1)
+  config.sharding = dict(preset="replicated", rules=())
+  config.distributed = False
+
   if arg.runlocal:
     config.model.update(filters=16, channel_multipliers=(1, 2), num_res_blocks=1, z_channels=16, norm_groups=8)
     config.discriminator.update(ndf=8, num_layers=1, norm_groups=8)
