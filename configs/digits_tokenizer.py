@@ -15,13 +15,12 @@ import ml_collections
 
 from tokax.train.config_utils import parse_arg
 
-# Per quantizer: (latent_dim, constructor kwargs). The kwargs follow tokax.tokenizers.quantizers.
+# Per quantizer: (latent_dim, fields of its tokax.tokenizers.quantizers class; their `dim` follows latent_dim).
 QUANTIZER_SETTINGS = {
     "vq": (32, dict(codebook_size=256, commitment_cost=0.25)),
-    "vq_ema": (32, dict(codebook_size=256, commitment_cost=0.25, decay=0.99, epsilon=1e-5,
-                        dead_code_threshold=1.0)),
+    "vq_ema": (32, dict(codebook_size=256, commitment_cost=0.25, decay=0.99, eps=1e-5, dead_code_threshold=1.0)),
     "fsq": (3, dict(levels=(8, 6, 5))),
-    "lfq": (8, dict(num_bits=8, commitment_cost=0.25, entropy_weight=0.1)),
+    "lfq": (8, dict(commitment_weight=0.25, entropy_weight=0.1)),
     "kl": (4, dict()),
 }
 
@@ -64,6 +63,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   config.eval_batch_size = 256
   config.progress_bar = True
+
+  # Parallelism, as in configs/digits_vit.py (the shared trainer loop): mesh axes and sizes (-1: the
+  # remaining devices), parameter placement by preset ("replicated", "fsdp"; the "tensor" presets name
+  # ViT layers) after any (regex, spec) rules; distributed=True calls jax.distributed.initialize().
+  config.mesh = dict(data=-1, model=1)
+  config.sharding = dict(preset="replicated", rules=())
+  config.distributed = False
 
   if arg.runlocal:
     config.model.update(filters=16, channel_multipliers=(1, 2), num_res_blocks=1, z_channels=16, norm_groups=8)

@@ -24,8 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  optional_int = ml_collections.config_dict.placeholder(int)
-  config.data = dict(name="digits", num_train=optional_int, num_val=optional_int, num_test=optional_int, seed=0)
+  # One placeholder per field: a shared FieldReference would tie the three sizes together.
+  optional_int = lambda: ml_collections.config_dict.placeholder(int)
+  config.data = dict(name="digits", num_train=optional_int(), num_val=optional_int(), num_test=optional_int(), seed=0)
   config.augment = dict(max_shift=2)
 
   config.model = dict(

@@ -57,6 +57,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   config.progress_bar = True
 
+  # Parallelism, as in configs/digits_vit.py (the shared trainer loop): mesh axes and sizes (-1: the
+  # remaining devices), parameter placement by preset ("replicated", "fsdp"; the "tensor" presets name
+  # ViT layers) after any (regex, spec) rules; distributed=True calls jax.distributed.initialize().
+  config.mesh = dict(data=-1, model=1)
+  config.sharding = dict(preset="replicated", rules=())
+  config.distributed = False
+
   if arg.runlocal:
     config.model.update(width=32, encoder_depth=1, decoder_depth=1, num_heads=2)
     config.data.num_train = 64

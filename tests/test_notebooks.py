@@ -1,5 +1,4 @@
 """Every notebook runs top to bottom at a small size (TOKAX_NOTEBOOK_SMALL=1)."""
-import importlib.util
 import os
 import pathlib
 
@@ -14,8 +13,6 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path, monkeypatch):
-  if path.name == "tokenizers.ipynb" and importlib.util.find_spec("tokax.tokenizers.quantizers") is None:
-    pytest.skip("tokenizers.ipynb trains FSQ from tokax.tokenizers.quantizers, which is not in this checkout")
   monkeypatch.setenv("TOKAX_NOTEBOOK_SMALL", "1")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -1,6 +1,6 @@
 """Pre-emption and resume: SIGKILL mid-save, SIGKILL after a save, SIGTERM; damaged checkpoints; multi-host.
 
-One 6-step run of configs/digits_vit.py:runlocal (1 device, 32 examples in batches of 16, so 3
+One 6-step run of configs/digits_vit.py:runlocal (1 device, 64 examples in batches of 16, so 1.5
 epochs, checkpoints every 2 steps) is the
 reference; the interrupted command lines must end on bitwise the same parameters.
 """
@@ -110,7 +110,7 @@ def test_killed_and_preempted_runs_resume_to_the_same_parameters(straight, tmp_p
   assert steps[:4] == [1, 2, 3, 4] and steps[-4:] == [3, 4, 5, 6], steps
   state, position = _raw_state(tmp_path, 6)
   jax.tree.map(np.testing.assert_array_equal, state, ref_state)  # bitwise: params, optimizer state, step, rng
-  assert position == {"epoch": 3, "batch": 0, "seed": 0, "batch_size": 16, "num_examples": 32, "dataset": "digits"}
+  assert position == {"epoch": 1, "batch": 2, "seed": 0, "batch_size": 16, "num_examples": 64, "dataset": "digits"}
   final = metric_logging.read_metrics(tmp_path / "metrics.jsonl")[-1]
   assert final["test/accuracy"] == ref.metrics["test/accuracy"] and final["val/loss"] == ref.metrics["val/loss"]
 
@@ -143,7 +143,7 @@ def test_two_processes_agree_with_one(straight, tmp_path):
   losses = lambda rs: [r["train/loss"] for r in rs if "train/loss" in r]
   np.testing.assert_allclose(losses(records), losses(ref_records), rtol=1e-5)
   state, position = _restore_onto_one_device(tmp_path, 6, ref_state)
-  assert position["epoch"] == 3 and position["batch"] == 0  # 6 steps of 16 over 32 examples
+  assert position["epoch"] == 1 and position["batch"] == 2  # 6 steps of 16 over 64 examples
   for path, got, want in zip(*_flat(state["params"]), _flat(ref_state["params"])[1]):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5, err_msg=path)
   np.testing.assert_allclose(records[-1]["test/accuracy"], ref.metrics["test/accuracy"], atol=1 / 32)

@@ -2,13 +2,15 @@
 import importlib.util
 import json
 import pathlib
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
 from tokax.tokenizers import evaluate
 from tokax.train import logging as metric_logging
-from tokax.train import trainer
+from tokax.train import tokenizer_trainer, trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -22,12 +24,13 @@ def _config_module(name):
 
 def _tiny_config(total_steps):
   config = _config_module("digits_tokenizer").get_config("runlocal,gan")
-  config.quantizer.name = "tokenizer_doubles:FSQDouble"  # until tokax.tokenizers.quantizers lands
+  config.quantizer.name = "vq_ema"  # a quantizer with state ("quantizer_state") that must resume too
   config.quantizer.latent_dim = 2
-  config.quantizer.kwargs = {"levels": (5, 3)}
+  config.quantizer.kwargs = {"codebook_size": 16}
   config.model.update(filters=8, norm_groups=4, channel_multipliers=(1,))  # stride 1: the fewest ops to compile
   config.discriminator.update(ndf=4, norm_groups=4, num_layers=1)
   config.total_steps = total_steps
+  config.checkpoint_every_steps, config.keep_checkpoints = 1, 2
   config.eval_every_steps = 0
   config.progress_bar = False
   return config
@@ -44,7 +47,7 @@ def trained(tmp_path_factory):
 def test_train_then_resume(trained):
   workdir, first = trained
   assert first.step == 2 and np.isfinite(first.metrics["val/psnr"])
-  assert 0 < first.metrics["val/usage"] <= 1 and first.metrics["val/bits_per_image"] == pytest.approx(32 * 32 * np.log2(15))
+  assert 0 < first.metrics["val/usage"] <= 1 and first.metrics["val/bits_per_image"] == pytest.approx(32 * 32 * 4)
   records = metric_logging.read_metrics(workdir / "metrics.jsonl")
   train_records = [r for r in records if "train/loss" in r]
   assert [r["step"] for r in train_records] == [1, 2]
@@ -58,9 +61,23 @@ def test_train_then_resume(trained):
   resumed = trainer.train(_tiny_config(2), str(workdir))
   records = metric_logging.read_metrics(workdir / "metrics.jsonl")
   assert [r["step"] for r in records if "train/loss" in r] == [1, 2]
-  assert resumed.step == 2 and sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
+  assert resumed.step == 2 and sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2"]
   assert resumed.metrics["val/psnr"] == pytest.approx(first.metrics["val/psnr"], abs=1e-5)
-  np.testing.assert_array_equal(resumed.params["quantizer_state"]["quantizer"]["calls"], 2)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(first.params))
+
+
+@pytest.mark.slow
+def test_restart_from_step_one_equals_the_straight_run(trained, tmp_path):
+  workdir, first = trained
+  # A run that stopped after step 1: only that checkpoint (with its data position) is left.
+  shutil.copytree(workdir / "checkpoints" / "1", tmp_path / "checkpoints" / "1")
+  resumed = trainer.train(_tiny_config(2), str(tmp_path))
+  assert resumed.step == 2
+  # EMA and raw weights, the VQ-EMA codebook state: bitwise those of the straight run
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(first.params))
+  raw = [tokenizer_trainer.load_tokenizer(str(w), ema=False)[1] for w in (workdir, tmp_path)]
+  jax.tree.map(np.testing.assert_array_equal, *raw)
+  assert int(raw[0]["quantizer_state"]["quantizer"]["step"]) == 2  # the EMA updates of both steps are in it
 
 
 @pytest.mark.slow

@@ -60,16 +60,17 @@ def tokax_rows(args) -> dict[str, float]:
   g_tx = optim.adamw(schedule, weight_decay=0.0, grad_clip_norm=None, b1=0.5, b2=0.9)
   d_tx = optim.adamw(schedule, weight_decay=0.0, grad_clip_norm=None, b1=0.5, b2=0.9)
   shape = (args.image_size, args.image_size, 3)
-  state = jax.jit(lambda r: init_state(model, disc, g_tx, d_tx, r, shape))(jax.random.key(0, impl="rbg"))
+  state = jax.jit(lambda r: init_state(model, disc, g_tx, d_tx, r, shape, step_rng=jax.random.key(2)))(
+      jax.random.key(0, impl="rbg"))
   loss = LossConfig(reconstruction="l1", gan="hinge" if args.gan else "none", disc_start=0)
   step = jax.jit(make_train_step(model=model, discriminator=disc, g_tx=g_tx, d_tx=d_tx, schedule=schedule,
                                  loss=loss, ema_decay=0.999), donate_argnums=(0,))
   images = jax.random.uniform(jax.random.key(1), (args.batch, *shape), jnp.float32)
-  batch, rng = {"image": images}, jax.random.key(2)
+  batch = {"image": images}
   holder = {"state": state}
 
   def train_once():
-    holder["state"], metrics = step(holder["state"], batch, rng)
+    holder["state"], metrics = step(holder["state"], batch)
     return metrics["loss"]
 
   train_s = _time(train_once, warmup=args.warmup, repeats=args.steps, sync=jax.block_until_ready)

@@ -8,10 +8,12 @@ Every quantizer follows one contract (tokax.tokenizers.quantizers):
   __call__(z (B, h, w, D), *, train) -> (z_q, QuantizerOutput(codes, loss, metrics)),
   codes_to_latent(codes) -> (B, h, w, D), codebook_size: int, bits_per_token: float,
 and keeps EMA state in the "quantizer_state" collection. QUANTIZERS maps config names to
-"module:attr" strings and is resolved lazily, so this module imports without the quantizers.
+"module:attr" strings, resolved lazily. "kl" names the continuous posterior (DiagonalGaussian, z of
+2C channels -> C); the Tokenizer here is discrete, so the trainer builds a vae.KLAutoencoder for it.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +34,7 @@ QUANTIZERS: dict[str, str] = {
     "vq_ema": "tokax.tokenizers.quantizers:VectorQuantizerEMA",
     "fsq": "tokax.tokenizers.quantizers:FSQ",
     "lfq": "tokax.tokenizers.quantizers:LFQ",
+    "kl": "tokax.tokenizers.quantizers:DiagonalGaussian",
 }
 IMAGE_RANGE_TOLERANCE = 1e-3
 
@@ -51,9 +54,30 @@ def quantizer_class(name: str) -> type[nn.Module]:
   return getattr(module, attr)
 
 
-def build_quantizer(name: str, **kwargs: Any) -> nn.Module:
-  """quantizer_class(name)(**kwargs), e.g. build_quantizer("fsq", levels=(8, 6, 5))."""
-  return quantizer_class(name)(**kwargs)
+def build_quantizer(name: str, *, latent_dim: int | None = None, **kwargs: Any) -> nn.Module:
+  """quantizer_class(name)(**kwargs), e.g. build_quantizer("fsq", levels=(8, 6, 5)).
+
+  Args:
+    name: a QUANTIZERS name or "package.module:Class".
+    latent_dim: the channels D the quantizer will see (Tokenizer.latent_dim): fills the `dim` field
+      of quantizers that have one (VQ, VQ-EMA, LFQ) and is checked against it and against FSQ's levels.
+    **kwargs: the class's fields (see its docstring).
+  """
+  cls = quantizer_class(name)
+  fields = {field.name for field in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+  unknown = sorted(set(kwargs) - fields) if fields else []
+  if unknown:
+    expected = sorted(fields - {"parent", "name"})
+    raise ValueError(f"quantizer {name!r}: {cls.__name__} has no field(s) {unknown}; its fields are {expected}")
+  if latent_dim is not None and "dim" in fields:
+    kwargs.setdefault("dim", latent_dim)
+    if kwargs["dim"] != latent_dim:
+      raise ValueError(f"quantizer {name!r}: dim={kwargs['dim']} differs from latent_dim={latent_dim}; drop dim "
+                       f"(it follows latent_dim) or make them equal")
+  if latent_dim is not None and "levels" in kwargs and len(kwargs["levels"]) != latent_dim:
+    raise ValueError(f"quantizer {name!r}: levels={tuple(kwargs['levels'])} quantise {len(kwargs['levels'])} "
+                     f"channels but latent_dim={latent_dim}; set latent_dim to len(levels)")
+  return cls(**kwargs)
 
 
 def check_images(images: Any, owner: str) -> None:

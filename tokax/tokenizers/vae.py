@@ -1,7 +1,8 @@
 """The continuous KL autoencoder (LDM / MAR AutoencoderKL, without attention) and its latent scale.
 
 encoder -> 1x1 conv -> (mean, logvar), 2 * latent_channels -> z = mean + exp(logvar / 2) * eps
--> 1x1 conv -> decoder. The KL term is LDM's, KL(N(mean, var) || N(0, 1)) summed over the latent
+-> 1x1 conv -> decoder. The posterior is tokax.tokenizers.quantizers.DiagonalGaussian (LDM's
+chunk order and logvar clamp). The KL term is LDM's, KL(N(mean, var) || N(0, 1)) summed over the latent
 of each image and averaged over the batch, here divided by the number of image values H*W*3 so
 that it sits beside a per-pixel mean reconstruction loss exactly as LDM's summed losses do: LDM's
 kl_weight (1e-6) means the same here.
@@ -16,50 +17,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 
 from tokax.tokenizers.autoencoder import Decoder, Encoder, downsample_factor
+from tokax.tokenizers.quantizers import DiagonalGaussian
 from tokax.tokenizers.tokenizer import TokenizerOutput, check_images, to_image_range, to_model_range
 
 Array = jax.Array
 Dtype = Any
-LOGVAR_RANGE = (-30.0, 20.0)  # LDM's clamp
-
-
-@flax.struct.dataclass
-class DiagonalGaussian:
-  """A diagonal Gaussian posterior over latents (B, h, w, C), float32.
-
-  Attributes:
-    mean: (B, h, w, C).
-    logvar: (B, h, w, C), clamped to [-30, 20] as in LDM.
-  """
-  mean: Array
-  logvar: Array
-
-  @classmethod
-  def from_moments(cls, moments: Array) -> "DiagonalGaussian":
-    """(B, h, w, 2C) -> mean = first C channels, logvar = last C (LDM's chunk order)."""
-    mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
-    return cls(mean=mean, logvar=jnp.clip(logvar, *LOGVAR_RANGE))
-
-  @property
-  def std(self) -> Array:
-    return jnp.exp(0.5 * self.logvar)
-
-  def sample(self, rng: Array) -> Array:
-    """mean + std * N(0, 1): (B, h, w, C)."""
-    return self.mean + self.std * jax.random.normal(rng, self.mean.shape, jnp.float32)
-
-  def mode(self) -> Array:
-    return self.mean
-
-  def kl(self) -> Array:
-    """(B,) KL(N(mean, var) || N(0, I)) summed over h, w, C: 0.5 * sum(mean^2 + var - 1 - logvar)."""
-    terms = jnp.square(self.mean) + jnp.exp(self.logvar) - 1.0 - self.logvar
-    return 0.5 * jnp.sum(terms, axis=tuple(range(1, terms.ndim)))
 
 
 class KLAutoencoder(nn.Module):
@@ -91,17 +57,22 @@ class KLAutoencoder(nn.Module):
     self.decoder = Decoder(out_channels=3, **arch)
     self.quant_conv = nn.Dense(2 * self.latent_channels, dtype=jnp.float32, param_dtype=self.param_dtype)
     self.post_quant_conv = nn.Dense(self.z_channels, dtype=self.dtype, param_dtype=self.param_dtype)
+    # Weight 1: the KL is re-weighted per image value below (LDM's meaning of kl_weight).
+    self.gaussian = DiagonalGaussian(kl_weight=1.0)
     self.latent_scale = self.variable("stats", "latent_scale", lambda: jnp.ones((), jnp.float32))
 
   @property
   def downsample_factor(self) -> int:
     return downsample_factor(self.channel_multipliers)
 
-  def posterior(self, images: Array) -> DiagonalGaussian:
-    """(B, H, W, 3) in [0, 1] -> the posterior over unscaled latents (B, h, w, C)."""
+  def moments(self, images: Array) -> Array:
+    """(B, H, W, 3) in [0, 1] -> posterior moments (B, h, w, 2C) float32: mean, then unclamped logvar."""
     check_images(images, "KLAutoencoder")
-    moments = self.quant_conv(self.encoder(to_model_range(images.astype(jnp.float32))).astype(jnp.float32))
-    return DiagonalGaussian.from_moments(moments)
+    return self.quant_conv(self.encoder(to_model_range(images.astype(jnp.float32))).astype(jnp.float32))
+
+  def posterior(self, images: Array) -> tuple[Array, Array]:
+    """(B, H, W, 3) in [0, 1] -> the posterior over unscaled latents: mean, logvar (B, h, w, C) (clamped)."""
+    return self.gaussian.moments(self.moments(images))
 
   def decode_latents(self, z: Array, *, return_features: bool = False):
     """Unscaled latents (B, h, w, C) -> reconstruction (B, H, W, 3) in [-1, 1] (and the last conv's input)."""
@@ -109,9 +80,7 @@ class KLAutoencoder(nn.Module):
 
   def encode(self, images: Array, *, rng: Array | None = None) -> Array:
     """(B, H, W, 3) in [0, 1] -> scaled latents (B, h, w, C), float32: the mode, or a sample given `rng`."""
-    post = self.posterior(images)
-    z = post.mode() if rng is None else post.sample(rng)
-    return z * self.latent_scale.value
+    return _latent(*self.posterior(images), rng) * self.latent_scale.value
 
   def decode(self, latents: Array) -> Array:
     """Scaled latents (B, h, w, C) -> images (B, H, W, 3) in [0, 1] (unclipped)."""
@@ -120,11 +89,10 @@ class KLAutoencoder(nn.Module):
 
   def __call__(self, images: Array, *, train: bool = False) -> TokenizerOutput:
     """Reconstructs (B, H, W, 3) images in [0, 1]; samples the posterior (rng "sample") when train."""
-    post = self.posterior(images)
-    z = post.sample(self.make_rng("sample")) if train else post.mode()
+    z, out = self.gaussian(self.moments(images), train=train)
     reconstruction, features = self.decode_latents(z, return_features=True)
-    kl = jnp.mean(post.kl()) / (images.shape[1] * images.shape[2] * images.shape[3])
-    metrics = {"kl": kl, "latent_std": jnp.std(z), "posterior_std": jnp.mean(post.std)}
+    kl = out.metrics["kl"] / (images.shape[1] * images.shape[2] * images.shape[3])
+    metrics = {"kl": kl, "latent_std": jnp.std(z), "posterior_std": out.metrics["posterior_std"]}
     return TokenizerOutput(reconstruction=reconstruction.astype(jnp.float32), features=features,
                            loss=self.kl_weight * kl, metrics=metrics, codes=None)
 
@@ -143,7 +111,14 @@ def with_latent_scale(model: KLAutoencoder, variables: dict, images: Array, *, r
     images: (B, H, W, 3) in [0, 1], a representative batch.
     rng: sample the posterior (as the generator will) instead of taking its mode.
   """
-  post = model.apply(variables, images, method=KLAutoencoder.posterior)
-  z = post.mode() if rng is None else post.sample(rng)
+  mean, logvar = model.apply(variables, images, method=KLAutoencoder.posterior)
+  z = _latent(mean, logvar, rng)
   stats = dict(variables.get("stats", {}), latent_scale=latent_scale_from(z))
   return {**variables, "stats": stats}
+
+
+def _latent(mean: Array, logvar: Array, rng: Array | None) -> Array:
+  """The posterior's mode (rng None) or a sample mean + exp(logvar / 2) * N(0, 1): (B, h, w, C)."""
+  if rng is None:
+    return mean
+  return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, jnp.float32)

@@ -73,6 +73,8 @@ class TokenizerState:
     ema_params: exponential moving average of params (what evaluation uses).
     disc_params: the discriminator's parameters ({} without a GAN).
     disc_opt_state: its optimizer's state.
+    rng: raw key data (jax.random.key_data) of the steps' base key; step s folds in s, so a restored
+      state draws the same posterior samples.
   """
   step: jax.Array
   params: Any
@@ -81,6 +83,7 @@ class TokenizerState:
   ema_params: Any
   disc_params: Any
   disc_opt_state: Any
+  rng: jax.Array
 
   def variables(self, *, ema: bool = True) -> dict:
     """The model's variables for apply: EMA (or raw) params and the current state collections."""
@@ -88,8 +91,12 @@ class TokenizerState:
 
 
 def init_state(model: nn.Module, discriminator: nn.Module | None, g_tx: optax.GradientTransformation,
-               d_tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...]) -> TokenizerState:
-  """Initial state for images of shape (H, W, 3); jit it with out_shardings to create it in place."""
+               d_tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...],
+               step_rng: jax.Array) -> TokenizerState:
+  """Initial state for images of shape (H, W, 3); jit it with out_shardings to create it in place.
+
+  `rng` initialises the parameters; `step_rng` is the base key of the steps (stored in the state).
+  """
   model_rng, sample_rng, disc_rng = jax.random.split(rng, 3)
   images = jnp.full((1, *image_shape), 0.5, jnp.float32)
   variables = dict(model.init({"params": model_rng, "sample": sample_rng}, images, train=False))
@@ -98,7 +105,8 @@ def init_state(model: nn.Module, discriminator: nn.Module | None, g_tx: optax.Gr
   return TokenizerState(
       step=jnp.zeros((), jnp.int32), params=params, model_state=variables, opt_state=g_tx.init(params),
       ema_params=params, disc_params=disc_params,
-      disc_opt_state=d_tx.init(disc_params) if discriminator is not None else {})
+      disc_opt_state=d_tx.init(disc_params) if discriminator is not None else {},
+      rng=jax.random.key_data(step_rng))
 
 
 def _psnr(images: jax.Array, reconstructions: jax.Array) -> jax.Array:
@@ -107,7 +115,7 @@ def _psnr(images: jax.Array, reconstructions: jax.Array) -> jax.Array:
   return jnp.mean(-10.0 * jnp.log10(jnp.maximum(mse, 1e-10)))
 
 
-def train_step(state: TokenizerState, batch: Batch, rng: jax.Array, *, model: nn.Module,
+def train_step(state: TokenizerState, batch: Batch, *, model: nn.Module,
                discriminator: nn.Module | None, g_tx: optax.GradientTransformation,
                d_tx: optax.GradientTransformation, schedule: optax.Schedule, loss: LossConfig,
                ema_decay: float, perceptual_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
@@ -117,7 +125,6 @@ def train_step(state: TokenizerState, batch: Batch, rng: jax.Array, *, model: nn
   Args:
     state: the current state.
     batch: {"image": (B, H, W, 3) float32 in [0, 1]}.
-    rng: base key; the step folds in state.step, so a resumed run draws the same randomness.
     model: a Tokenizer or KLAutoencoder (returns TokenizerOutput).
     discriminator: the PatchGAN (None without a GAN).
     g_tx, d_tx, schedule: the optimizers and the generator's lr schedule (for logging).
@@ -133,7 +140,7 @@ def train_step(state: TokenizerState, batch: Batch, rng: jax.Array, *, model: nn
     raise ValueError("loss.perceptual_weight > 0 needs a perceptual_fn (config.loss.perceptual='module:factory')")
   if loss.use_gan != (discriminator is not None):
     raise ValueError(f"loss.gan={loss.gan!r} needs a discriminator exactly when it is not 'none'")
-  rng = jax.random.fold_in(rng, state.step)
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   images = batch["image"].astype(jnp.float32)
   x = to_model_range(images)
   gan_factor = losses.adopt_weight(state.step, loss.disc_start) if loss.use_gan else jnp.float32(0.0)
@@ -205,6 +212,6 @@ def _adaptive_weight(params, features, nll_of, gan_of, model: nn.Module, disc_we
   return losses.adaptive_weight(nll_grad, gan_grad, disc_weight=disc_weight)
 
 
-def make_train_step(**kwargs: Any) -> Callable[[TokenizerState, Batch, jax.Array], tuple[TokenizerState, Metrics]]:
-  """train_step with its static arguments bound, ready for jax.jit."""
-  return lambda state, batch, rng: train_step(state, batch, rng, **kwargs)
+def make_train_step(**kwargs: Any) -> Callable[[TokenizerState, Batch], tuple[TokenizerState, Metrics]]:
+  """train_step with its static arguments bound, ready for jax.jit (loop.jit_train_step)."""
+  return lambda state, batch: train_step(state, batch, **kwargs)

@@ -1,41 +1,40 @@
 """The xAR trainer (config.task = "xar"): flow matching on latent tokens with Noisy Context Learning.
 
-train_xar(config, workdir) writes, like the classifier trainer: config.json, metrics.jsonl and
-orbax checkpoints of XarTrainState (params, EMA params, optimizer state). tokax.sample reads the
-same workdir.
+train_xar(config, workdir) writes, like the classifier trainer (the same loop.py: mesh and sharding
+rules from config.mesh / config.sharding, the restorable batch stream, SIGTERM saves, process-0
+files): config.json, metrics.jsonl and orbax checkpoints of XarTrainState (params, EMA params,
+optimizer state, RNG) with the data position. tokax.sample reads the same workdir.
 """
 from __future__ import annotations
 
 import functools
 import os
-import sys
-import time
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-import tqdm
 from absl import logging
 
 from tokax.data import offline
 from tokax.models.latent import Latent, build_latent
 from tokax.models.xar import XAR, xar_loss
-from tokax.train import checkpoint
 from tokax.train import logging as metric_logging
+from tokax.train import loop
 from tokax.train.config_utils import steps
 
 
 @flax.struct.dataclass
 class XarTrainState:
-  """step () int32; params / ema_params the XAR variables; opt_state of the AdamW chain."""
+  """step () int32; params / ema_params the XAR variables; opt_state of the AdamW chain; rng (2,) uint32
+  raw key data of the run's base key (step s folds in s, so a restored run draws the same noise)."""
   step: jax.Array
   params: Any
   ema_params: Any
   opt_state: Any
+  rng: jax.Array
 
 
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> XAR:
@@ -78,18 +77,22 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
                                         mask=weight_decay_mask))
 
 
-def init_state(model: XAR, tx: optax.GradientTransformation, rng: jax.Array) -> XarTrainState:
+def init_state(model: XAR, tx: optax.GradientTransformation, rng: jax.Array,
+               step_rng: jax.Array | None = None) -> XarTrainState:
+  """`rng` initialises the parameters; `step_rng` (default: fold_in(rng, 1)) is the base key of the steps."""
   ents = model.entities
   params = model.init(rng, jnp.zeros((1, ents.seq_len, model.token_dim)), jnp.zeros((1,), jnp.int32),
                       jnp.zeros((1, ents.num_entities)))
-  return XarTrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params))
+  step_rng = jax.random.fold_in(rng, 1) if step_rng is None else step_rng
+  return XarTrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params),
+                       rng=jax.random.key_data(step_rng))
 
 
-def train_step(state: XarTrainState, batch: dict, rng: jax.Array, *, model: XAR, latent: Latent,
+def train_step(state: XarTrainState, batch: dict, *, model: XAR, latent: Latent,
                tx: optax.GradientTransformation, schedule: optax.Schedule, label_drop: float,
                teacher_forcing: bool, ema_decay: float) -> tuple[XarTrainState, dict]:
   """One AdamW update of the xAR loss on {"image": (B, H, W, 3) in [0, 1], "label": (B,)}; EMA after."""
-  rng = jax.random.fold_in(rng, state.step)
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   tokens = model.entities.to_sequence(latent.encode(batch["image"]))
 
   def loss_fn(params):
@@ -118,74 +121,41 @@ def build(config: ml_collections.ConfigDict, num_classes: int, num_train: int):
 def restore_state(config: ml_collections.ConfigDict, workdir: str, num_classes: int, num_train: int):
   """(model, latent, state) from the latest checkpoint of `workdir`, on the first device; state None if none."""
   model, latent, tx, _, _ = build(config, num_classes, num_train)
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = checkpoint.abstract_like(jax.eval_shape(functools.partial(init_state, model, tx), jax.random.key(0)),
-                                      sharding)
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-  try:
-    state = checkpoint.restore_latest(manager, abstract)
-  finally:
-    manager.close()
-  return model, latent, state
+  shapes = jax.eval_shape(functools.partial(init_state, model, tx), jax.random.key(0))
+  restored = loop.restore_for_inference(workdir, shapes, config.keep_checkpoints)
+  return model, latent, None if restored is None else restored[0]
 
 
 def train_xar(config: ml_collections.ConfigDict, workdir: str):
-  """Trains (or resumes) the xAR of `config` in `workdir`; returns trainer.TrainResult."""
-  from tokax.train import trainer  # the shared helpers (data stream, config.json, TrainResult)
+  """Trains (or resumes) the xAR of `config` in `workdir`; returns trainer.TrainResult (params: the EMA ones)."""
+  from tokax.train import trainer  # TrainResult; trainer imports this module lazily
   os.makedirs(workdir, exist_ok=True)
   d = config.data
   train_ds = offline.load(d.name, "train", image_size=d.image_size, num_examples=d.num_train, seed=d.seed)
   model, latent, tx, schedule, total_steps = build(config, train_ds.num_classes, len(train_ds))
-  log_every = max(1, steps("log_every", config, len(train_ds), config.batch_size, default=50))
-  checkpoint_every = steps("checkpoint_every", config, len(train_ds), config.batch_size, default=0)
-  trainer._save_config(config, workdir, total_steps=total_steps, num_classes=train_ds.num_classes,
-                       num_train=len(train_ds))
+  durations = loop.durations_from_config(config, len(train_ds), config.batch_size, total=total_steps)
+  loop.save_config(config, workdir, total_steps=total_steps, num_classes=train_ds.num_classes,
+                   num_train=len(train_ds))
 
-  mesh = trainer._data_parallel_mesh()
-  replicated = jax.NamedSharding(mesh, jax.P())
-  data_sharding = jax.NamedSharding(mesh, jax.P("data"))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  init_fn = functools.partial(init_state, model, tx)
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-  state = checkpoint.restore_latest(manager, checkpoint.abstract_like(jax.eval_shape(init_fn, init_rng), replicated))
-  if state is None:
-    state = jax.jit(init_fn, out_shardings=replicated)(init_rng)
-  start_step = int(state.step)
-  logging.info("training xAR (%s entities, %d steps of %d tokens) from step %d to %d", model.entity,
-               model.entities.num_entities, model.entities.seq_len, start_step, total_steps)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, latent=latent, tx=tx, schedule=schedule,
-                        label_drop=config.label_drop, teacher_forcing=config.teacher_forcing,
-                        ema_decay=config.ema_decay),
-      in_shardings=(replicated, data_sharding, replicated), out_shardings=(replicated, replicated),
-      donate_argnums=(0,))
-  batches = trainer.batches_from_step(train_ds, config.batch_size, seed=d.seed, step=start_step)
-  writer = metric_logging.MetricWriter(os.path.join(workdir, "metrics.jsonl"))
-  bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                  disable=not (config.progress_bar and jax.process_index() == 0),
-                  mininterval=1.0 if sys.stderr.isatty() else 30.0)
-  log = trainer._TrainLog(writer, bar, batch_size=config.batch_size, log_every=log_every, total_steps=total_steps)
-  final: dict[str, float] = {}
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = jax.device_put({k: v for k, v in next(batches).items() if k in ("image", "label")}, data_sharding)
-      if step == start_step + 1:
-        t0 = time.perf_counter()
-        state, metrics = step_fn(state, batch, step_rng)
-        writer.write(step, {"train/compile_s": time.perf_counter() - t0})
-        log.restart_clock()
-      else:
-        state, metrics = step_fn(state, batch, step_rng)
-      log.push(step, metrics)
-      if checkpoint_every and step % checkpoint_every == 0 and step != total_steps:
-        checkpoint.save(manager, step, state)
-    log.flush()
-    if total_steps > start_step:
-      checkpoint.save(manager, total_steps, state)
-      final = {"train/final_loss": float(np.asarray(metrics["loss"]))}
-  finally:
-    bar.close()
-    writer.close()
-    manager.wait_until_finished()
-    manager.close()
-  return trainer.TrainResult(model=model, params=state.ema_params, step=max(start_step, total_steps), metrics=final)
+  init_fn = functools.partial(init_state, model, tx, step_rng=step_rng)
+  state_shapes = jax.eval_shape(init_fn, init_rng)
+  run = loop.setup(config, workdir, state_shapes=state_shapes, train_ds=train_ds)
+  with jax.set_mesh(run.mesh):
+    try:
+      state = loop.restore_or_init(run, init_fn, init_rng, state_shapes)
+      logging.info("training xAR (%s entities, %d steps of %d tokens) from step %d to %d", model.entity,
+                   model.entities.num_entities, model.entities.seq_len, int(state.step), total_steps)
+      step_fn = loop.jit_train_step(
+          functools.partial(train_step, model=model, latent=latent, tx=tx, schedule=schedule,
+                            label_drop=config.label_drop, teacher_forcing=config.teacher_forcing,
+                            ema_decay=config.ema_decay), run.mesh, run.state_shardings)
+      with metric_logging.MetricWriter(os.path.join(workdir, "metrics.jsonl")) as writer:
+        result = loop.run_steps(step_fn, state, run, durations, writer, batch_keys=("image", "label"),
+                                progress_bar=config.progress_bar)
+    finally:
+      run.manager.wait_until_finished()
+      run.manager.close()
+  final = {} if result.preempted or not result.last_metrics else {"train/final_loss": result.last_metrics["loss"]}
+  return trainer.TrainResult(model=model, params=result.state.ema_params, step=result.step, metrics=final,
+                             preempted=result.preempted)
