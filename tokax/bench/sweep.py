@@ -217,18 +217,7 @@ def bounds(model: ViT, counts: tuple[int, ...], num_tokens: int) -> tuple[ViT, V
 # --- measurements --------------------------------------------------------------------------------
 
 
-def forward_gflops(model: ViT, params: Any, batch_shape: Sequence[int], dtype: Any) -> float:
-  """GFLOPs per image of the forward, XLA's count of the XLA-attention version's HLO, lowered for the CPU.
-
-  Lowered for the CPU because there the analysis runs on the HLO before compilation: XLA:GPU only
-  analyses the compiled executable, where cuBLAS and cuDNN custom calls count zero FLOPs.
-  """
-  xla = model.clone(attention="xla")
-  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu)
-  lowered = jax.jit(lambda p, x: xla.apply(p, x)).lower(jax.tree.map(spec, params),
-                                                       jax.ShapeDtypeStruct(tuple(batch_shape), dtype, sharding=cpu))
-  return throughput.compiled_flops(lowered) / batch_shape[0] / 1e9
+forward_gflops = throughput.vit_forward_gflops
 
 
 def params_for(model: ViT, params: Any, image_shape: Sequence[int]) -> tuple[Any, bool]:
