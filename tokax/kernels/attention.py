@@ -6,8 +6,11 @@ selection metrics that reduction methods need ("cls", "received"). Implementatio
 - "xla": the pure-jnp reference (materialises the probabilities; always available).
 - "cudnn": jax.nn.dot_product_attention(implementation="cudnn"): flash attention on NVIDIA GPUs,
   bf16/fp16 only, no score side outputs.
+- "pallas": the fused attention-and-select kernels (flash attention that emits the scores from the
+  same tiles): Mosaic TPU on TPU (tokax.kernels.tpu), Mosaic GPU on NVIDIA (tokax.kernels.mosaic_gpu).
+  On CPU it runs the TPU kernel in interpret mode when `interpret` is given. No general `mask`.
 - None / "auto": cudnn where it applies (GPU, half precision, no scores requested, a mask cuDNN
-  takes), else xla.
+  takes), else xla. auto does not pick pallas until it has been benchmarked on the device.
 
 Keys and values may be longer than the queries (attention against a KV cache), and a general
 boolean `mask` (B or 1, H or 1, N, M) expresses block-causal or cache-validity patterns.
@@ -15,7 +18,7 @@ boolean `mask` (B or 1, H or 1, N, M) expresses block-causal or cache-validity p
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +27,7 @@ from tokax.kernels import reference
 
 Array = jax.Array
 
-IMPLEMENTATIONS = ("xla", "cudnn", "auto")
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
 
 
 def _check_inputs(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
@@ -155,6 +158,26 @@ def _cudnn(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array
   return out[..., :d]
 
 
+def _pallas(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
+            mask: Array | None, scores: tuple[str, ...], interpret: Any) -> tuple[Array, dict[str, Array]]:
+  """Dispatch to the Pallas kernel of the default backend."""
+  if mask is not None:
+    raise ValueError("attention: implementation='pallas' takes key_bias and key_mask but no general mask; "
+                     "use implementation='xla' for a (B, H, N, M) mask")
+  backend = jax.default_backend()
+  if backend == "gpu":
+    from tokax.kernels.mosaic_gpu import flash_attention as gpu_flash
+    return gpu_flash.flash_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores,
+                                     interpret=bool(interpret))
+  if backend == "tpu" or interpret is not None:
+    from tokax.kernels.tpu import flash_attention as tpu_flash
+    return tpu_flash.flash_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores,
+                                     interpret=interpret)
+  raise ValueError(
+      f"attention: implementation='pallas' has no kernel for backend {backend!r}; pass "
+      "interpret=jax.experimental.pallas.tpu.InterpretParams() to simulate the TPU kernel, or use 'xla'")
+
+
 def attention(
     q: Array,
     k: Array,
@@ -165,6 +188,7 @@ def attention(
     mask: Array | None = None,
     scores: tuple[str, ...] = (),
     implementation: str | None = None,
+    interpret: Any = None,
 ) -> tuple[Array, dict[str, Array]]:
   """Multi-head softmax attention with optional per-key bias, masks and selection scores.
 
@@ -175,7 +199,9 @@ def attention(
     mask: (B or 1, H or 1, N, M) bool, True where query n may attend to key m (block-causal
       generation, KV-cache validity), or None. Every query must keep at least one key.
     scores: subset of ("cls", "received"); each is returned as a (B, M) float32 array.
-    implementation: "xla", "cudnn" or None/"auto".
+    implementation: "xla", "cudnn", "pallas" or None/"auto".
+    interpret: for "pallas" only: passed to the kernel (pltpu.InterpretParams() runs the TPU kernel
+      on CPU; True runs the GPU kernel in Pallas' GPU interpreter). Required on CPU.
 
   Returns:
     out (B, N, H, D) in q's dtype and a dict name -> (B, M) scores.
@@ -195,4 +221,6 @@ def attention(
           f"attention: implementation='cudnn' returns no scores but scores={scores} were requested; "
           "use implementation='xla' (or 'auto', which picks one that can)")
     return _cudnn(q, k, v, key_bias, key_mask, mask), {}
+  if implementation == "pallas":
+    return _pallas(q, k, v, key_bias, key_mask, mask, scores, interpret)
   raise ValueError(f"attention: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")

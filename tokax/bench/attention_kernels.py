@@ -1,0 +1,150 @@
+r"""Fused attention-and-select kernels: correctness against the reference, and time against cuDNN and XLA.
+
+On an H100 (full size, bf16):
+
+  python -m tokax.bench.attention_kernels --check --out /tmp/attention_kernels.json
+
+On CPU (tiny shapes; the TPU kernel in interpret mode, no cuDNN):
+
+  JAX_PLATFORMS=cpu python -m tokax.bench.attention_kernels --shapes 2,37,2,64 --dtype float32 --repeats 2
+
+Rows, per shape (B, N, H, D) and pass (fwd, fwd+bwd), each timed in the same process:
+- xla+cls:       the reference, materialising the probabilities, with the "cls" score;
+- cudnn:         jax.nn.dot_product_attention(implementation="cudnn"), no scores (GPU only);
+- pallas:        tokax's kernel, no scores;
+- pallas+cls, pallas+received: tokax's kernel with one score.
+Each time is the median of --repeats calls after warm-up; the ratio columns divide by cudnn (or,
+without a GPU, by xla+cls). --check first compares the pallas outputs and scores against the float32
+reference (with key_bias and key_mask) and prints the max errors. A failing row prints its error
+and the table goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokax.kernels import attention as fused_attention  # the entry-point function
+from tokax.kernels import reference
+
+DEFAULT_SHAPES = ("256,197,12,64", "64,577,16,64", "16,1024,12,64", "8,4096,12,64")
+
+
+def _inputs(shape, dtype, seed=0):
+  b, n, h, d = shape
+  keys = jax.random.split(jax.random.key(seed), 5)
+  q, k, v = (jax.random.normal(key, (b, n, h, d), jnp.float32).astype(dtype) for key in keys[:3])
+  bias = jnp.log(jax.random.randint(keys[3], (b, n), 1, 9).astype(jnp.float32))
+  mask = (jax.random.uniform(keys[4], (b, n)) > 0.2).at[:, 0].set(True)
+  return q, k, v, bias, mask
+
+
+def _time(fn: Callable, args, repeats: int) -> float:
+  """Median seconds of one call of jit(fn)(*args), after compile and two warm-up calls."""
+  fn = jax.jit(fn)
+  jax.block_until_ready(fn(*args))
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _variants(backend: str, interpret):
+  def attend(impl, scores):
+    def fwd(q, k, v):
+      out, s = fused_attention(q, k, v, scores=scores, implementation=impl, interpret=interpret)
+      return out, s
+    return fwd
+
+  rows = {"xla+cls": attend("xla", ("cls",))}
+  if backend == "gpu":
+    rows["cudnn"] = attend("cudnn", ())
+  rows["pallas"] = attend("pallas", ())
+  rows["pallas+cls"] = attend("pallas", ("cls",))
+  rows["pallas+received"] = attend("pallas", ("received",))
+  return rows
+
+
+def _with_backward(fwd):
+  def loss(q, k, v):
+    out, s = fwd(q, k, v)
+    total = jnp.sum(out.astype(jnp.float32) ** 2)
+    return total + sum(jnp.sum(x) for x in s.values())
+  return jax.grad(loss, argnums=(0, 1, 2))
+
+
+def check(shape, dtype, interpret) -> dict[str, float]:
+  """Max abs errors of the pallas kernel (key_bias, key_mask, both scores) against the reference."""
+  q, k, v, bias, mask = _inputs(shape, dtype, seed=1)
+  names = ("cls", "received")
+  out, s = jax.jit(lambda q, k, v, b, m: fused_attention(
+      q, k, v, key_bias=b, key_mask=m, scores=names, implementation="pallas", interpret=interpret))(q, k, v, bias, mask)
+  ref_out, ref_s = jax.jit(lambda q, k, v, b, m: reference.attention_reference(
+      q, k, v, key_bias=b, key_mask=m, scores=names))(q, k, v, bias, mask)
+  errors = {"out": float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref_out.astype(jnp.float32))))}
+  for name in names:
+    errors[name] = float(jnp.max(jnp.abs(s[name] - ref_s[name])))
+    errors[name + "_rel"] = errors[name] / float(jnp.max(jnp.abs(ref_s[name])))
+  return errors
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--shapes", nargs="+", default=list(DEFAULT_SHAPES), help="B,N,H,D")
+  parser.add_argument("--dtype", default="bfloat16")
+  parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--check", action="store_true", help="compare against the reference first")
+  parser.add_argument("--no-backward", action="store_true")
+  parser.add_argument("--out", default=None, help="write the rows as JSON here")
+  args = parser.parse_args(argv)
+
+  backend = jax.default_backend()
+  interpret = None
+  if backend not in ("gpu", "tpu"):
+    from jax.experimental.pallas import tpu as pltpu
+    interpret = pltpu.InterpretParams()
+  dtype = jnp.dtype(args.dtype)
+  print(f"device: {jax.devices()[0].device_kind} ({backend}), jax {jax.__version__}, {dtype.name}", flush=True)
+  results = []
+  for text in args.shapes:
+    shape = tuple(int(x) for x in text.split(","))
+    if args.check:
+      try:
+        print(f"check {shape}: {check(shape, dtype, interpret)}", flush=True)
+      except Exception as e:  # keep benchmarking the other rows
+        print(f"check {shape}: FAILED {type(e).__name__}: {str(e)[:2000]}", flush=True)
+    q, k, v, _, _ = _inputs(shape, dtype)
+    passes = ["fwd"] if args.no_backward else ["fwd", "fwd+bwd"]
+    for pass_name in passes:
+      times = {}
+      for name, fwd in _variants(backend, interpret).items():
+        fn = fwd if pass_name == "fwd" else _with_backward(fwd)
+        try:
+          times[name] = _time(fn, (q, k, v), args.repeats)
+        except Exception as e:
+          print(f"  {shape} {pass_name} {name}: FAILED {type(e).__name__}: {str(e)[:1000]}", flush=True)
+      base_name = "cudnn" if "cudnn" in times else "xla+cls"
+      base = times.get(base_name)
+      for name, t in times.items():
+        row = dict(shape=list(shape), dtype=dtype.name, pass_=pass_name, impl=name, ms=t * 1e3,
+                   vs=base_name, ratio=(t / base) if base else float("nan"),
+                   xla_over_this=(times["xla+cls"] / t) if "xla+cls" in times else float("nan"))
+        results.append(row)
+        print(f"| {shape} | {pass_name} | {name} | {row['ms']:.3f} ms | {row['ratio']:.2f}x {base_name} | "
+              f"xla+cls / this {row['xla_over_this']:.2f}x |", flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

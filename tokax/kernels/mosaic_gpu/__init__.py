@@ -1,0 +1,1 @@
+"""Mosaic GPU (Hopper) kernels."""
