@@ -260,8 +260,12 @@ class Settings:
 
 def block_row(model: ViT, params: Any, settings: Settings, *, method: str, strength: Any, dense: dict[str, Any],
               overhead: bool, predict: Callable[[ViT, Any], np.ndarray] | None, labels: np.ndarray | None,
-              trained: bool = True) -> dict[str, Any]:
-  """One table row for `model` (a ViT with its reduction); `dense` is the dense row of the same run."""
+              trained: bool = True, token_images: jax.Array | None = None) -> dict[str, Any]:
+  """One table row for `model` (a ViT with its reduction); `dense` is the dense row of the same run.
+
+  token_images: (B, H, W, 3) model inputs on which a masking method's mean valid token count is
+  read (the eval images, normalised); None: random images.
+  """
   image_shape = settings.batch_shape[1:]
   timing = settings.time(model, params)
   counts = layer_token_counts(model, params, image_shape)
@@ -269,8 +273,9 @@ def block_row(model: ViT, params: Any, settings: Settings, *, method: str, stren
          "gflops_per_image": forward_gflops(model, params, settings.batch_shape, settings.dtype),
          "images_per_s": timing["images_per_s"], "median_ms": timing["median_ms"], "trained": trained}
   if isinstance(model.reduction, DToMe):
-    images = throughput.random_batches(settings.batch_shape, settings.dtype, count=1, seed=1)[0]
-    row["tokens"] = mean_valid_tokens(model, params, images)
+    if token_images is None:
+      token_images = throughput.random_batches(settings.batch_shape, settings.dtype, count=1, seed=1)[0]
+    row["tokens"] = mean_valid_tokens(model, params, token_images)
   if dense:
     row["speedup"] = row["images_per_s"] / dense["images_per_s"]
     row["predicted_speedup"] = dense["gflops_per_image"] / row["gflops_per_image"]
@@ -378,11 +383,13 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   depth = model.arch.depth
   image_shape = (model.image_size, model.image_size, 3)
   settings = Settings((config.batch_size, *image_shape), jnp.dtype(config.dtype), config.warmup, config.repeats)
-  predict, labels = None, None
+  predict, labels, token_images = None, None, None
   if setup.eval_data is not None:
     from tokax.train import evaluate
+    from tokax.train.model import normalize_images
 
     labels = setup.eval_data.labels
+    token_images = normalize_images(jnp.asarray(setup.eval_data.images[:config.eval_batch_size], settings.dtype))
     predict = lambda m, p: evaluate.predict(evaluate.make_predict_fn(m), p, setup.eval_data, config.eval_batch_size)
 
   def calibration_batches():
@@ -413,7 +420,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       reduced_params, trained = params_for(reduced, params, image_shape)
       row = block_row(reduced, reduced_params, settings, method=method, strength=strength, dense=dense,
                       overhead=strength in timed_overhead, predict=predict, labels=labels,
-                      trained=trained)
+                      trained=trained, token_images=token_images)
       rows.append(row)
       logging.info("%s %s: %s", method, strength, row)
 
