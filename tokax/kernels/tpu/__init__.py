@@ -1,0 +1,1 @@
+"""Mosaic TPU Pallas kernels (run on the CPU in TPU interpret mode)."""
