@@ -73,6 +73,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from tokax.kernels import matching
+from tokax.reduction.tome import check_matching
 from tokax.reduction.tokens import MergePlan, Tokens, apply_plan
 
 Array = jax.Array
@@ -111,24 +113,15 @@ def r_schedule(depth: int, r_total: int, schedule: str = "constant") -> tuple[in
   return tuple(s) if schedule == "linear" else tuple(s[::-1])
 
 
-def _edges(metric: Array, valid: Array, *, has_cls: bool, has_dist: bool) -> tuple[Array, Array]:
+def _edges(metric: Array, valid: Array, *, has_cls: bool, has_dist: bool, implementation: str = "xla",
+           interpret: bool = False) -> tuple[Array, Array]:
   """Each A token's best B edge. metric (B, N, D), valid (B, N) -> node_max, node_idx (B, |A|).
 
   Cosine similarities of keys; the class token (A[0]) never leaves, the distillation token (B[0])
   never receives, masked tokens take no part: their edges are -inf.
   """
-  precise = metric.dtype == jnp.float32
-  norm = jnp.linalg.norm(metric.astype(jnp.float32), axis=-1, keepdims=True)
-  metric = (metric / jnp.where(norm > 0, norm, 1.0)).astype(metric.dtype)
-  a, b = metric[:, 0::2], metric[:, 1::2]
-  scores = jnp.einsum("bid,bjd->bij", a, b, preferred_element_type=jnp.float32,
-                      precision=jax.lax.Precision.HIGHEST if precise else None)
-  if has_cls:
-    scores = scores.at[:, 0, :].set(-jnp.inf)
-  if has_dist:
-    scores = scores.at[:, :, 0].set(-jnp.inf)
-  scores = jnp.where(valid[:, 0::2, None] & valid[:, 1::2][:, None, :], scores, -jnp.inf)
-  return scores.max(axis=-1), jnp.argmax(scores, axis=-1).astype(jnp.int32)
+  return matching.bipartite_matching(metric, has_cls=has_cls, has_dist=has_dist, key_mask=valid,
+                                     implementation=implementation, interpret=interpret)
 
 
 def _descending_rank(values: Array) -> tuple[Array, Array]:
@@ -186,7 +179,8 @@ def _valid(metric: Array, mask: Array | None) -> Array:
 
 
 def threshold_plan(metric: Array, mask: Array | None, threshold: float | Array, *, has_cls: bool,
-                   has_dist: bool = False, max_r: int | None = None) -> tuple[MergePlan, Array]:
+                   has_dist: bool = False, max_r: int | None = None, matching_implementation: str = "xla",
+                   interpret: bool = False) -> tuple[MergePlan, Array]:
   """DyMU inference merge (the per-image B == 1 path) for a whole batch, as a fixed-size plan.
 
   Per image: r = #{valid A tokens whose best edge > threshold}, clipped to
@@ -200,12 +194,15 @@ def threshold_plan(metric: Array, mask: Array | None, threshold: float | Array, 
     threshold: the layer's theta (+inf: nothing merges; -inf: as much as the clip allows).
     has_cls, has_dist: protected class (never merged away) / distillation (never merged into) token.
     max_r: per-image cap (official max_r_per_instance = int(ratio * r_l)), or None.
+    matching_implementation: "xla" (dense similarities), "pallas" (kernels.matching) or "auto".
+    interpret: run the Pallas matching kernel in interpret mode (CPU tests).
 
   Returns:
     MergePlan with num_out = N, and r (B,) int32 tokens merged per image.
   """
   valid = _valid(metric, mask)
-  node_max, node_idx = _edges(metric, valid, has_cls=has_cls, has_dist=has_dist)
+  node_max, node_idx = _edges(metric, valid, has_cls=has_cls, has_dist=has_dist,
+                              implementation=matching_implementation, interpret=interpret)
   protected = int(has_cls) + int(has_dist)
   n_valid = valid.sum(-1, dtype=jnp.int32)
   r = jnp.minimum((node_max > threshold).sum(-1, dtype=jnp.int32), (n_valid - protected) // 2)
@@ -220,7 +217,8 @@ def threshold_plan(metric: Array, mask: Array | None, threshold: float | Array, 
 
 
 def batch_level_plan(metric: Array, mask: Array | None, r: int, *, has_cls: bool, has_dist: bool = False,
-                     max_r: int | None = None) -> tuple[MergePlan, Array, Array]:
+                     max_r: int | None = None, matching_implementation: str = "xla",
+                     interpret: bool = False) -> tuple[MergePlan, Array, Array]:
   """DyMU calibration merge: the top r * B edges of the whole batch merge.
 
   r is first clipped to (t - protected) // 2 with t the longest image's valid count (the official
@@ -230,7 +228,8 @@ def batch_level_plan(metric: Array, mask: Array | None, r: int, *, has_cls: bool
 
   Args:
     metric: (B, N, D) keys averaged over heads. mask: (B, N) bool or None.
-    r: the layer's merge target (per image, on average). has_cls, has_dist, max_r: as threshold_plan.
+    r: the layer's merge target (per image, on average). has_cls, has_dist, max_r,
+      matching_implementation, interpret: as threshold_plan.
 
   Returns:
     (plan with num_out = N, batch threshold () float32 = max(score of the first edge not
@@ -238,7 +237,8 @@ def batch_level_plan(metric: Array, mask: Array | None, r: int, *, has_cls: bool
   """
   valid = _valid(metric, mask)
   batch, _ = valid.shape
-  node_max, node_idx = _edges(metric, valid, has_cls=has_cls, has_dist=has_dist)
+  node_max, node_idx = _edges(metric, valid, has_cls=has_cls, has_dist=has_dist,
+                              implementation=matching_implementation, interpret=interpret)
   order, rank = _descending_rank(node_max)
   if max_r is not None:
     node_max = jnp.where(rank < max_r, node_max, -jnp.inf)
@@ -298,13 +298,18 @@ class DToMe:
       (DyMU: int(max_r_per_instance_ratio * r_l)) or None.
     prop_attn: proportional attention (log size added to each key's logit), as DyMU.
     merge: how merged groups are summed: "auto", "scatter" or "matmul" (see apply_plan).
+    matching: how A tokens find their B partner: "xla", "pallas" (kernels.matching) or "auto".
+    interpret: run the Pallas matching kernel in interpret mode (how the CPU runs it).
   """
   thresholds: tuple[float, ...]
   max_r: MaxR = None
   prop_attn: bool = True
   merge: str = "auto"
+  matching: str = "xla"
+  interpret: bool = False
 
   def __post_init__(self):
+    check_matching(self.matching, "DToMe")
     try:
       thresholds = tuple(float(t) for t in self.thresholds)
     except (TypeError, ValueError):
@@ -337,7 +342,8 @@ class DToMe:
     if theta == math.inf:
       return tokens
     plan, _ = threshold_plan(metrics["keys"], tokens.mask, theta, has_cls=tokens.has_cls, has_dist=tokens.has_dist,
-                             max_r=_per_layer(self.max_r, depth, "DToMe.max_r")[layer])
+                             max_r=_per_layer(self.max_r, depth, "DToMe.max_r")[layer],
+                             matching_implementation=self.matching, interpret=self.interpret)
     return apply_plan(_with_mask(tokens), plan, method=self.merge)
 
 
@@ -355,14 +361,18 @@ class DToMeCalibration:
     size_eps: the official batch-level merge divides the summed features by (size + 1e-4), not
       size; 0 gives the exact size-weighted mean.
     merge: "auto", "scatter" or "matmul" (see apply_plan).
+    matching, interpret: as DToMe.
   """
   r: tuple[int, ...]
   max_r: MaxR = None
   prop_attn: bool = True
   size_eps: float = SIZE_EPS
   merge: str = "auto"
+  matching: str = "xla"
+  interpret: bool = False
 
   def __post_init__(self):
+    check_matching(self.matching, "DToMeCalibration")
     r = tuple(self.r) if not isinstance(self.r, int) else None
     if r is None or not r or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in r):
       raise ValueError(f"DToMeCalibration.r: expected a per-layer tuple of ints >= 0 (see r_schedule); got {self.r!r}")
@@ -386,7 +396,8 @@ class DToMeCalibration:
       return tokens
     plan, _, merged = batch_level_plan(metrics["keys"], tokens.mask, self.r[layer], has_cls=tokens.has_cls,
                                        has_dist=tokens.has_dist,
-                                       max_r=_per_layer(self.max_r, depth, "DToMeCalibration.max_r")[layer])
+                                       max_r=_per_layer(self.max_r, depth, "DToMeCalibration.max_r")[layer],
+                                       matching_implementation=self.matching, interpret=self.interpret)
     out = apply_plan(_with_mask(tokens), plan, method=self.merge)
     if self.size_eps:
       scale = jnp.where(merged, out.size / (out.size + self.size_eps), 1.0)

@@ -44,12 +44,15 @@ tests/reduction/test_pitome.py quantifies it and checks the official pooled vect
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Sequence, Union
 
 import jax
 import jax.numpy as jnp
 
+from tokax.kernels import matching
+from tokax.reduction.tome import check_matching
 from tokax.reduction.tokens import MergePlan, Tokens, apply_plan
 
 Array = jax.Array
@@ -86,6 +89,12 @@ def schedule_modes(mode: str | Sequence[str], depth: int) -> tuple[str, ...]:
   return modes
 
 
+def normalize(metric: Array) -> Array:
+  """(B, T, D) -> float32 rows divided by max(||row||, 1e-12) (F.normalize)."""
+  m = metric.astype(jnp.float32)
+  return m / jnp.maximum(jnp.linalg.norm(m, axis=-1, keepdims=True), NORMALIZE_EPS)
+
+
 def energy_scores(metric: Array, margin: float, alpha: float = 1.0) -> tuple[Array, Array]:
   """PiToMe's energy score.
 
@@ -98,8 +107,7 @@ def energy_scores(metric: Array, margin: float, alpha: float = 1.0) -> tuple[Arr
     energy (B, T) = mean_j ELU(cos_ij - margin), and the cosine similarities sim (B, T, T), both
     float32. A zero vector has similarity 0 to everything (F.normalize's eps), never NaN.
   """
-  m = metric.astype(jnp.float32)
-  m = m / jnp.maximum(jnp.linalg.norm(m, axis=-1, keepdims=True), NORMALIZE_EPS)
+  m = normalize(metric)
   sim = jnp.einsum("bid,bjd->bij", m, m, precision=jax.lax.Precision.HIGHEST)
   energy = jax.nn.elu(sim - jnp.float32(margin), alpha=alpha).mean(axis=-1)
   return energy, sim
@@ -116,11 +124,35 @@ def _submatrix(sim: Array, rows: Array, cols: Array) -> Array:
   return jax.vmap(lambda s, i, j: s[i][:, j])(sim, rows, cols)
 
 
-def _protected_slots(sim: Array, order: Array, r: int, offset: int) -> Array:
+def rank_edges(sim: Array, metric: Array, order: Array, count: int, *, implementation: str = "xla",
+               interpret: bool = False) -> tuple[Array, Array]:
+  """Best B partner of every A token when the first `count` energy ranks alternate into A and B.
+
+  A = order[:, 0:count:2], B = order[:, 1:count:2]. "xla" reads the scores off the similarity
+  matrix the energy already needed; "pallas" runs kernels.matching on the energy-sorted,
+  normalised metric (the T x T similarities are still formed for the energy; the kernel saves
+  the gather of the |A| x |B| block and its reductions).
+
+  Args:
+    sim: (B, T, T) cosine similarities; metric: (B, T, D) features; order: (B, T) by energy.
+
+  Returns:
+    node_max (B, |A|) float32 and node_idx (B, |A|) int32 (a position in B, first on ties).
+  """
+  if implementation == "xla":
+    scores = _submatrix(sim, order[:, 0:count:2], order[:, 1:count:2])
+    return scores.max(axis=-1), jnp.argmax(scores, axis=-1).astype(jnp.int32)  # first maximum, as torch.max
+  ranked = jnp.take_along_axis(normalize(metric), order[:, :count, None], axis=1)
+  return matching.bipartite_matching(ranked, has_cls=False, normalized=True, implementation=implementation,
+                                     interpret=interpret)
+
+
+def _protected_slots(dst_idx: Array | None, order: Array, r: int, offset: int) -> Array:
   """Output slot of the token at each energy rank for `pitome` (merge.py L73-107).
 
   Args:
-    sim: (B, T, T) cosine similarities; order: (B, T) tokens by descending energy.
+    dst_idx: (B, r) B partner of each A token (rank_edges over the first 2r ranks), None if r = 0.
+    order: (B, T) tokens by descending energy.
     r: merges (2r <= T); offset: prefix tokens before the first output slot.
 
   Returns:
@@ -133,19 +165,18 @@ def _protected_slots(sim: Array, order: Array, r: int, offset: int) -> Array:
   kept = jnp.broadcast_to(kept, (batch, t - 2 * r))
   if r == 0:
     return kept
-  a_idx, b_idx = order[:, 0:2 * r:2], order[:, 1:2 * r:2]
-  dst_idx = jnp.argmax(_submatrix(sim, a_idx, b_idx), axis=-1).astype(jnp.int32)  # first maximum, as torch.max
   first_b = offset + t - 2 * r
   slot_b = jnp.broadcast_to(first_b + jnp.arange(r, dtype=jnp.int32), (batch, r))
   merging = jnp.stack([first_b + dst_idx, slot_b], axis=-1).reshape(batch, 2 * r)  # ranks 0, 1, 2, ...
   return jnp.concatenate([merging, kept], axis=1)
 
 
-def _bsm_slots(sim: Array, order: Array, r: int, offset: int) -> Array:
+def _bsm_slots(node_max: Array, node_idx: Array, order: Array, r: int, offset: int) -> Array:
   """Output slot of the token at each energy rank for `pitome_bsm` (merge.py L110-145).
 
   Args:
-    sim: (B, T, T) cosine similarities; order: (B, T) tokens by descending energy.
+    node_max, node_idx: (B, |A|) best B partner of each A token (rank_edges over all T ranks).
+    order: (B, T) tokens by descending energy.
     r: merges (r <= ceil(T/2)); offset: prefix tokens before the first output slot.
 
   Returns:
@@ -154,11 +185,7 @@ def _bsm_slots(sim: Array, order: Array, r: int, offset: int) -> Array:
     matched A tokens share the slot of their B partner.
   """
   batch, t = order.shape
-  a_idx, b_idx = order[:, 0::2], order[:, 1::2]
-  num_a, num_b = a_idx.shape[1], b_idx.shape[1]
-  scores = _submatrix(sim, a_idx, b_idx)  # (B, |A|, |B|)
-  node_max = scores.max(axis=-1)
-  node_idx = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+  num_a, num_b = node_max.shape[1], t // 2
   edge_rank = _inverse_permutation(jnp.argsort(-node_max, axis=-1, stable=True).astype(jnp.int32))
   first_b = offset + num_a - r
   slot_a = jnp.where(edge_rank < r, first_b + node_idx, offset + edge_rank - r)
@@ -169,7 +196,7 @@ def _bsm_slots(sim: Array, order: Array, r: int, offset: int) -> Array:
 
 
 def pitome_plan(metric: Array, ratio: float, margin: float, *, alpha: float = 1.0, bsm: bool = False,
-                num_prefix: int = 1) -> MergePlan | None:
+                num_prefix: int = 1, matching_implementation: str = "xla", interpret: bool = False) -> MergePlan | None:
   """PiToMe's merge of one layer as a MergePlan (merge.py pitome_vision).
 
   Args:
@@ -179,6 +206,8 @@ def pitome_plan(metric: Array, ratio: float, margin: float, *, alpha: float = 1.
     alpha: ELU alpha.
     bsm: `pitome_bsm` (energy-ordered bipartite matching) instead of `pitome` (protected).
     num_prefix: leading tokens ([CLS], distillation) that never merge and keep their slots.
+    matching_implementation: how A tokens find their B partner: "xla", "pallas" or "auto" (rank_edges).
+    interpret: run the Pallas matching kernel in interpret mode (CPU tests).
 
   Returns:
     a MergePlan with num_out = N - floor(T - T * ratio), or None for ratio >= 1 (identity).
@@ -193,7 +222,12 @@ def pitome_plan(metric: Array, ratio: float, margin: float, *, alpha: float = 1.
   r = merge_count(t, ratio)
   energy, sim = energy_scores(metric[:, num_prefix:], margin, alpha)
   order = jnp.argsort(-energy, axis=-1, stable=True).astype(jnp.int32)
-  slots = (_bsm_slots if bsm else _protected_slots)(sim, order, r, num_prefix)  # (B, T) per rank
+  edges = functools.partial(rank_edges, sim, metric[:, num_prefix:], order, implementation=matching_implementation,
+                            interpret=interpret)
+  if bsm:
+    slots = _bsm_slots(*edges(t), order, r, num_prefix)  # (B, T) per rank
+  else:
+    slots = _protected_slots(edges(2 * r)[1] if r else None, order, r, num_prefix)
   dst = jnp.take_along_axis(slots, _inverse_permutation(order), axis=1)  # (B, T) per token
   prefix = jnp.broadcast_to(jnp.arange(num_prefix, dtype=jnp.int32), (dst.shape[0], num_prefix))
   return MergePlan(dst=jnp.concatenate([prefix, dst], axis=1), weight=None, num_out=n - r)
@@ -218,6 +252,8 @@ class PiToMe:
     prop_attn: proportional attention once tokens merged. False as in the released patches,
       which track sizes but never pass them to attention.
     merge: how merged groups are summed: "auto", "scatter" or "matmul" (see apply_plan).
+    matching: how A tokens find their B partner: "xla", "pallas" (kernels.matching) or "auto".
+    interpret: run the Pallas matching kernel in interpret mode (how the CPU runs it).
   """
   ratio: RatioSpec = 0.9
   m0: float = 0.75
@@ -225,8 +261,11 @@ class PiToMe:
   mode: ModeSpec = "deit"
   prop_attn: bool = False
   merge: str = "auto"
+  matching: str = "xla"
+  interpret: bool = False
 
   def __post_init__(self):
+    check_matching(self.matching, "PiToMe")
     ratios = (self.ratio,) if isinstance(self.ratio, (int, float)) else tuple(self.ratio)
     for value in ratios:
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value <= 1.0:
@@ -282,5 +321,6 @@ class PiToMe:
   def reduce(self, tokens: Tokens, metrics: dict[str, Array], *, layer: int, depth: int) -> Tokens:
     plan = pitome_plan(
         metrics["keys"], self.layer_ratios(depth)[layer], layer_margin(self.m0, layer, depth), alpha=self.alpha,
-        bsm=self.layer_modes(depth)[layer] == "bsm", num_prefix=tokens.num_prefix)
+        bsm=self.layer_modes(depth)[layer] == "bsm", num_prefix=tokens.num_prefix,
+        matching_implementation=self.matching, interpret=self.interpret)
     return tokens if plan is None else apply_plan(tokens, plan, method=self.merge)

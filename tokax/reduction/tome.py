@@ -15,13 +15,15 @@ from typing import Sequence, Union
 import jax
 import jax.numpy as jnp
 
+from tokax.kernels import matching
 from tokax.reduction import schedule
 from tokax.reduction.tokens import MergePlan, Tokens, apply_plan
 
 Array = jax.Array
 
 
-def bipartite_matching_plan(metric: Array, r: int, *, has_cls: bool, has_dist: bool) -> MergePlan | None:
+def bipartite_matching_plan(metric: Array, r: int, *, has_cls: bool, has_dist: bool, implementation: str = "xla",
+                            interpret: bool = False) -> MergePlan | None:
   """ToMe's bipartite soft matching as a MergePlan.
 
   Tokens alternate into sets A (even positions) and B (odd). Each A token's best B partner by
@@ -34,6 +36,11 @@ def bipartite_matching_plan(metric: Array, r: int, *, has_cls: bool, has_dist: b
     r: tokens to remove, clipped to (N - protected) // 2.
     has_cls: token 0 is a class token (never merged away).
     has_dist: token 1 is a distillation token (never merged into).
+    implementation: how each A token's best B partner is found (kernels.matching): "xla" forms
+      the (B, |A|, |B|) similarities (float32 accumulation, full float32 for float32 features; the
+      official code runs this matmul in fp16 under autocast), "pallas" the fused kernel that never
+      writes them, "auto" picks.
+    interpret: run the Pallas kernel in interpret mode (CPU tests).
 
   Returns:
     a MergePlan with num_out = N - r, or None when nothing merges.
@@ -42,21 +49,9 @@ def bipartite_matching_plan(metric: Array, r: int, *, has_cls: bool, has_dist: b
   r = schedule.clip_r(r, n, int(has_cls) + int(has_dist))
   if r <= 0:
     return None
-  # Similarities in the features' precision with float32 accumulation (the official code runs this
-  # matmul in fp16 under autocast); full float32 for float32 features.
-  precise = metric.dtype == jnp.float32
-  norm = jnp.linalg.norm(metric.astype(jnp.float32), axis=-1, keepdims=True)
-  metric = (metric / jnp.where(norm > 0, norm, 1.0)).astype(metric.dtype)
-  a, b = metric[:, 0::2], metric[:, 1::2]
-  num_a, num_b = a.shape[1], b.shape[1]
-  scores = jnp.einsum("bid,bjd->bij", a, b, preferred_element_type=jnp.float32,
-                      precision=jax.lax.Precision.HIGHEST if precise else None)
-  if has_cls:
-    scores = scores.at[:, 0, :].set(-jnp.inf)
-  if has_dist:
-    scores = scores.at[:, :, 0].set(-jnp.inf)
-  node_max = scores.max(axis=-1)  # (B, |A|)
-  node_idx = jnp.argmax(scores, axis=-1).astype(jnp.int32)  # first maximal index, as torch.max
+  node_max, node_idx = matching.bipartite_matching(
+      metric, has_cls=has_cls, has_dist=has_dist, implementation=implementation, interpret=interpret)
+  num_a, num_b = node_max.shape[1], n // 2
   num_kept = num_a - r
   if has_cls:  # kept A tokens keep their original order: the r best edges are all we need
     _, src = jax.lax.top_k(node_max, r)  # ties: lower index first, as a stable sort
@@ -75,6 +70,12 @@ def bipartite_matching_plan(metric: Array, r: int, *, has_cls: bool, has_dist: b
     pos_b = jnp.pad(pos_b, ((0, 0), (0, 1)))
   dst = jnp.stack([pos_a, pos_b], axis=-1).reshape(pos_a.shape[0], -1)[:, :n]
   return MergePlan(dst=dst, weight=None, num_out=n - r)
+
+
+def check_matching(value: str, owner: str) -> None:
+  """A reducer's `matching` field names a kernels.matching implementation."""
+  if value not in matching.IMPLEMENTATIONS:
+    raise ValueError(f"{owner}.matching: expected one of {matching.IMPLEMENTATIONS}; got {value!r}")
 
 
 def _dist_layout(pos: Array, num_kept: int) -> Array:
@@ -99,14 +100,20 @@ class ToMe:
     inflection: see r.
     per_layer: explicit per-layer counts (set by passing a list as r).
     merge: how merged groups are summed: "auto", "scatter" or "matmul" (see apply_plan).
+    matching: how best partners are found: "xla" (dense similarities), "pallas" (the fused
+      kernels.matching kernel) or "auto"; the plan is the same.
+    interpret: run the Pallas matching kernel in interpret mode (how the CPU runs it).
   """
   r: RSpec = 0
   prop_attn: bool = True
   inflection: float = 0.0
   per_layer: tuple[int, ...] | None = None
   merge: str = "auto"
+  matching: str = "xla"
+  interpret: bool = False
 
   def __post_init__(self):
+    check_matching(self.matching, "ToMe")
     r, inflection, per_layer = self.r, self.inflection, self.per_layer
     if isinstance(r, list):
       r, per_layer = 0, tuple(r)
@@ -140,5 +147,6 @@ class ToMe:
 
   def reduce(self, tokens: Tokens, metrics: dict[str, Array], *, layer: int, depth: int) -> Tokens:
     plan = bipartite_matching_plan(
-        metrics["keys"], self.layer_r(depth)[layer], has_cls=tokens.has_cls, has_dist=tokens.has_dist)
+        metrics["keys"], self.layer_r(depth)[layer], has_cls=tokens.has_cls, has_dist=tokens.has_dist,
+        implementation=self.matching, interpret=self.interpret)
     return tokens if plan is None else apply_plan(tokens, plan, method=self.merge)

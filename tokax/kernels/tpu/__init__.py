@@ -1,1 +1,1 @@
-"""Mosaic TPU kernels."""
+"""Mosaic TPU Pallas kernels (run on the CPU in TPU interpret mode)."""
