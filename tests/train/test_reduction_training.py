@@ -100,6 +100,7 @@ def test_frd_loss_equals_official(case):
   np.testing.assert_allclose(g_tokens, g[f"{case}_g_student_tokens"], rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.slow  # a jitted train step (compile-bound)
 def test_sit_step_trains_reverse_modules_against_a_frozen_teacher(batch, tx_schedule):
   tx, schedule = tx_schedule
   student, teacher = _vit(reduction=Slim(stage_blocks=(1, 1))), _vit()
@@ -140,6 +141,7 @@ def test_sit_step_trains_reverse_modules_against_a_frozen_teacher(batch, tx_sche
 # ------------------------------------------------------------------------------------------------
 # DeiT hard distillation.
 
+@pytest.mark.slow  # a jitted train step (compile-bound)
 def test_hard_distillation_step_loss_and_frozen_teacher(batch, tx_schedule):
   tx, schedule = tx_schedule
   student = _vit(distilled=True)
@@ -202,6 +204,7 @@ def test_consistency_loss_closed_form():
   assert float(loss) == 0.0 and float(passed) == 0.0
 
 
+@pytest.mark.slow  # a jitted train step (compile-bound)
 def test_mctf_consistency_one_compile_for_all_teacher_schedules(batch, tx_schedule):
   tx, schedule = tx_schedule
   model = _vit(reduction=MCTF(r=4, activate_layers=(0, 1)))
@@ -213,7 +216,12 @@ def test_mctf_consistency_one_compile_for_all_teacher_schedules(batch, tx_schedu
   branches = [model.clone(reduction=r) for r in objectives.teacher_schedules(model.reduction, teacher_r)]
   assert [b.reduction.token_counts(17, 2) if b.reduction else None for b in branches] == [None, (15, 13), (11, 10)]
 
-  applies = [jax.jit(functools.partial(m.apply, return_intermediates=True)) for m in [model, *branches]]
+
+  @jax.jit
+  def every_branch(params):  # student and every teacher schedule, in one compilation
+    outs = [m.apply(params, images, return_intermediates=True) for m in [model, *branches]]
+    return [(logits, extra["features"][:, 0]) for logits, extra in outs]
+
   step = jax.jit(chex.assert_max_traces(
       make_train_step(model=model, tx=tx, schedule=schedule, **objective.step_kwargs()), n=1))
   seen = set()
@@ -223,9 +231,9 @@ def test_mctf_consistency_one_compile_for_all_teacher_schedules(batch, tx_schedu
     index = int(metrics["teacher_index"])
     seen.add(index)
     # the loss from the sampled branch, recomputed outside the step (no dropout: deterministic)
-    s_logits, s_extra = applies[0](params, images)
-    t_logits, t_extra = applies[index + 1](params, images)
-    s_cls, t_cls = np.float64(s_extra["features"][:, 0]), np.float64(t_extra["features"][:, 0])
+    outs = every_branch(params)
+    (s_logits, s_cls), (t_logits, t_cls) = outs[0], outs[index + 1]
+    s_cls, t_cls = np.float64(s_cls), np.float64(t_cls)
     consistency = np.mean(np.mean((t_cls - s_cls) ** 2, axis=-1))  # threshold 0: every sample passes
     expected = _ce64(s_logits, labels) + 0.5 * _ce64(t_logits, labels) + 3.0 * consistency
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=2e-5)

@@ -14,6 +14,13 @@ The step is one jax.jit over the mesh of config.mesh, parameters placed by confi
 (tokax.train.sharding), the batch split over "data". With several processes (jax.distributed
 initialised by main.py), each loads its rows of every global batch; process 0 writes the files.
 A SIGTERM stops the loop after the current step and saves a checkpoint there (result.preempted).
+
+Reduction-aware objectives (tokax.train.objectives) come from the config: config.distill with
+kind "hard" (DeiT: a distillation-token student and a frozen teacher restored from
+distill.teacher_workdir or distill.teacher_checkpoint) or "frd" (SiT: slimming student, train-only
+reverse modules, init from the teacher with distill.init_student), or config.consistency (MCTF:
+a teacher schedule from consistency.teacher_r drawn per step). config.init_from = dict(config, workdir)
+starts a fresh run from another run's parameters (matching paths and shapes).
 """
 from __future__ import annotations
 
@@ -132,9 +139,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
       logging.info("training %s (%s) from step %d to %d (batch %d, %d train examples, mesh %s, %d processes)",
                    model.variant, model.arch, int(state.step), durations.total, batch_size, num_train,
                    dict(run.mesh.shape), jax.process_count())
+      hooks = {} if objective is None else objective.step_kwargs()
       train_step = loop.jit_train_step(
           make_train_step(model=model, tx=tx, schedule=schedule, label_smoothing=config.label_smoothing,
-                          max_shift=config.augment.max_shift, **({} if objective is None else objective.step_kwargs())),
+                          max_shift=config.augment.max_shift, **hooks),
           run.mesh, run.state_shardings, frozen=frozen, frozen_shardings=frozen_shardings)
       eval_step = evaluate.make_eval_step(model, out_sharding=replicated)
       run_eval = lambda split, params: {f"{split}/{k}": v for k, v in evaluate.evaluate(
