@@ -70,11 +70,21 @@ def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
                      f"the process count ({jax.process_count()}); change the batch size or config.mesh")
 
 
-def jit_train_step(step_fn: StepFn, mesh: jax.sharding.Mesh, state_shardings: Any) -> StepFn:
+def jit_train_step(step_fn: Callable[..., Any], mesh: jax.sharding.Mesh, state_shardings: Any, *,
+                   frozen: Any = None, frozen_shardings: Any = None) -> StepFn:
   """step_fn(state, batch) -> (state, metrics) jitted over `mesh`: state on `state_shardings` and donated,
-  the batch split over "data", the metrics replicated. Call it under jax.set_mesh(mesh)."""
-  return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  the batch split over "data", the metrics replicated. Call it under jax.set_mesh(mesh).
+
+  With `frozen` (a distillation teacher's parameters, on `frozen_shardings`), step_fn is
+  (state, batch, frozen) -> (state, metrics): the frozen tree is an argument of the jitted step (not
+  a constant baked into it) that is neither donated nor returned; the result still takes (state, batch).
+  """
+  if frozen is None:
+    return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), frozen_shardings),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  return lambda state, batch: jitted(state, batch, frozen)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str, **resolved: Any) -> None:

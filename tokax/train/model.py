@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from tokax.models.t2t_vit import T2TViT
 from tokax.models.vit import ViT
-from tokax.reduction import ToMe
+from tokax.reduction import MCTF, Slim, ToMe
 
 MODELS = ("vit", "t2t_vit")
 
@@ -16,11 +16,15 @@ MODELS = ("vit", "t2t_vit")
 def build_model(*, variant: str, image_size: int, num_classes: int, pool: str = "cls", drop_path: float = 0.0,
                 dtype: str = "float32", width: int | None = None, depth: int | None = None,
                 num_heads: int | None = None, mlp_dim: int | None = None, reduction: Any = None,
-                name: str = "vit", tokens_type: str | None = None, mlp_ratio: float | None = None) -> ViT | T2TViT:
+                name: str = "vit", tokens_type: str | None = None, mlp_ratio: float | None = None,
+                distilled: bool = False) -> ViT | T2TViT:
   """A classifier by name: "vit" (ViT; width/depth/num_heads/mlp_dim override the variant, None keeps
   it) or "t2t_vit" (T2TViT; variant "7", "14", "t_14", ...; tokens_type, width, depth, num_heads,
-  mlp_ratio override the preset; pool must be "cls" and mlp_dim None)."""
+  mlp_ratio override the preset; pool must be "cls" and mlp_dim None). distilled: a DeiT
+  distillation token and head (ViT only)."""
   if name == "t2t_vit":
+    if distilled:
+      raise ValueError("model.distilled: only model.name='vit' has a distillation token")
     if pool != "cls" or mlp_dim is not None:
       raise ValueError(f"model: t2t_vit pools its class token and sizes its MLP by mlp_ratio; got pool={pool!r}, "
                        f"mlp_dim={mlp_dim!r} (use pool='cls', mlp_dim=None)")
@@ -35,16 +39,31 @@ def build_model(*, variant: str, image_size: int, num_classes: int, pool: str = 
   return ViT(
       variant=variant, image_size=image_size, num_classes=num_classes, pool=pool, drop_path=drop_path,
       dtype=jnp.dtype(dtype), width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
-      reduction=reduction)
+      reduction=reduction, distilled=distilled)
 
 
-def build_reduction(name: str, *, r: int = 0, prop_attn: bool = True) -> Any:
-  """A reduction method by name: "none" (dense) or "tome" (ToMe merging r tokens per layer)."""
+REDUCTIONS = ("none", "tome", "mctf", "slim")
+
+
+def build_reduction(name: str, *, r: int | float = 0, prop_attn: bool = True,
+                    activate_layers: tuple[int, ...] | None = None, stage_blocks: tuple[int, ...] | None = None,
+                    keeping_ratio: float = 0.5) -> Any:
+  """A reduction method by name: "none" (dense), "tome" (ToMe merging r tokens per layer), "mctf"
+  (MCTF fusing r per layer in activate_layers, None: all) or "slim" (SiT's token slimming with
+  stage_blocks and keeping_ratio)."""
   if name in ("", "none"):
     return None
   if name == "tome":
     return ToMe(r=r, prop_attn=prop_attn)
-  raise ValueError(f"reduction: unknown method {name!r}; expected 'none' or 'tome'")
+  if name == "mctf":
+    layers = None if activate_layers is None else tuple(activate_layers)
+    return MCTF(r=r, prop_attn=prop_attn, activate_layers=layers)
+  if name == "slim":
+    if not stage_blocks:
+      raise ValueError("reduction.stage_blocks: 'slim' needs the blocks of each stage, summing to the depth "
+                       "(e.g. (1, 1, 1, 9) for 12 blocks)")
+    return Slim(stage_blocks=tuple(stage_blocks), keeping_ratio=keeping_ratio)
+  raise ValueError(f"reduction: unknown method {name!r}; expected one of {REDUCTIONS}")
 
 
 def normalize_images(images: jax.Array) -> jax.Array:

@@ -17,6 +17,11 @@ Metrics = dict[str, jax.Array]
 # (model outputs, batch) -> (scalar loss, {name: scalar}); the outputs are whatever model.apply
 # returns with the step's apply_kwargs (logits, or (logits, intermediates) for losses that need more).
 LossFn = Callable[[Any, Batch], tuple[jax.Array, Metrics]]
+# (params, normalised images (B, H, W, 3), dropout key) -> outputs: a forward pass other than
+# model.apply (several branches, extra train-only modules); its key is the step's dropout key.
+ForwardFn = Callable[[Any, jax.Array, jax.Array], Any]
+# (frozen params, normalised images) -> outputs of a frozen teacher, seen by the loss as batch["teacher"].
+TeacherFn = Callable[[Any, jax.Array], Any]
 
 
 @flax.struct.dataclass
@@ -37,12 +42,18 @@ class TrainState:
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...],
-               step_rng: jax.Array | None = None) -> TrainState:
+               step_rng: jax.Array | None = None,
+               init_variables: Callable[[jax.Array], Any] | None = None) -> TrainState:
   """Initial state for images of shape (H, W, 3); jit it with out_shardings to create it in place.
 
   `rng` initialises the parameters; `step_rng` (default: fold_in(rng, 1)) is the base key of the steps.
+  `init_variables(rng)` replaces model.init when the state holds more than the model's variables
+  (SiT's train-only reverse modules).
   """
-  params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+  if init_variables is None:
+    params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+  else:
+    params = init_variables(rng)
   step_rng = jax.random.fold_in(rng, 1) if step_rng is None else step_rng
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=jax.random.key_data(step_rng))
@@ -58,9 +69,10 @@ def classification_loss(label_smoothing: float = 0.0) -> LossFn:
   return loss_fn
 
 
-def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, loss_fn: LossFn | None = None, label_smoothing: float = 0.0,
-               max_shift: int = 0, apply_kwargs: dict[str, Any] | None = None) -> tuple[TrainState, Metrics]:
+def train_step(state: TrainState, batch: Batch, frozen: Any = None, *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, loss_fn: LossFn | None = None,
+               label_smoothing: float = 0.0, max_shift: int = 0, apply_kwargs: dict[str, Any] | None = None,
+               forward: ForwardFn | None = None, teacher: TeacherFn | None = None) -> tuple[TrainState, Metrics]:
   """One optimizer update on a batch.
 
   Args:
@@ -71,6 +83,10 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.G
     label_smoothing: epsilon of the default loss's targets.
     max_shift: random translation in pixels (0: no augmentation).
     apply_kwargs: extra keyword arguments of model.apply (e.g. return_intermediates=True).
+    frozen: parameters the step reads but never updates (a distillation teacher's), or None.
+    forward: (params, images, dropout key) -> outputs, replacing model.apply (apply_kwargs unused).
+    teacher: (frozen, images) -> teacher outputs, computed outside the gradient and handed to the
+      loss as batch["teacher"] (under stop_gradient).
 
   Returns:
     the new state and scalar metrics: loss, the loss_fn's metrics, grad_norm, lr (of this step).
@@ -80,8 +96,14 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.G
   augment_rng, dropout_rng = jax.random.split(rng)
   images = normalize_images(augment.random_translate(batch["image"], augment_rng, max_shift))
 
+  if teacher is not None:
+    batch = {**batch, "teacher": jax.lax.stop_gradient(teacher(frozen, images))}
+
   def objective(params):
-    outputs = model.apply(params, images, train=True, rngs={"dropout": dropout_rng}, **(apply_kwargs or {}))
+    if forward is None:
+      outputs = model.apply(params, images, train=True, rngs={"dropout": dropout_rng}, **(apply_kwargs or {}))
+    else:
+      outputs = forward(params, images, dropout_rng)
     return loss_fn(outputs, batch)
 
   (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -91,6 +113,11 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.G
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def make_train_step(**kwargs: Any) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """train_step with its static arguments (model, tx, schedule, ...) bound, ready for jax.jit."""
+def make_train_step(**kwargs: Any) -> Callable[..., tuple[TrainState, Metrics]]:
+  """train_step with its static arguments (model, tx, schedule, ...) bound, ready for jax.jit.
+
+  (state, batch) -> (state, metrics); with a `teacher`, (state, batch, frozen) -> (state, metrics).
+  """
+  if kwargs.get("teacher") is not None:
+    return lambda state, batch, frozen: train_step(state, batch, frozen, **kwargs)
   return lambda state, batch: train_step(state, batch, **kwargs)

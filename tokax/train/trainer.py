@@ -14,6 +14,13 @@ The step is one jax.jit over the mesh of config.mesh, parameters placed by confi
 (tokax.train.sharding), the batch split over "data". With several processes (jax.distributed
 initialised by main.py), each loads its rows of every global batch; process 0 writes the files.
 A SIGTERM stops the loop after the current step and saves a checkpoint there (result.preempted).
+
+Reduction-aware objectives (tokax.train.objectives) come from the config: config.distill with
+kind "hard" (DeiT: a distillation-token student and a frozen teacher restored from
+distill.teacher_workdir or distill.teacher_checkpoint) or "frd" (SiT: slimming student, train-only
+reverse modules, init from the teacher with distill.init_student), or config.consistency (MCTF:
+a teacher schedule from consistency.teacher_r drawn per step). config.init_from = dict(config, workdir)
+starts a fresh run from another run's parameters (matching paths and shapes).
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import ml_collections
 from absl import logging
 
 from tokax.data import offline
-from tokax.train import evaluate, loop, optim, sharding
+from tokax.train import evaluate, loop, objectives, optim, sharding
 from tokax.train import logging as metric_logging
 from tokax.train.config_utils import steps
 from tokax.train.model import build_model, build_reduction
@@ -55,11 +62,13 @@ class TrainResult:
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int):
   """The model described by config.model (a ViT, or a T2T-ViT with model.name="t2t_vit") and config.reduction."""
   m, red = config.model, config.reduction
-  extra = {key: m[key] for key in ("name", "tokens_type", "mlp_ratio") if key in m}  # T2T-ViT configs
+  extra = {key: m[key] for key in ("name", "tokens_type", "mlp_ratio", "distilled") if key in m}
+  reduction_extra = {key: red[key] for key in ("activate_layers", "stage_blocks", "keeping_ratio") if key in red}
   return build_model(
       variant=m.variant, image_size=m.image_size, num_classes=num_classes, pool=m.pool,
       drop_path=m.drop_path, dtype=m.dtype, width=m.width, depth=m.depth, num_heads=m.num_heads,
-      mlp_dim=m.mlp_dim, reduction=build_reduction(red.name, r=red.r, prop_attn=red.prop_attn), **extra)
+      mlp_dim=m.mlp_dim, reduction=build_reduction(red.name, r=red.r, prop_attn=red.prop_attn, **reduction_extra),
+      **extra)
 
 
 def load_split(config: ml_collections.ConfigDict, split: str) -> offline.ArrayDataset:
@@ -105,8 +114,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   schedule = optim.lr_schedule(peak_lr=config.lr, warmup_steps=warmup_steps, total_steps=durations.total)
   tx = optim.adamw(schedule, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
 
+  image_shape = tuple(train_ds.images.shape[1:])
+  objective, teacher = objectives.from_config(config, model, train_ds.num_classes, image_shape)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  init_fn = functools.partial(init_state, model, tx, image_shape=train_ds.images.shape[1:], step_rng=step_rng)
+  init_fn = functools.partial(init_state, model, tx, image_shape=image_shape, step_rng=step_rng,
+                              init_variables=None if objective is None else objective.init_variables)
   state_shapes = jax.eval_shape(init_fn, init_rng)
   run = loop.setup(config, workdir, state_shapes=state_shapes, train_ds=train_ds)
   replicated = sharding.replicated(run.mesh)
@@ -114,12 +126,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   with jax.set_mesh(run.mesh):
     try:
       state = loop.restore_or_init(run, init_fn, init_rng, state_shapes)
+      if int(state.step) == 0:
+        start = objectives.initial_params(config, teacher, train_ds.num_classes, image_shape)
+        if start is not None:
+          params, taken = objectives.merge_params(state.params, start)
+          logging.info("initialised %d parameter arrays from the init_from / teacher run", taken)
+          state = state.replace(params=jax.device_put(params, run.state_shardings.params))
+      frozen = frozen_shardings = None
+      if teacher is not None:
+        frozen_shardings = jax.tree.map(lambda _: replicated, teacher.variables)
+        frozen = jax.device_put(teacher.variables, frozen_shardings)
       logging.info("training %s (%s) from step %d to %d (batch %d, %d train examples, mesh %s, %d processes)",
                    model.variant, model.arch, int(state.step), durations.total, batch_size, num_train,
                    dict(run.mesh.shape), jax.process_count())
+      hooks = {} if objective is None else objective.step_kwargs()
       train_step = loop.jit_train_step(
           make_train_step(model=model, tx=tx, schedule=schedule, label_smoothing=config.label_smoothing,
-                          max_shift=config.augment.max_shift), run.mesh, run.state_shardings)
+                          max_shift=config.augment.max_shift, **hooks),
+          run.mesh, run.state_shardings, frozen=frozen, frozen_shardings=frozen_shardings)
       eval_step = evaluate.make_eval_step(model, out_sharding=replicated)
       run_eval = lambda split, params: {f"{split}/{k}": v for k, v in evaluate.evaluate(
           eval_step, params, datasets[split], config.eval_batch_size, sharding=replicated).items()}

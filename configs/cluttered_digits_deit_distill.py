@@ -1,0 +1,43 @@
+r"""DeiT hard-label distillation on cluttered digits: a ViT with a distillation token learns from a frozen teacher.
+
+The student (the dense cluttered_digits_vit model plus DeiT's distillation token and head) trains
+from scratch with loss 0.5 CE(class head, y) + 0.5 CE(distillation head, argmax teacher), the
+teacher (any tokax classifier, restored from its workdir, or a timm checkpoint file through
+distill.teacher_checkpoint) running frozen inside the jitted step. At evaluation the logits are
+the mean of both heads (timm / DeiT).
+
+  # the teacher: the dense run of configs/cluttered_digits_vit.py
+  python -m tokax.train --config configs/cluttered_digits_vit.py --workdir /tmp/cd_vit
+  python -m tokax.train --config configs/cluttered_digits_deit_distill.py --workdir /tmp/cd_deit \
+      --config.distill.teacher_workdir=/tmp/cd_vit
+  # runlocal: a tiny dense teacher from this file's `dense` mode, then the student
+  python -m tokax.train --config configs/cluttered_digits_deit_distill.py:dense,runlocal --workdir /tmp/deit_t
+  python -m tokax.train --config configs/cluttered_digits_deit_distill.py:runlocal --workdir /tmp/deit_s \
+      --config.distill.teacher_workdir=/tmp/deit_t
+
+Arguments (`:key=value,flag`): runlocal (a few steps of a tiny model), dense (the teacher's config:
+cluttered_digits_vit at the same size, no distillation).
+"""
+import os
+
+import ml_collections
+
+from tokax.train.config_utils import parse_arg
+from tokax.train.objectives import load_config_file
+
+BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluttered_digits_vit.py")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, runlocal=False, dense=False)
+  config = load_config_file(BASE + (":runlocal" if arg.runlocal else ""))
+  if arg.dense:
+    return config
+  config.model.distilled = True
+  config.distill = dict(
+      kind="hard", alpha=0.5,
+      teacher_config=BASE + (":runlocal" if arg.runlocal else ""),
+      teacher_workdir="",      # a finished run of teacher_config
+      teacher_checkpoint="",   # or a timm / DeiT checkpoint file for teacher_config's model
+      init_student=False)      # DeiT trains the student from scratch
+  return config

@@ -1,0 +1,50 @@
+r"""MCTF token-reduction consistency on cluttered digits: fine-tune a dense ViT to fuse tokens.
+
+The student runs MCTF (r=24 on blocks 1-3 of the cluttered_digits_vit model: 197 -> 173 -> 149 ->
+125 tokens); every step a teacher branch (same weights) runs one schedule drawn uniformly from
+consistency.teacher_r (0 = dense), picked by lax.switch inside the one compiled step. Loss (mlvlab/
+MCTF engine.py): 1.0 CE(student) + 1.0 CE(teacher) + 3.0 mean over confident samples (student
+p(y) > 0.4) of MSE(final class token of the student, detached teacher's). The official training
+draws r_teacher from range(r_teacher_max) (8 values); here teacher_r lists the compiled set.
+Weights start from init_from (the dense run).
+
+  python -m tokax.train --config configs/cluttered_digits_vit.py --workdir /tmp/cd_vit
+  python -m tokax.train --config configs/cluttered_digits_mctf.py --workdir /tmp/cd_mctf \
+      --config.init_from.workdir=/tmp/cd_vit
+  # runlocal (one block), starting from this file's `dense` mode:
+  python -m tokax.train --config configs/cluttered_digits_mctf.py:dense,runlocal --workdir /tmp/mctf_t
+  python -m tokax.train --config configs/cluttered_digits_mctf.py:runlocal --workdir /tmp/mctf_s \
+      --config.init_from.workdir=/tmp/mctf_t
+
+Arguments (`:key=value,flag`): runlocal, dense (the starting point's config, no MCTF).
+"""
+import os
+
+import ml_collections
+
+from tokax.train.config_utils import parse_arg
+from tokax.train.objectives import load_config_file
+
+BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluttered_digits_vit.py")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, runlocal=False, dense=False)
+  config = load_config_file(BASE + (":runlocal" if arg.runlocal else ""))
+  if arg.dense:
+    return config
+  if arg.runlocal:
+    start = f"{os.path.abspath(__file__)}:dense,runlocal"
+    reduction = dict(name="mctf", r=2, prop_attn=True, activate_layers=(0,))
+    teacher_r = (0, 1)
+  else:
+    start = BASE
+    reduction = dict(name="mctf", r=24, prop_attn=True, activate_layers=(1, 2, 3))
+    teacher_r = (0, 4, 8, 12)
+    config.total_steps = 600
+    config.warmup_steps = 30
+    config.lr = 1.5e-5  # MCTF: lr_times 0.03 of the base recipe's
+  config.reduction = reduction
+  config.consistency = dict(teacher_r=teacher_r, weights=(1.0, 1.0, 3.0), threshold=0.4)
+  config.init_from = dict(config=start, workdir="")
+  return config

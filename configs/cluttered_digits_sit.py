@@ -1,0 +1,48 @@
+r"""SiT on cluttered digits: token slimming fine-tuned from a dense teacher with the FRD loss.
+
+The student is the cluttered_digits_vit model with SiT's Token Slimming Modules at the stage ends
+(stage_blocks (1, 1, 1, 1): 196 -> 98 -> 49 -> 24 patch tokens after blocks 0, 1, 2), initialised
+from the teacher (official --finetune); the reverse modules (ReverseSlim) exist only in the train
+state's "reverse" collection. Loss (Sense-X/SiT losses.py, "frd"): CE + 2.0 * mean over blocks of
+MSE(recovered tokens, teacher tokens) + 2.0 * tau^2 KL(teacher || student), tau = 1.
+
+  python -m tokax.train --config configs/cluttered_digits_vit.py --workdir /tmp/cd_vit
+  python -m tokax.train --config configs/cluttered_digits_sit.py --workdir /tmp/cd_sit \
+      --config.distill.teacher_workdir=/tmp/cd_vit
+  # runlocal (two blocks, one slimming), teacher from this file's `dense` mode:
+  python -m tokax.train --config configs/cluttered_digits_sit.py:dense,runlocal --workdir /tmp/sit_t
+  python -m tokax.train --config configs/cluttered_digits_sit.py:runlocal --workdir /tmp/sit_s \
+      --config.distill.teacher_workdir=/tmp/sit_t
+
+Arguments (`:key=value,flag`): runlocal, dense (the teacher's config, no slimming or distillation).
+"""
+import os
+
+import ml_collections
+
+from tokax.train.config_utils import parse_arg
+from tokax.train.objectives import load_config_file
+
+BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluttered_digits_vit.py")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, runlocal=False, dense=False)
+  config = load_config_file(BASE + (":runlocal" if arg.runlocal else ""))
+  teacher = f"{os.path.abspath(__file__)}:dense"
+  stage_blocks = (1, 1, 1, 1)
+  if arg.runlocal:
+    config.model.depth = 2
+    teacher += ",runlocal"
+    stage_blocks = (1, 1)
+  else:
+    teacher = BASE
+    config.total_steps = 600
+    config.warmup_steps = 0
+    config.lr = 2e-4  # SiT: lr 2e-4, no warmup
+  if arg.dense:
+    return config
+  config.reduction = dict(name="slim", r=0, prop_attn=False, stage_blocks=stage_blocks, keeping_ratio=0.5)
+  config.distill = dict(kind="frd", lambda_token=2.0, lambda_logits=2.0, tau=1.0, teacher_config=teacher,
+                        teacher_workdir="", teacher_checkpoint="", init_student=True)
+  return config
