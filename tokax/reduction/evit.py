@@ -157,8 +157,9 @@ class EViT:
     return ("cls",)
 
   def layer_scores(self, *, layer: int, depth: int) -> tuple[str, ...]:
-    """Scores block `layer` needs: the [CLS] row only where EViT prunes, so other blocks keep flash attention."""
-    return ("cls",) if self.layer_keep_rates(depth)[layer] < 1.0 else ()
+    """Scores block `layer` needs: the [CLS] row only in `layers`, so other blocks keep flash attention."""
+    self.layer_keep_rates(depth)  # checks that every layer exists
+    return ("cls",) if layer in self.layers else ()
 
   def layer_keep_rates(self, depth: int) -> tuple[float, ...]:
     """(depth,) keep rate of every block: keep_rate at `layers`, 1.0 elsewhere."""
