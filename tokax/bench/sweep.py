@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import textwrap
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -516,7 +517,7 @@ def plot(rows: list[dict[str, Any]], path: str, *, title: str = "") -> None:
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=8)
-  fig.suptitle(title, fontsize=7)
+  fig.suptitle(textwrap.fill(title, 60 * len(panels)), fontsize=7)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
