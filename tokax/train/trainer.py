@@ -21,6 +21,15 @@ distill.teacher_workdir or distill.teacher_checkpoint) or "frd" (SiT: slimming s
 reverse modules, init from the teacher with distill.init_student), or config.consistency (MCTF:
 a teacher schedule from consistency.teacher_r drawn per step). config.init_from = dict(config, workdir)
 starts a fresh run from another run's parameters (matching paths and shapes).
+
+Data: config.data.name is an embedded dataset ("digits", "cluttered_digits": the offline
+BatchStream, unchanged) or "tfds:<name>" / "folder:<root>", read through tokax.data.pipeline with
+config.data.preprocess (train) / preprocess_eval (ending in float32 images in [0, 1] at
+model.image_size), optional batch_ops ("mixup_cutmix": (B, K) soft labels, soft cross-entropy with
+config.label_smoothing applied as timm does), <split>_split naming each split's source (default the
+split itself), num_classes where the source does not say. Setting preprocess or batch_ops on an
+offline name also routes it through the pipeline. The pipeline's {"epoch", "position"} is the
+checkpoint's data position.
 """
 from __future__ import annotations
 
