@@ -65,3 +65,43 @@ class BatchStream:
     """Positions the stream after `step` batches from the start."""
     epoch, batch = divmod(step, self.batches_per_epoch)
     self.restore({**self.position(), "epoch": epoch, "batch": batch})
+
+
+class PipelineStream:
+  """BatchStream's interface over a tokax.data.pipeline.DataIterator (tfds / image folder / preprocessed data).
+
+  The iterator already yields this process's contiguous slice of each global batch; position()
+  is its get_state() ({"epoch", "position"}) plus what a restore must match, so a checkpoint's
+  data item resumes the stream exactly (batch k is a pure function of (seed, k)).
+
+  Args:
+    iterator: the train DataIterator (shuffled, drop_remainder, endless).
+    dataset: the data.name it reads, recorded in the position.
+  """
+
+  def __init__(self, iterator: Any, dataset: str):
+    self.iterator, self.dataset = iterator, dataset
+    self.batch_size, self.seed = iterator.batch_size, iterator.seed
+    self.batches_per_epoch = iterator.steps_per_epoch
+
+  def __iter__(self) -> "PipelineStream":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self.iterator)
+
+  def position(self) -> dict[str, Any]:
+    """get_state() and the stream's identity, as JSON-able data."""
+    return {**self.iterator.get_state(), "seed": self.seed, "batch_size": self.batch_size,
+            "num_examples": len(self.iterator.source), "dataset": self.dataset}
+
+  def restore(self, position: dict[str, Any]) -> None:
+    """Continues from a position() of a stream over the same data; a different stream is an error."""
+    for key in ("seed", "batch_size", "num_examples", "dataset"):
+      if position.get(key) != self.position()[key]:
+        raise ValueError(f"data position: the checkpoint's stream has {key}={position.get(key)!r} but this run's has "
+                         f"{self.position()[key]!r}; resume with the config that wrote the checkpoint")
+    if "position" not in position:
+      raise ValueError(f"data position: {position!r} was written by the offline batch stream, not the input "
+                       "pipeline; resume with the config that wrote the checkpoint")
+    self.iterator.set_state({"epoch": position["epoch"], "position": position["position"]})

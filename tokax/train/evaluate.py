@@ -1,6 +1,7 @@
 """Classification accuracy of a model over a whole in-memory dataset."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -55,8 +56,18 @@ def evaluate(step_fn: EvalStep, params: Any, dataset: offline.ArrayDataset, batc
     {"accuracy", "loss", "num_examples"}.
   """
   batches = offline.iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
+  return evaluate_batches(step_fn, params, batches, sharding=sharding)
+
+
+def evaluate_batches(step_fn: EvalStep, params: Any, batches: Iterable[dict[str, np.ndarray]], *,
+                     sharding: jax.sharding.Sharding | None = None) -> dict[str, float]:
+  """evaluate() over given batches {"image": (B, H, W, 3), "label": (B,), "mask": (B,) bool} (one pass).
+
+  The input pipeline's eval iterator (drop_remainder=False, so padded and masked) feeds this.
+  """
   totals = None
   for batch in batches:
+    batch = {k: batch[k] for k in ("image", "label", "mask")}
     if sharding is not None:
       batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
     sums = step_fn(params, batch["image"], batch["label"], batch["mask"])

@@ -29,7 +29,7 @@ from absl import logging
 from tokax.data import offline
 from tokax.train import checkpoint, sharding
 from tokax.train import logging as metric_logging
-from tokax.train.batch_stream import BatchStream
+from tokax.train.batch_stream import BatchStream, PipelineStream
 from tokax.train.config_utils import steps
 
 StepFn = Callable[[Any, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
@@ -102,21 +102,31 @@ class Setup:
   """A trainer's placement: mesh, state shardings, this process's batch stream, the checkpoint manager."""
   mesh: jax.sharding.Mesh
   state_shardings: Any
-  stream: BatchStream
+  stream: BatchStream | PipelineStream
   manager: ocp.CheckpointManager
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, *, state_shapes: Any,
-          train_ds: offline.ArrayDataset) -> Setup:
+          train_ds: offline.ArrayDataset | None = None,
+          make_stream: Callable[[slice], PipelineStream] | None = None) -> Setup:
   """The mesh of config.mesh, shardings of `state_shapes` (jax.eval_shape of the init) by config.sharding's
   rules, a BatchStream over `train_ds` (config.batch_size, config.data.seed) of this process's rows, and
-  the manager of workdir/checkpoints (keep config.keep_checkpoints)."""
+  the manager of workdir/checkpoints (keep config.keep_checkpoints).
+
+  make_stream(rows) replaces the BatchStream (an input-pipeline stream that must load `rows`, this
+  process's rows of each global batch); give exactly one of train_ds and make_stream.
+  """
+  if (train_ds is None) == (make_stream is None):
+    raise ValueError("loop.setup: give exactly one of train_ds (offline data) and make_stream (input pipeline)")
   mesh = mesh_from_config(config)
   batch_size = config.batch_size
   check_batch_size(batch_size, mesh)
   state_shardings = sharding.tree_shardings(state_shapes, rules_from_config(config), mesh)
-  stream = BatchStream(train_ds, batch_size, seed=config.data.seed,
-                       rows=sharding.process_batch_slice(sharding.batch_sharding(mesh), batch_size))
+  rows = sharding.process_batch_slice(sharding.batch_sharding(mesh), batch_size)
+  if make_stream is not None:
+    stream = make_stream(rows)
+  else:
+    stream = BatchStream(train_ds, batch_size, seed=config.data.seed, rows=rows)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
   return Setup(mesh=mesh, state_shardings=state_shardings, stream=stream, manager=manager)
 

@@ -25,6 +25,36 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy against soft targets (mixup / cutmix label weights).
+
+  -sum_k t_k log softmax(logits)_k with t = (1 - eps) * targets + eps / K: timm's
+  SoftTargetCrossEntropy on mixup_target(..., smoothing=eps), which smooths each one-hot before
+  mixing; smoothing is affine, so smoothing the mixed targets is the same thing.
+
+  Args:
+    logits: (B, K) float.
+    targets: (B, K) float, rows summing to 1.
+    label_smoothing: epsilon (0: the targets as given).
+
+  Returns:
+    (B,) float32 losses.
+  """
+  if targets.shape != logits.shape:
+    raise ValueError(f"soft_cross_entropy: targets {targets.shape} must match logits {logits.shape} (B, K)")
+  targets = targets.astype(jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def classification_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
+  """(B,) losses: softmax_cross_entropy for (B,) int labels, soft_cross_entropy for (B, K) float ones."""
+  if labels.ndim == 2:
+    return soft_cross_entropy(logits, labels, label_smoothing=label_smoothing)
+  return softmax_cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
 def hard_distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, teacher_logits: jax.Array,
                            labels: jax.Array, *, alpha: float = 0.5, label_smoothing: float = 0.0) -> jax.Array:
   """DeiT's hard-label distillation (facebookresearch/deit losses.py, distillation_type="hard"), scalar.

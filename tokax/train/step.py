@@ -60,11 +60,17 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
 
 
 def classification_loss(label_smoothing: float = 0.0) -> LossFn:
-  """Softmax cross-entropy on logits (B, K) against batch["label"] (B,); reports train accuracy too."""
+  """Softmax cross-entropy on logits (B, K) against batch["label"]; reports train accuracy too.
+
+  Labels (B,) int are hard; (B, K) float are mixup / cutmix weights (soft_cross_entropy, accuracy
+  against their argmax).
+  """
 
   def loss_fn(logits: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
-    loss = losses.softmax_cross_entropy(logits, batch["label"], label_smoothing=label_smoothing).mean()
-    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+    labels = batch["label"]
+    loss = losses.classification_cross_entropy(logits, labels, label_smoothing=label_smoothing).mean()
+    hard = jnp.argmax(labels, -1) if labels.ndim == 2 else labels
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == hard)}
 
   return loss_fn
 
