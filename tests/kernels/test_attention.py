@@ -122,21 +122,22 @@ def test_mask_is_checked_and_cudnn_dispatch_on_masks():
   np.testing.assert_array_equal(combined, np.tril(np.ones((6, 6), bool))[None, None] & np.asarray(key_mask)[:, None, None])
 
 
-def test_xla_backward_wrapper_gives_the_attention_gradient():
-  """with_xla_backward (cuDNN's forward, XLA's backward) differentiates like plain attention, mask included."""
-  from tokax.kernels.attention import _masked_softmax_attention, with_xla_backward
+def test_reference_backward_wrapper_gives_the_attention_gradient():
+  """with_reference_backward (a kernel's forward, the reference's backward) differentiates like the reference."""
+  from tokax.kernels.reference import attention_reference, with_reference_backward
 
   kq, kk, kv, km, kg = jax.random.split(jax.random.key(7), 5)
   q, k, v = (jax.random.normal(key, (2, 5, 3, 8)) for key in (kq, kk, kv))
   mask = jax.random.bernoulli(km, 0.7, (2, 1, 5, 5)) | jnp.eye(5, dtype=bool)
   weights = jax.random.normal(kg, (2, 5, 3, 8))
-  scaled_forward = lambda q, k, v, mask, scale: 2.0 * _masked_softmax_attention(q, k, v, mask, scale)
-  wrapped = with_xla_backward(scaled_forward)  # forward doubled: the backward must ignore the forward
+  reference = lambda q, k, v, mask: attention_reference(q, k, v, mask=mask)[0]
+  doubled = lambda q, k, v, key_bias, key_mask, mask, scores, options: (2.0 * reference(q, k, v, mask), {})
+  wrapped = with_reference_backward(doubled)  # forward doubled: the backward must ignore the forward
   for m in (mask, None):
-    loss = lambda fn: (lambda q, k, v: jnp.sum(fn(q, k, v, m, 8 ** -0.5) * weights))
-    got = jax.grad(loss(wrapped), argnums=(0, 1, 2))(q, k, v)
-    want = jax.grad(loss(_masked_softmax_attention), argnums=(0, 1, 2))(q, k, v)
+    run = lambda q, k, v: wrapped(q, k, v, None, None, m, (), ())[0]
+    loss = lambda fn: (lambda q, k, v: jnp.sum(fn(q, k, v) * weights))
+    got = jax.grad(loss(run), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(lambda q, k, v: reference(q, k, v, m)), argnums=(0, 1, 2))(q, k, v)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(wrapped(q, k, v, m, 8 ** -0.5), 2.0 * _masked_softmax_attention(q, k, v, m, 8 ** -0.5),
-                               rtol=1e-6)
+    np.testing.assert_allclose(run(q, k, v), 2.0 * reference(q, k, v, m), rtol=1e-6)

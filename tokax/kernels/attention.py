@@ -17,8 +17,7 @@ boolean `mask` (B or 1, H or 1, N, M) expresses block-causal or cache-validity p
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -106,56 +105,20 @@ def cudnn_mask(q: Array, k: Array, key_mask: Array | None, mask: Array | None) -
   return jnp.broadcast_to(combined, (batch, combined.shape[1] if combined.shape[1] == heads else 1, n, m))
 
 
-def _masked_softmax_attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float) -> Array:
-  """Plain XLA attention (B, N, H, D) with a boolean (B|1, H|1, N, M) mask: the backward of _flash."""
-  logits = jnp.einsum("bnhd,bmhd->bhnm", q, k, preferred_element_type=jnp.float32) * scale
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("bhnm,bmhd->bnhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(q.dtype)
-
-
-def with_xla_backward(forward: Callable[[Array, Array, Array, Array | None, float], Array]):
-  """`forward(q, k, v, mask, scale)` differentiated through _masked_softmax_attention's vjp.
-
-  cuDNN's flash attention backward refuses sequence lengths that are not multiples of 64 (ViT's
-  197 tokens), so tokax's cuDNN path runs cuDNN forward and recomputes the backward in XLA. The
-  mask gets no cotangent; scale is static.
-  """
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-  def attend(q, k, v, mask, scale):
-    return forward(q, k, v, mask, scale)
-
-  def attend_fwd(q, k, v, mask, scale):
-    return forward(q, k, v, mask, scale), (q, k, v, mask)
-
-  def attend_bwd(scale, residuals, grad):
-    q, k, v, mask = residuals
-    _, vjp = jax.vjp(lambda q, k, v: _masked_softmax_attention(q, k, v, mask, scale), q, k, v)
-    return (*vjp(grad), None)
-
-  attend.defvjp(attend_fwd, attend_bwd)
-  return attend
-
-
-def _cudnn_forward(q: Array, k: Array, v: Array, mask: Array | None, scale: float) -> Array:
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
-
-
-_cudnn_attend = with_xla_backward(_cudnn_forward)
-
-
-def _cudnn(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
-           mask: Array | None) -> Array:
+def _cudnn_forward(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
+                   mask: Array | None, scores: tuple[str, ...], options: Any) -> tuple[Array, dict[str, Array]]:
   """cuDNN flash attention; a key bias rides in the head dimension (fold_key_bias) rather than as a
-  (B, 1, N, N) bias tensor, which costs a few percent more FLOPs instead of an N x N read per layer.
-  Differentiable at any length: the backward is XLA's (with_xla_backward)."""
+  (B, 1, N, N) bias tensor, which costs a few percent more FLOPs instead of an N x N read per layer."""
   d = q.shape[-1]
   mask = cudnn_mask(q, k, key_mask, mask)  # cuDNN wants the mask with full query and key lengths
   if key_bias is not None:
     q, k, v = fold_key_bias(q, k, v, key_bias)
-  out = _cudnn_attend(q, k, v, mask, d ** -0.5)
-  return out[..., :d]
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=d ** -0.5, implementation="cudnn")
+  return out[..., :d], {}
+
+
+# Differentiable at any length: cuDNN's forward, the reference's backward (see with_reference_backward).
+_cudnn = reference.with_reference_backward(_cudnn_forward)
 
 
 def _pallas(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
@@ -220,7 +183,7 @@ def attention(
       raise ValueError(
           f"attention: implementation='cudnn' returns no scores but scores={scores} were requested; "
           "use implementation='xla' (or 'auto', which picks one that can)")
-    return _cudnn(q, k, v, key_bias, key_mask, mask), {}
+    return _cudnn(q, k, v, key_bias, key_mask, mask, (), ())
   if implementation == "pallas":
     return _pallas(q, k, v, key_bias, key_mask, mask, scores, interpret)
   raise ValueError(f"attention: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")

@@ -4,6 +4,9 @@ Layout follows jax.nn.dot_product_attention: q, k, v are (B, N, H, D).
 """
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -93,3 +96,31 @@ def attention_reference(
   out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
   query_mask = key_mask if q.shape[1] == k.shape[1] else None
   return out.transpose(0, 2, 1, 3).astype(q.dtype), attention_scores(probs, scores, query_mask)
+
+
+def with_reference_backward(forward: Callable[..., tuple[Array, dict[str, Array]]]):
+  """A forward-only attention kernel made differentiable through attention_reference's vjp.
+
+  `forward(q, k, v, key_bias, key_mask, mask, scores, options) -> (out, scores dict)` with the
+  arguments of attention_reference; `scores` and `options` (the kernel's own static settings,
+  e.g. block sizes) are static. The backward recomputes attention in XLA with materialised
+  probabilities: what tokax's cuDNN path (cuDNN's flash backward refuses lengths that are not
+  multiples of 64, ViT's 197) and the Pallas kernels (no fused backward yet) use. The masks get
+  no cotangent.
+  """
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+  def attend(q, k, v, key_bias, key_mask, mask, scores: tuple[str, ...], options: Any):
+    return forward(q, k, v, key_bias, key_mask, mask, scores, options)
+
+  def attend_fwd(q, k, v, key_bias, key_mask, mask, scores, options):
+    return forward(q, k, v, key_bias, key_mask, mask, scores, options), (q, k, v, key_bias, key_mask, mask)
+
+  def attend_bwd(scores, options, residuals, cotangents):
+    q, k, v, key_bias, key_mask, mask = residuals
+    reference = lambda q, k, v, key_bias: attention_reference(q, k, v, key_bias=key_bias, key_mask=key_mask,
+                                                                mask=mask, scores=scores)
+    _, vjp = jax.vjp(reference, q, k, v, key_bias)
+    return (*vjp(cotangents), None, None)
+
+  attend.defvjp(attend_fwd, attend_bwd)
+  return attend

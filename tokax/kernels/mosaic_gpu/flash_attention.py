@@ -26,7 +26,6 @@ Differences from the example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -299,26 +298,9 @@ def _forward(q, k, v, key_bias, key_mask, scores, blocks: BlockSizes, interpret)
   return out[:, :n].astype(in_dtype), fc.finalize_scores(scores, m, weight, cls_rows, received)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _attend(q, k, v, key_bias, key_mask, scores, blocks, interpret):
-  return _forward(q, k, v, key_bias, key_mask, scores, blocks, interpret)
-
-
-def _attend_fwd(q, k, v, key_bias, key_mask, scores, blocks, interpret):
-  return _forward(q, k, v, key_bias, key_mask, scores, blocks, interpret), (q, k, v, key_bias, key_mask)
-
-
-def _attend_bwd(scores, blocks, interpret, residuals, cotangents):
-  q, k, v, key_bias, key_mask = residuals
-
-  def ref(q, k, v, key_bias):
-    return reference.attention_reference(q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores)
-
-  _, vjp = jax.vjp(ref, q, k, v, key_bias)
-  return (*vjp(cotangents), None)
-
-
-_attend.defvjp(_attend_fwd, _attend_bwd)
+# The backward is the reference's vjp (no fused Pallas backward yet); options = (blocks, interpret).
+_attend = reference.with_reference_backward(
+    lambda q, k, v, key_bias, key_mask, mask, scores, options: _forward(q, k, v, key_bias, key_mask, scores, *options))
 
 
 def flash_attention(
@@ -349,4 +331,4 @@ def flash_attention(
   blocks = BlockSizes() if block_sizes is None else block_sizes
   if not isinstance(blocks, BlockSizes):
     raise ValueError(f"flash_attention: block_sizes must be a mosaic_gpu BlockSizes; got {type(blocks).__name__}")
-  return _attend(q, k, v, key_bias, key_mask, tuple(scores), blocks, bool(interpret))
+  return _attend(q, k, v, key_bias, key_mask, None, tuple(scores), (blocks, bool(interpret)))
