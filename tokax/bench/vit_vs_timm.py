@@ -18,24 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokax.models import ViT
-from tokax.reduction import ToMe, schedule
+from tokax.bench import sweep
+from tokax.reduction import ToMe
 
 
-import dataclasses
-
-
-@dataclasses.dataclass(frozen=True)
-class Truncate:
-  """Bench-only bound: drop the last r tokens per layer with no plan (ToMe's schedule, zero overhead)."""
-  r: int
-  prop_attn: bool = False
-  placement = "mid"
-  scores = ()
-
-  def reduce(self, tokens, metrics, *, layer, depth):
-    r = schedule.clip_r(self.r, tokens.num_tokens, tokens.num_prefix)
-    n = tokens.num_tokens - r
-    return tokens.replace(x=tokens.x[:, :n], size=tokens.size[:, :n])
+def tome_bound(model: ViT, params, r: int) -> ViT:
+  """Bench-only bound: ToMe r's per-block token counts with no plan at all (sweep.ScheduleBound)."""
+  counts = sweep.layer_token_counts(model.clone(reduction=ToMe(r=r)), params, (224, 224, 3))
+  return model.clone(reduction=sweep.ScheduleBound(197, counts))
 
 
 def time_jax(fn, inputs, repeats=30, warmup=3):
@@ -88,7 +78,7 @@ def main():
   variants = {
       "tokax dense, xla attention": base.clone(attention="xla"),
       "tokax dense, cudnn, tanh gelu": base.clone(attention="cudnn", gelu_approximate=True),
-      "bound: truncate r=16 (no plan), cudnn": base.clone(attention="cudnn", reduction=Truncate(16)),
+      "bound: truncate r=16 (no plan), cudnn": tome_bound(base.clone(attention="cudnn"), params, 16),
       "tokax dense, cudnn attention": base.clone(attention="cudnn"),
       "tokax ToMe r=16, cudnn, matmul merge": base.clone(attention="cudnn", reduction=ToMe(r=16, merge="matmul")),
       "tokax ToMe r=16, cudnn, scatter merge": base.clone(attention="cudnn", reduction=ToMe(r=16, merge="scatter")),
@@ -101,7 +91,7 @@ def main():
     variants = {
         "tokax dense, cudnn, exact gelu": base.clone(attention="cudnn"),
         "tokax dense, cudnn, tanh gelu": tanh.clone(attention="cudnn"),
-        "bound: truncate r=16 (no plan), tanh": tanh.clone(attention="cudnn", reduction=Truncate(16)),
+        "bound: truncate r=16 (no plan), tanh": tome_bound(tanh.clone(attention="cudnn"), params, 16),
         "tokax ToMe r=16, exact gelu": base.clone(attention="cudnn", reduction=ToMe(r=16)),
         "tokax ToMe r=16, tanh gelu": tanh.clone(attention="cudnn", reduction=ToMe(r=16)),
         "tokax ToMe r=16, tanh, scatter merge": tanh.clone(attention="cudnn", reduction=ToMe(r=16, merge="scatter")),
@@ -118,7 +108,7 @@ def main():
         "tokax ToMe r=16, tanh GELU": tanh.clone(attention="cudnn", reduction=ToMe(r=16)),
         "tokax ToMe r=(16,-1), tanh GELU": tanh.clone(attention="cudnn", reduction=ToMe(r=(16, -1))),
         "tokax ToMe r=16 no prop-attn, tanh GELU": tanh.clone(attention="cudnn", reduction=ToMe(r=16, prop_attn=False)),
-        "bound: r=16 schedule, no plan, tanh GELU": tanh.clone(attention="cudnn", reduction=Truncate(16)),
+        "bound: r=16 schedule, no plan, tanh GELU": tome_bound(tanh.clone(attention="cudnn"), params, 16),
         "tokax dense, xla attention, exact GELU": base.clone(attention="xla"),
     }
   if args.set == "small":
