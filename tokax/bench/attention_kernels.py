@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from typing import Callable
 
 import jax
@@ -31,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokax.kernels import attention as fused_attention  # the entry-point function
+from tokax.bench import throughput
 from tokax.kernels import reference
 
 DEFAULT_SHAPES = ("256,197,12,64", "64,577,16,64", "16,1024,12,64", "8,4096,12,64")
@@ -47,15 +46,7 @@ def _inputs(shape, dtype, seed=0):
 
 def _time(fn: Callable, args, repeats: int) -> float:
   """Median seconds of one call of jit(fn)(*args), after compile and two warm-up calls."""
-  fn = jax.jit(fn)
-  jax.block_until_ready(fn(*args))
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return throughput.median_seconds(jax.jit(fn), *args, warmup=2, repeats=repeats)
 
 
 def _variants(backend: str, interpret):

@@ -13,13 +13,12 @@ and prints a markdown table with the speed-up and the bytes the dense path moves
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokax.bench import throughput
 from tokax.kernels import matching
 
 
@@ -31,13 +30,7 @@ def batch_for(n: int, gb: float) -> int:
 
 def timed(fn, *args, repeats: int) -> float:
   """Median seconds of fn(*args) after one warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return throughput.median_seconds(fn, *args, warmup=1, repeats=repeats)
 
 
 def run(n: int, gb: float, channels: int, dtype, repeats: int, interpret: bool) -> dict:

@@ -55,6 +55,18 @@ def vit_forward_gflops(model: Any, params: Any, batch_shape: tuple[int, ...], dt
   return compiled_flops(lowered) / batch_shape[0] / 1e9
 
 
+def median_seconds(fn: Callable, *args: Any, warmup: int = 1, repeats: int = 10) -> float:
+  """Median wall seconds of fn(*args) (each call until block_until_ready), after `warmup` calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def random_batches(batch_shape: tuple[int, ...], dtype: Any, *, count: int = 3, seed: int = 0) -> list[jax.Array]:
   """`count` different uniform [0, 1) batches (never zeros), to rotate between timed calls."""
   keys = jax.random.split(jax.random.key(seed), count)
