@@ -36,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokax import kernels
-from tokax.models.vit import Block
-from tokax.reduction.base import PLACEMENTS
+from tokax.models.vit import Block, check_encoder_inputs
 from tokax.reduction.tokens import Tokens
 
 Array = jax.Array
@@ -297,17 +296,8 @@ class T2TViT(nn.Module):
     if self.image_size < STEM_STRIDE or self.image_size % STEM_STRIDE:
       raise ValueError(f"T2TViT.image_size: expected a positive multiple of {STEM_STRIDE} (the stem's three "
                        f"soft splits have strides 4, 2, 2); got {self.image_size}")
-    placement = getattr(self.reduction, "placement", None)
-    if self.reduction is not None and placement not in PLACEMENTS:
-      raise ValueError(f"T2TViT.reduction: {type(self.reduction).__name__} has placement {placement!r}, not a "
-                       f"block placement {PLACEMENTS}")
-    if self.attention not in (None, *kernels.IMPLEMENTATIONS):
-      raise ValueError(f"T2TViT.attention: expected one of {kernels.IMPLEMENTATIONS} or None; got {self.attention!r}")
-    want = (self.image_size, self.image_size, 3)
-    if images.ndim != 4 or tuple(images.shape[1:]) != want:
-      raise ValueError(f"T2TViT: images must be NHWC of shape (B, {want[0]}, {want[1]}, 3); got {tuple(images.shape)}")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-      raise ValueError(f"T2TViT: images must be floating point (normalised); got dtype {images.dtype}")
+    check_encoder_inputs("T2TViT", images, image_size=self.image_size, reduction=self.reduction,
+                         attention=self.attention)
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False, return_intermediates: bool = False):

@@ -121,6 +121,22 @@ class Attention(nn.Module):
     return self.proj(out.astype(x.dtype).reshape(x.shape))
 
 
+def check_encoder_inputs(owner: str, images: Array, *, image_size: int, reduction: Any, attention: str | None) -> None:
+  """The checks every ViT-family encoder makes: a block reduction, a known attention, (B, S, S, 3) float images."""
+  placement = getattr(reduction, "placement", None)
+  if reduction is not None and placement not in PLACEMENTS:
+    raise ValueError(
+        f"{owner}.reduction: {type(reduction).__name__} has placement {placement!r}, not a block placement "
+        f"{PLACEMENTS}; post-encoder reducers (DivPrune, ToDRE, DCT) act on an encoder's output: reducer(tokens)")
+  if attention not in (None, *kernels.IMPLEMENTATIONS):
+    raise ValueError(f"{owner}.attention: expected one of {kernels.IMPLEMENTATIONS} or None; got {attention!r}")
+  want = (image_size, image_size, 3)
+  if images.ndim != 4 or tuple(images.shape[1:]) != want:
+    raise ValueError(f"{owner}: images must be NHWC of shape (B, {want[0]}, {want[1]}, 3); got {tuple(images.shape)}")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"{owner}: images must be floating point (normalised); got dtype {images.dtype}")
+
+
 class Block(nn.Module):
   """Pre-norm transformer block with a reduction hook.
 
@@ -248,18 +264,8 @@ class ViT(nn.Module):
       raise ValueError("ViT.pool='cls' needs class_token=True; use pool='gap' for a model without one")
     if self.image_size % arch.patch_size:
       raise ValueError(f"ViT.image_size={self.image_size} is not a multiple of the patch size {arch.patch_size}")
-    placement = getattr(self.reduction, "placement", None)
-    if self.reduction is not None and placement not in PLACEMENTS:
-      raise ValueError(
-          f"ViT.reduction: {type(self.reduction).__name__} has placement {placement!r}, not a block placement "
-          f"{PLACEMENTS}; post-encoder reducers (DivPrune, ToDRE, DCT) act on an encoder's output: reducer(tokens)")
-    if self.attention not in (None, *kernels.IMPLEMENTATIONS):
-      raise ValueError(f"ViT.attention: expected one of {kernels.IMPLEMENTATIONS} or None; got {self.attention!r}")
-    want = (self.image_size, self.image_size, 3)
-    if images.ndim != 4 or tuple(images.shape[1:]) != want:
-      raise ValueError(f"ViT: images must be NHWC of shape (B, {want[0]}, {want[1]}, 3); got {tuple(images.shape)}")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-      raise ValueError(f"ViT: images must be floating point (normalised); got dtype {images.dtype}")
+    check_encoder_inputs("ViT", images, image_size=self.image_size, reduction=self.reduction,
+                         attention=self.attention)
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False, return_intermediates: bool = False,
