@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.calibration_split = "val"  # DToMe thresholds are calibrated on validation images, never test
   config.dtype = "float32"
   config.attention = "auto"
+  config.matching = "xla"  # ToMe / PiToMe / DToMe bipartite matching: "xla" or "pallas" (the fused kernel)
   config.gelu_approximate = False  # as trained
   config.batch_size = 256
   config.warmup = 3

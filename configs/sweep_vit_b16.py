@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.calibration_split = "val"
   config.dtype = "bfloat16"
   config.attention = "auto"  # cuDNN flash attention where no method needs the probabilities
+  config.matching = "xla"  # ToMe / PiToMe / DToMe bipartite matching: "xla" or "pallas" (the fused kernel)
   config.gelu_approximate = True  # XLA fuses the tanh GELU into the matmul; exact erf costs ~20% (BENCHMARKS.md)
   config.batch_size = 256
   config.warmup = 5

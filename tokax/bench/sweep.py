@@ -82,6 +82,13 @@ def block_reduction(method: str, strength: float, *, depth: int) -> Any:
   raise ValueError(f"sweep: unknown block method {method!r}; expected one of {BLOCK_METHODS}")
 
 
+def with_matching(reduction: Any, implementation: str) -> Any:
+  """`reduction` with its bipartite matching run by `implementation` ("xla" or "pallas"), where it has one."""
+  if any(f.name == "matching" for f in dataclasses.fields(reduction)):
+    return dataclasses.replace(reduction, matching=implementation)
+  return reduction
+
+
 def post_reduction(method: str, strength: float) -> Any:
   """Post-encoder reducer at `strength` = fraction of the patch tokens kept (dct: of each grid side)."""
   if method == "divprune":
@@ -417,6 +424,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       reduction = block_reduction(method, strength, depth=depth)
       if isinstance(reduction, DToMeCalibration):
         reduction = calibrate_dtome(model, params, calibration_batches(), reduction)
+      reduction = with_matching(reduction, config.get("matching", "xla"))
       reduced = model.clone(reduction=reduction)
       reduced_params, trained = params_for(reduced, params, image_shape)
       row = block_row(reduced, reduced_params, settings, method=method, strength=strength, dense=dense,

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tokax.bench import profile
 from tokax.models import ViT
 from tokax.train import sharding, trainer
 from tokax.train.step import init_state, make_train_step
@@ -45,10 +46,11 @@ _TIMM_NAMES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge
 
 def tokax_step_images_per_s(*, variant: str, batch: int, image_size: int, devices: list, steps: int, warmup: int,
                             gelu_approximate: bool = False, param_dtype: str = "float32", preset: str = "replicated",
-                            attention: str | None = None, lr: float = 1e-4) -> dict:
+                            attention: str | None = None, lr: float = 1e-4, profile_steps: int = 0) -> dict:
   """Median images/s of the trainer's jitted, donated step of `variant` over a {"data": len(devices)} mesh.
 
-  `batch` is the global batch. Returns {"images_per_s", "step_ms", "compile_s", "loss"}.
+  `batch` is the global batch. Returns {"images_per_s", "step_ms", "compile_s", "loss"}, and with
+  profile_steps > 0 also "kernels": the step's top device kernels (tokax.bench.profile.kernel_table).
   """
   model = ViT(variant=variant, image_size=image_size, num_classes=1000, dtype=jnp.bfloat16,
               param_dtype=jnp.dtype(param_dtype), gelu_approximate=gelu_approximate, attention=attention)
@@ -77,9 +79,20 @@ def tokax_step_images_per_s(*, variant: str, batch: int, image_size: int, device
       jax.block_until_ready(metrics["loss"])
       if i >= warmup:
         times.append(time.perf_counter() - start)
+    loss = float(metrics["loss"])
+    kernels = None
+    if profile_steps:
+      def advance():
+        nonlocal state
+        state, step_metrics = step(state, batches[0])
+        return step_metrics["loss"]
+      kernels = profile.kernel_table(advance, (), steps=profile_steps)
+      print(profile.markdown(kernels), flush=True)
   median = statistics.median(times)
-  return {"images_per_s": batch / median, "step_ms": median * 1e3, "compile_s": compile_s,
-          "loss": float(metrics["loss"])}
+  result = {"images_per_s": batch / median, "step_ms": median * 1e3, "compile_s": compile_s, "loss": loss}
+  if kernels is not None:
+    result["kernels"] = kernels
+  return result
 
 
 def timm_step_images_per_s(*, variant: str, batch: int, image_size: int, steps: int, warmup: int, compile: bool,
@@ -138,7 +151,8 @@ def compare(args: argparse.Namespace) -> list[dict]:
   common = dict(variant=args.variant, batch=args.batch, image_size=args.image_size, steps=args.steps,
                 warmup=args.warmup)
   rows = [_row("tokax jit step, exact GELU (timm-equal)",
-               tokax_step_images_per_s(devices=devices, attention=args.attention, **common)),
+               tokax_step_images_per_s(devices=devices, attention=args.attention, profile_steps=args.profile,
+                                       **common)),
           _row("tokax jit step, tanh GELU",
                tokax_step_images_per_s(devices=devices, attention=args.attention, gelu_approximate=True, **common))]
   if args.param_dtype != "float32":
@@ -184,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--param-dtype", default="float32", help="also time tokax with params in this dtype")
   parser.add_argument("--attention", default=None, help="tokax kernels.attention implementation (None: auto)")
   parser.add_argument("--sharding", default="replicated", help="parameter preset for --mode scaling")
+  parser.add_argument("--profile", type=int, default=0,
+                      help="compare: also print the top device kernels of the first tokax step over this many steps")
   parser.add_argument("--out", default=None, help="write the rows as JSON here")
   args = parser.parse_args(argv)
   print(f"devices: {jax.devices()} (jax {jax.__version__})", flush=True)
