@@ -10,7 +10,10 @@ On CPU (tiny shapes; the TPU kernel in interpret mode, no cuDNN):
 
 Rows, per shape (B, N, H, D) and pass (fwd, fwd+bwd), each timed in the same process:
 - xla+cls:       the reference, materialising the probabilities, with the "cls" score;
-- cudnn:         jax.nn.dot_product_attention(implementation="cudnn"), no scores (GPU only);
+- cudnn:         tokax's "cudnn" path: jax.nn.dot_product_attention(implementation="cudnn") forward,
+                 the reference backward in XLA, no scores (GPU only);
+- cudnn-native:  jax.nn.dot_product_attention(implementation="cudnn") with cuDNN's own backward (GPU
+                 only; cuDNN refuses some shapes, e.g. N = 197 in the backward: the row then fails);
 - pallas:        tokax's kernel, no scores;
 - pallas+cls, pallas+received: tokax's kernel with one score.
 Each time is the median of --repeats calls after warm-up; the ratio columns divide by cudnn (or,
@@ -56,9 +59,13 @@ def _variants(backend: str, interpret):
       return out, s
     return fwd
 
+  def cudnn_native(q, k, v):  # jax's own cuDNN call: cuDNN's flash backward too, where it takes the shape
+    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn"), {}
+
   rows = {"xla+cls": attend("xla", ("cls",))}
   if backend == "gpu":
     rows["cudnn"] = attend("cudnn", ())
+    rows["cudnn-native"] = cudnn_native
   rows["pallas"] = attend("pallas", ())
   rows["pallas+cls"] = attend("pallas", ("cls",))
   rows["pallas+received"] = attend("pallas", ("received",))
