@@ -22,9 +22,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from tokax.kernels import flash_common as fc
 from tokax.kernels import reference
 
 Array = jax.Array
+
+# cuDNN's fused backward wants lengths it has kernels for (it refused N = 197 on an H100): the
+# "cudnn" path pads queries and keys to a multiple of this and masks the padded keys.
+CUDNN_LENGTH_MULTIPLE = 64
+# Which backward the "cudnn" path uses: "cudnn" (padded, cuDNN's own) or "reference" (XLA).
+CUDNN_BACKWARD = "reference"
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
 
@@ -62,7 +69,7 @@ def cudnn_applies(q: Array, scores: tuple[str, ...], k: Array | None = None, mas
     return False
   if q.shape[-1] % 8 or q.shape[-1] > 120:
     return False
-  if mask is not None or key_mask is not None:
+  if (mask is not None or key_mask is not None) and CUDNN_BACKWARD != "cudnn":
     m = q.shape[1] if k is None else k.shape[1]
     if q.shape[1] % 2 or m % 2:
       return False
@@ -118,7 +125,49 @@ def _cudnn_forward(q: Array, k: Array, v: Array, key_bias: Array | None, key_mas
 
 
 # Differentiable at any length: cuDNN's forward, the reference's backward (see with_reference_backward).
-_cudnn = reference.with_reference_backward(_cudnn_forward)
+_cudnn_reference_backward = reference.with_reference_backward(_cudnn_forward)
+
+
+def cudnn_padded(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None, mask: Array | None,
+                 *, implementation: str = "cudnn") -> Array:
+  """Flash attention through jax.nn.dot_product_attention with its own backward, at any length.
+
+  N and M are padded to multiples of CUDNN_LENGTH_MULTIPLE; the padded keys are masked (by
+  key_value_seq_lengths, or False in the boolean mask when there is one) and the padded query rows
+  dropped, so outputs and gradients equal unpadded attention. A key bias rides in the head dimension
+  (fold_key_bias). `implementation` is passed on ("xla" checks the padding logic on a CPU).
+
+  Args:
+    q: (B, N, H, D); k, v: (B, M, H, D); key_bias (B, M) or None; key_mask (B, M) bool or None;
+      mask (B|1, H|1, N, M) bool or None.
+
+  Returns:
+    (B, N, H, D) in q's dtype.
+  """
+  batch, n, _, d = q.shape
+  m = k.shape[1]
+  combined = cudnn_mask(q, k, key_mask, mask)
+  if key_bias is not None:
+    q, k, v = fold_key_bias(q, k, v, key_bias)
+  n_pad, m_pad = fc.round_up(n, CUDNN_LENGTH_MULTIPLE), fc.round_up(m, CUDNN_LENGTH_MULTIPLE)
+  q = fc.pad_axis(q, 1, n_pad)
+  k, v = fc.pad_axis(k, 1, m_pad), fc.pad_axis(v, 1, m_pad)
+  if combined is None:
+    out = jax.nn.dot_product_attention(
+        q, k, v, scale=d ** -0.5, query_seq_lengths=jnp.full((batch,), n, jnp.int32),
+        key_value_seq_lengths=jnp.full((batch,), m, jnp.int32), implementation=implementation)
+  else:
+    combined = jnp.pad(combined, ((0, 0), (0, 0), (0, n_pad - n), (0, m_pad - m)))
+    combined = combined.at[:, :, n:, 0].set(True)  # padded query rows keep one key: no empty softmax
+    out = jax.nn.dot_product_attention(q, k, v, mask=combined, scale=d ** -0.5, implementation=implementation)
+  return out[:, :n, :, :d]
+
+
+def _cudnn(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
+           mask: Array | None) -> tuple[Array, dict[str, Array]]:
+  if CUDNN_BACKWARD == "cudnn":
+    return cudnn_padded(q, k, v, key_bias, key_mask, mask), {}
+  return _cudnn_reference_backward(q, k, v, key_bias, key_mask, mask, (), ())
 
 
 def _pallas(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
@@ -183,7 +232,7 @@ def attention(
       raise ValueError(
           f"attention: implementation='cudnn' returns no scores but scores={scores} were requested; "
           "use implementation='xla' (or 'auto', which picks one that can)")
-    return _cudnn(q, k, v, key_bias, key_mask, mask, (), ())
+    return _cudnn(q, k, v, key_bias, key_mask, mask)
   if implementation == "pallas":
     return _pallas(q, k, v, key_bias, key_mask, mask, scores, interpret)
   raise ValueError(f"attention: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
