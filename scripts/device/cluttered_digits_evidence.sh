@@ -83,7 +83,8 @@ from tokax.bench import sweep
 work = sys.argv[1]
 print("# Cluttered digits evidence (issue 4)\n")
 print("## Step times\n\n```\n" + open(os.path.join(work, "times.txt")).read() + "```\n")
-print("## Training runs (last logged metrics)\n\n| run | last step | train loss | val top-1 | test top-1 |\n|---|---|---|---|---|")
+print("## Training runs (last logged metrics)\n\n| run | last step | compile s | train images/s | train loss | val top-1 | "
+      "test top-1 |\n|---|---|---|---|---|---|---|")
 for name in ("dense", "t2t7", "vit_ti", "sit", "mctf", "deit"):
   path, last = os.path.join(work, name, "metrics.jsonl"), {}
   if os.path.exists(path):
@@ -91,8 +92,9 @@ for name in ("dense", "t2t7", "vit_ti", "sit", "mctf", "deit"):
       record = json.loads(line)
       last.update({k: v for k, v in record.items()})
   fmt = lambda key: f"{100 * last[key]:.1f}%" if key in last else "-"
-  loss = f"{last['loss']:.3f}" if "loss" in last else "-"
-  print(f"| {name} | {last.get('step', '-')} | {loss} | {fmt('val/accuracy')} | {fmt('test/accuracy')} |")
+  num = lambda key, spec: format(last[key], spec) if key in last else "-"
+  print(f"| {name} | {last.get('step', '-')} | {num('train/compile_s', '.0f')} | {num('train/images_per_s', ',.0f')} | "
+        f"{num('train/loss', '.3f')} | {fmt('val/accuracy')} | {fmt('test/accuracy')} |")
 sweep_json = os.path.join(work, "sweep", "sweep.json")
 if os.path.exists(sweep_json):
   result = json.load(open(sweep_json))

@@ -61,7 +61,7 @@ def to_markdown(rows: list[dict[str, Any]], caption: str = "") -> str:
   lines = ([caption, ""] if caption else []) + [
       "| run | step | image px | params (M) | GFLOPs/img | images/s | top-1 |", "|---|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['name']} | {r['step']} | {r['image_size']} | {r['params_m']:.2f} | {r['gflops_per_image']:.2f} | "
+    lines.append(f"| {r['name']} | {r['step']} | {r['image_size']} | {r['params_m']:.2f} | {r['gflops_per_image']:.3f} | "
                  f"{r['images_per_s']:,.0f} | {100 * r['top1']:.1f}% |")
   return "\n".join(lines)
 
