@@ -17,7 +17,7 @@ the mean of both heads (timm / DeiT).
 
 GPU mode (`:gpu`, scripts/device/cluttered_digits_evidence.sh): student and teacher are
 cluttered_digits_vit.py:gpu (ViT-S/8); unlike DeiT, the student starts from the teacher's weights
-(init_student=True: the distillation token and head are new), because 800 steps (about 1.5 min on an
+(init_student=True: the distillation token and head are new), because 600 steps (about 1.5 min on an
 H100 beside the SiT and MCTF fine-tunes) are far too few to train a ViT-S from scratch.
 
   python -m tokax.train --config configs/cluttered_digits_vit.py:gpu --workdir /tmp/cd_vit_gpu
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       teacher_checkpoint="",   # or a timm / DeiT checkpoint file for teacher_config's model
       init_student=arg.gpu)    # DeiT trains the student from scratch; the short gpu run fine-tunes the teacher
   if arg.gpu and not arg.runlocal:
-    config.total_steps = 800
+    config.total_steps = 600
     config.warmup_steps = 40
     config.lr = 2e-4
   return config

@@ -18,7 +18,7 @@ Weights start from init_from (the dense run).
 
 GPU mode (`:gpu`, scripts/device/cluttered_digits_evidence.sh): starts from cluttered_digits_vit.py:gpu
 (ViT-S/8, 12 blocks); r=8 on every block (197 -> 101 tokens, MCTF's DeiT-S recipe scaled to 197 tokens),
-teacher_r (0, 2, 4, 6) (the official U{0..r-1} in steps of 2), 800 steps of batch 128 (about 1.5 min on an
+teacher_r (0, 2, 4, 6) (the official U{0..r-1} in steps of 2), 600 steps of batch 128 (about 1.5 min on an
 H100 beside the SiT and DeiT fine-tunes).
 
   python -m tokax.train --config configs/cluttered_digits_vit.py:gpu --workdir /tmp/cd_vit_gpu
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     depth = config.model.depth
     reduction = dict(name="mctf", r=8, prop_attn=True, activate_layers=tuple(range(depth)))
     teacher_r = (0, 2, 4, 6)
-    config.total_steps = 800
+    config.total_steps = 600
     config.warmup_steps = 40
     config.lr = 3e-5  # MCTF: lr_times 0.03 of the base recipe's (1e-3)
   else:

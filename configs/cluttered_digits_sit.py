@@ -16,7 +16,7 @@ MSE(recovered tokens, teacher tokens) + 2.0 * tau^2 KL(teacher || student), tau 
 
 GPU mode (`:gpu`, scripts/device/cluttered_digits_evidence.sh): the student and teacher are
 cluttered_digits_vit.py:gpu (ViT-S/8, 12 blocks), stage_blocks (3, 3, 3, 3): slimming after blocks 2, 5, 8
-(196 -> 98 -> 49 -> 24 patch tokens), 800 steps of batch 128 at lr 2e-4 (about 1.5 min on an H100 beside
+(196 -> 98 -> 49 -> 24 patch tokens), 600 steps of batch 128 at lr 2e-4 (about 1.5 min on an H100 beside
 the MCTF and DeiT fine-tunes).
 
   python -m tokax.train --config configs/cluttered_digits_vit.py:gpu --workdir /tmp/cd_vit_gpu
@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     stage_blocks = (1, 1)
   else:
     teacher = BASE + (":gpu" if arg.gpu else "")
-    config.total_steps = 800 if arg.gpu else 600
+    config.total_steps = 600
     config.warmup_steps = 0
     config.lr = 2e-4  # SiT: lr 2e-4, no warmup
   if arg.dense:

@@ -14,10 +14,10 @@ idle 2-core CPU (about twice that when other jobs share the cores). Deliberately
 this task slowly from scratch (at 1000 steps: 0.24 test; width 128 learns no faster per image).
 GPU mode (`:gpu`, issue 4's evidence run, scripts/device/cluttered_digits_evidence.sh): ViT-S/8 at 112 px
 (width 384, depth 12, 6 heads, MLP 1536; 196 patch tokens + cls, the token count of ViT-S/16 at 224), bfloat16,
-batch 128, 3,500 steps (448k images: 11 epochs of 40,000 training images) with lr 1e-3, 350 warm-up steps,
-weight decay 0.05, label smoothing 0.1. Estimated 60-80 s of training alone on an H100 (ViT-S, 197 tokens,
+batch 128, 3,000 steps (384k images: ~10 epochs of 40,000 training images) with lr 1e-3, 300 warm-up steps,
+weight decay 0.05, label smoothing 0.1. Estimated 50-65 s of training alone on an H100 (ViT-S, 197 tokens,
 ~6-8k images/s in bf16), about 2-2.5 min beside the T2T / ViT-Ti runs; generating the 40k images takes
-about 30 s of one host core and 6 GB of host memory (float32).
+about 17 s of one host core (0.42 ms each, measured on the 2-core CPU) and 6 GB of host memory (float32).
 
   python -m tokax.train --config configs/cluttered_digits_vit.py:gpu --workdir /tmp/cd_vit_gpu
   # ViT-Ti/16 at 224 px, the ViT side of the T2T-ViT-7 comparison (configs/cluttered_digits_t2t.py:gpu):
@@ -73,12 +73,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.progress_bar = True
 
   if arg.gpu:
-    # 40k images (6 GB float32 at 112 px, ~30 s to generate), each seen ~11 times.
+    # 40k images (6 GB float32 at 112 px, ~17 s to generate), each seen ~10 times.
     config.data.num_train = 40_000
     config.model.dtype = "bfloat16"
     config.batch_size = 128
-    config.total_steps = 3500
-    config.warmup_steps = 350
+    config.total_steps = 3000
+    config.warmup_steps = 300
     config.lr = 1e-3
     config.label_smoothing = 0.1
     config.log_every_steps = 100

@@ -12,8 +12,9 @@ ViT-B/16 (12 blocks): tome / mctf / dtome r of 16, 32, 48 leave 133, 69, 27 toke
 GPU mode (`:gpu`, issue 4's evidence, scripts/device/cluttered_digits_evidence.sh): the checkpoint is
 configs/cluttered_digits_vit.py:gpu (ViT-S/8, 12 blocks of 197 tokens, bf16), evaluated as it stands
 (checkpoint.train=False: a run stopped early by its time limit is measured at its last checkpoint);
-ToMe with (tome, ToMe's default) and without (tome_noprop) proportional attention at r = 4, 8, 12
-(149, 101, 53 tokens), and every other method at 2-3 strengths; the fine-tuned runs go in as trained rows:
+ToMe at r = 4, 8, 12 (149, 101, 53 tokens) with proportional attention (ToMe's default) and at r = 8, 12
+without (tome_noprop), every other method at 1-2 strengths (16 rows: ~10 s each on a GPU, mostly compiles);
+the fine-tuned runs go in as trained rows, measured first:
 
   python -m tokax.bench.sweep --config configs/sweep_cluttered_digits.py:gpu --workdir /tmp/sweep_gpu \
       --config.checkpoint.workdir=/tmp/cd_vit_gpu --config.trained.sit.workdir=/tmp/cd_sit_gpu \
@@ -60,8 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.gpu:
     config.checkpoint.update(workdir="/tmp/cd_vit_gpu", train=False)
     config.dtype = "bfloat16"
-    config.methods = dict(tome=[4, 8, 12], tome_noprop=[4, 8, 12], mctf=[4, 8, 12], pitome=[0.95, 0.9],
-                          evit=[0.7, 0.5], dtome=[8, 12])
+    config.methods = dict(tome=[4, 8, 12], tome_noprop=[8, 12], mctf=[8, 12], pitome=[0.95, 0.9],
+                          evit=[0.7, 0.5], dtome=[12])
     config.eval_batch_size = 500
   if arg.runlocal:
     config.batch_size = 8

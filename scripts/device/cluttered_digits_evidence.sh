@@ -6,9 +6,9 @@
 # Usage: bash scripts/device/cluttered_digits_evidence.sh OUTDIR   (writes OUTDIR/cluttered_digits_evidence.tar.gz)
 #
 #   t=0    dense ViT-S/8 (configs/cluttered_digits_vit.py:gpu)     | T2T-ViT-7 224 px | ViT-Ti/16 224 px   (card shared)
-#   t=240  SiT | MCTF | DeiT fine-tunes from the dense checkpoint     (card shared)
-#   t=390  T2T-7 vs ViT-Ti: test top-1, GFLOPs, images/s              (card alone)
-#   then   the sweep: dense + trained rows + every method off the shelf (card alone), until t=545
+#   t=225  SiT | MCTF | DeiT fine-tunes from the dense checkpoint     (card shared)
+#   t=365  T2T-7 vs ViT-Ti: test top-1, GFLOPs, images/s              (card alone)
+#   then   the sweep: dense + trained rows + every method off the shelf (card alone), until t=548
 #   end    summary.md, tarball, tables printed
 # Every step runs under `timeout` (SIGTERM: a training run saves a checkpoint and stops; the later steps use the
 # latest checkpoint of whatever finished). The phase ends can be moved with TOKAX_PHASE1_S, TOKAX_PHASE2_S,
@@ -19,10 +19,10 @@ set -uo pipefail
 OUT_DIR="${1:?usage: cluttered_digits_evidence.sh OUTDIR}"
 WORK="${TOKAX_WORK:-/tmp/cd_evidence}"
 EXTRA="${TOKAX_CONFIG_EXTRA:-}"
-PHASE1=${TOKAX_PHASE1_S:-240}
-PHASE2=${TOKAX_PHASE2_S:-390}
-COMPARE_END=${TOKAX_COMPARE_S:-435}
-BUDGET=${TOKAX_BUDGET_S:-545}
+PHASE1=${TOKAX_PHASE1_S:-225}
+PHASE2=${TOKAX_PHASE2_S:-365}
+COMPARE_END=${TOKAX_COMPARE_S:-400}
+BUDGET=${TOKAX_BUDGET_S:-548}
 rm -rf "$WORK"
 mkdir -p "$WORK" "$OUT_DIR"
 export PYTHONUNBUFFERED=1

@@ -522,7 +522,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   for row in trained_rows(config, setup, settings, dense, predict, labels):
     rows.append(row)
     save()
-  for method, values in config.methods.items():
+  # BLOCK_METHODS order (ToMe first), not the ConfigDict's sorted keys: a sweep cut short keeps the ToMe rows.
+  order = lambda method: BLOCK_METHODS.index(method) if method in BLOCK_METHODS else len(BLOCK_METHODS)
+  for method, values in sorted(config.methods.items(), key=lambda item: order(item[0])):
     strengths = _strengths(values)
     timed_overhead = _overhead_strengths(strengths, config.overhead)
     for strength in strengths:
