@@ -70,6 +70,6 @@ def test_t2t7_and_vit_ti_have_similar_gflops():
 def test_sweep_gpu_config_points_at_the_gpu_runs():
   config = load_config_file("configs/sweep_cluttered_digits.py:gpu")
   assert config.checkpoint.config == f"{VIT}:gpu" and not config.checkpoint.train
-  assert config.methods.tome == config.methods.tome_noprop
+  assert set(config.methods.tome_noprop) <= set(config.methods.tome)  # prop-attn on and off at the same r
   for name, spec in config.trained.items():
     assert _start(load_config_file(spec.config)).endswith(f"{VIT}:gpu"), name
