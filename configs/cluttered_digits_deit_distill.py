@@ -15,7 +15,16 @@ the mean of both heads (timm / DeiT).
   python -m tokax.train --config configs/cluttered_digits_deit_distill.py:runlocal --workdir /tmp/deit_s \
       --config.distill.teacher_workdir=/tmp/deit_t
 
-Arguments (`:key=value,flag`): runlocal (a few steps of a tiny model), dense (the teacher's config:
+GPU mode (`:gpu`, scripts/device/cluttered_digits_evidence.sh): student and teacher are
+cluttered_digits_vit.py:gpu (ViT-S/8); unlike DeiT, the student starts from the teacher's weights
+(init_student=True: the distillation token and head are new), because 600 steps (about 1.5 min on an
+H100 beside the SiT and MCTF fine-tunes) are far too few to train a ViT-S from scratch.
+
+  python -m tokax.train --config configs/cluttered_digits_vit.py:gpu --workdir /tmp/cd_vit_gpu
+  python -m tokax.train --config configs/cluttered_digits_deit_distill.py:gpu --workdir /tmp/cd_deit_gpu \
+      --config.distill.teacher_workdir=/tmp/cd_vit_gpu
+
+Arguments (`:key=value,flag`): runlocal (a few steps of a tiny model), gpu, dense (the teacher's config:
 cluttered_digits_vit at the same size, no distillation).
 """
 import os
@@ -29,15 +38,21 @@ BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluttered_digit
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, runlocal=False, dense=False)
-  config = load_config_file(BASE + (":runlocal" if arg.runlocal else ""))
+  arg = parse_arg(arg, runlocal=False, gpu=False, dense=False)
+  flags = ",".join(name for name in ("gpu", "runlocal") if arg[name])
+  base = BASE + (f":{flags}" if flags else "")
+  config = load_config_file(base)
   if arg.dense:
     return config
   config.model.distilled = True
   config.distill = dict(
       kind="hard", alpha=0.5,
-      teacher_config=BASE + (":runlocal" if arg.runlocal else ""),
+      teacher_config=base,
       teacher_workdir="",      # a finished run of teacher_config
       teacher_checkpoint="",   # or a timm / DeiT checkpoint file for teacher_config's model
-      init_student=False)      # DeiT trains the student from scratch
+      init_student=arg.gpu)    # DeiT trains the student from scratch; the short gpu run fine-tunes the teacher
+  if arg.gpu and not arg.runlocal:
+    config.total_steps = 600
+    config.warmup_steps = 40
+    config.lr = 2e-4
   return config

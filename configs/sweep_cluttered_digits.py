@@ -9,7 +9,20 @@ shelf on the 1,000 test images:
 
 The model has 4 blocks of 197 tokens (112 px, patch 8), so strengths are larger per block than on
 ViT-B/16 (12 blocks): tome / mctf / dtome r of 16, 32, 48 leave 133, 69, 27 tokens (ToMe).
-Arguments: runlocal (the trainer's runlocal model and data: a CPU smoke run).
+GPU mode (`:gpu`, issue 4's evidence, scripts/device/cluttered_digits_evidence.sh): the checkpoint is
+configs/cluttered_digits_vit.py:gpu (ViT-S/8, 12 blocks of 197 tokens, bf16), evaluated as it stands
+(checkpoint.train=False: a run stopped early by its time limit is measured at its last checkpoint);
+ToMe at r = 4, 8, 12 (149, 101, 53 tokens) with proportional attention (ToMe's default) and at r = 8, 12
+without (tome_noprop), every other method at 1-2 strengths (16 rows: ~10 s each on a GPU, mostly compiles);
+the fine-tuned runs go in as trained rows, measured first:
+
+  python -m tokax.bench.sweep --config configs/sweep_cluttered_digits.py:gpu --workdir /tmp/sweep_gpu \
+      --config.checkpoint.workdir=/tmp/cd_vit_gpu --config.trained.sit.workdir=/tmp/cd_sit_gpu \
+      --config.trained.mctf.workdir=/tmp/cd_mctf_gpu --config.trained.deit.workdir=/tmp/cd_deit_gpu
+
+config.trained: name -> dict(config, workdir) of fine-tuning runs (an empty workdir skips the row).
+Arguments: gpu, runlocal (the trainer's runlocal model and data: a CPU smoke run; with gpu, the gpu
+configs' runlocal versions).
 """
 import ml_collections
 
@@ -17,11 +30,14 @@ from tokax.train.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, runlocal=False)
+  arg = parse_arg(arg, gpu=False, runlocal=False)
+  flags = ",".join(name for name in ("gpu", "runlocal") if arg[name])
+  suffix = f":{flags}" if flags else ""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = dict()  # from the checkpoint's training config
-  config.checkpoint = dict(config="configs/cluttered_digits_vit.py", workdir="/tmp/cluttered_vit")
+  config.checkpoint = dict(config="configs/cluttered_digits_vit.py" + suffix, workdir="/tmp/cluttered_vit",
+                           train=True)  # train: train (or finish) the run first; False: evaluate its last checkpoint
   config.eval_split = "test"
   config.calibration_split = "val"  # DToMe thresholds are calibrated on validation images, never test
   config.dtype = "float32"
@@ -38,13 +54,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         dtome=[16, 32, 48], slim=[0.7, 0.5])
   config.overhead = "none"
   config.post_methods = dict()
+  config.trained = dict(
+      sit=dict(config="configs/cluttered_digits_sit.py" + suffix, workdir=""),
+      mctf=dict(config="configs/cluttered_digits_mctf.py" + suffix, workdir=""),
+      deit=dict(config="configs/cluttered_digits_deit_distill.py" + suffix, workdir=""))
+  if arg.gpu:
+    config.checkpoint.update(workdir="/tmp/cd_vit_gpu", train=False)
+    config.dtype = "bfloat16"
+    config.methods = dict(tome=[4, 8, 12], tome_noprop=[8, 12], mctf=[8, 12], pitome=[0.95, 0.9],
+                          evit=[0.7, 0.5], dtome=[12])
+    config.eval_batch_size = 500
   if arg.runlocal:
-    config.checkpoint.config = "configs/cluttered_digits_vit.py:runlocal"
     config.batch_size = 8
     config.warmup = 1
     config.repeats = 2
     config.eval_batch_size = 16
     config.calibration_batch_size = 16
     config.calibration_batches = 1
-    config.methods = dict(tome=[4], pitome=[0.9], mctf=[4], evit=[0.6], dtome=[4], slim=[0.5])
+    config.methods = dict(tome=[4], tome_noprop=[4], pitome=[0.9], mctf=[4], evit=[0.6], dtome=[4], slim=[0.5])
   return config

@@ -54,11 +54,28 @@ def test_target_checks_name_the_rows_that_miss():
   assert plan == "Plan time <= 10% of the forward: 1/2 timed rows; above: mctf 16 (21.0%)"
 
 
+def test_ordering_checks_compare_trained_rows_at_no_more_gflops_and_tome_prop_attn():
+  rows = [{"method": "dense", "strength": "-", "gflops_per_image": 4.0, "top1": 0.9},
+          {"method": "tome", "strength": 8, "gflops_per_image": 2.5, "top1": 0.85},
+          {"method": "tome_noprop", "strength": 8, "gflops_per_image": 2.5, "top1": 0.80},
+          {"method": "evit", "strength": 0.5, "gflops_per_image": 2.0, "top1": 0.87},
+          {"method": "sit (trained)", "strength": "keep 0.5", "gflops_per_image": 2.1, "top1": 0.86, "fine_tuned": True},
+          {"method": "mctf (trained)", "strength": "r=8", "gflops_per_image": 1.0, "top1": 0.5, "fine_tuned": True}]
+  sit, mctf, tome = sweep.ordering_checks(rows)
+  assert sit == ("sit (trained) (2.10 GFLOPs): top-1 86.0% vs best off-the-shelf at <= its GFLOPs evit 0.5 "
+                 "(2.00 GFLOPs) 87.0%: trained >= off-the-shelf does not hold")
+  assert mctf == "mctf (trained) (1.00 GFLOPs, top-1 50.0%): no off-the-shelf row at <= its GFLOPs"
+  assert tome == "ToMe r=8: top-1 85.0% with proportional attention, 80.0% without: prop-attn helps"
+
+
 @pytest.mark.slow
 def test_sweep_on_a_trained_checkpoint_writes_the_tables(tmp_path):
+  """Also a trained row: the dense runlocal run restored under the MCTF fine-tune's config (MCTF has no
+  parameters, so the checkpoint fits) must equal the off-the-shelf MCTF row at the same r on every block."""
   config = config_utils.load_config_file("configs/sweep_cluttered_digits.py:runlocal")
   config.checkpoint.workdir = str(tmp_path / "train")
-  config.methods = {"tome": [4]}
+  config.methods = {"tome": [4], "mctf": [2]}
+  config.trained.mctf.workdir = str(tmp_path / "train")  # configs/cluttered_digits_mctf.py:runlocal: r=2 on its 1 block
   config.overhead = "all"
   config.post_methods = {"divprune": [0.5]}
   config.repeats = 1
@@ -72,3 +89,8 @@ def test_sweep_on_a_trained_checkpoint_writes_the_tables(tmp_path):
   for name in ("sweep.json", "sweep.md", "sweep.png"):
     assert os.path.getsize(tmp_path / "sweep" / name) > 0
   assert json.load(open(tmp_path / "sweep" / "sweep.json"))["rows"][0]["method"] == "dense"
+  trained, shelf = rows[("mctf (trained)", "r=2")], rows[("mctf", 2)]
+  assert trained["fine_tuned"] and trained["step"] == 3 and "fine_tuned" not in shelf
+  for key in ("tokens", "layer_tokens", "gflops_per_image", "top1"):
+    assert trained[key] == shelf[key], key
+  assert "mctf (trained) (" in open(tmp_path / "sweep" / "sweep.md").read()

@@ -20,6 +20,13 @@ Post-encoder reducers (DivPrune, ToDRE, DCT, FasterVLM's [CLS] selection) leave 
 compute unchanged; they get their own rows: the reducer's time on the encoder's output tokens
 against the dense forward.
 
+Trained rows (config.trained: name -> dict(config, workdir) of a finished fine-tuning run, e.g. SiT,
+MCTF consistency, DeiT distillation): each run's model with the reduction it was trained with, restored
+from its latest checkpoint and measured like the off-the-shelf rows, on the same eval split; their
+method reads "<name> (trained)" and they carry fine_tuned=True. The closing lines compare each trained
+row with the best off-the-shelf row at no more GFLOPs, and ToMe with and without proportional attention
+("tome" vs "tome_noprop") at each r.
+
 Writes sweep.json, sweep.md and sweep.png into --workdir and prints the tables.
 """
 from __future__ import annotations
@@ -42,7 +49,7 @@ from tokax.reduction import (DCT, EViT, MCTF, DivPrune, DToMe, DToMeCalibration,
                              ToMe, Tokens, calibrate_thresholds, cls_select, r_schedule)
 from tokax.reduction.base import layer_scores
 
-BLOCK_METHODS = ("tome", "pitome", "mctf", "evit", "dtome", "slim")
+BLOCK_METHODS = ("tome", "tome_noprop", "pitome", "mctf", "evit", "dtome", "slim")
 POST_METHODS = ("divprune", "todre", "dct", "fastervlm")
 
 
@@ -64,11 +71,14 @@ def slim_stages(depth: int) -> tuple[int, ...]:
 def block_reduction(method: str, strength: float, *, depth: int) -> Any:
   """The reduction `method` at `strength` for a ViT of `depth` blocks (DToMe: its calibration).
 
-  Strengths: tome, mctf and dtome: tokens merged per block (r); pitome: fraction kept per block;
-  evit: keep rate at evit_layers(depth); slim: SiT keeping ratio per stage (slim_stages(depth)).
+  Strengths: tome, tome_noprop (ToMe without proportional attention), mctf and dtome: tokens merged
+  per block (r); pitome: fraction kept per block; evit: keep rate at evit_layers(depth); slim: SiT
+  keeping ratio per stage (slim_stages(depth)).
   """
   if method == "tome":
     return ToMe(r=int(strength))
+  if method == "tome_noprop":
+    return ToMe(r=int(strength), prop_attn=False)
   if method == "mctf":
     return MCTF(r=int(strength))
   if method == "pitome":
@@ -344,24 +354,65 @@ def _cast(params: Any, dtype: Any) -> Any:
   return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
+def _overrides(config: Any) -> dict[str, Any]:
+  return dict(dtype=jnp.dtype(config.dtype), attention=None if config.attention == "auto" else config.attention,
+              gelu_approximate=config.gelu_approximate)
+
+
+def restore_run(config_reference: str, workdir: str) -> tuple[Any, Any, Any, int]:
+  """(training config, model, variables, step) of the latest checkpoint of a tokax.train run, without training.
+
+  config_reference is the run's --config ("configs/x.py[:arg]"); the model carries the config's reduction
+  (and distillation token). Train-only collections (SiT's reverse modules) are dropped from the variables.
+  """
+  from tokax.data import offline
+  from tokax.train import config_utils, loop, objectives, optim, trainer
+  from tokax.train.step import init_state
+
+  train_config = config_utils.load_config_file(config_reference)
+  num_classes = offline.NUM_CLASSES if train_config.data.name in offline.DATASETS else train_config.data.num_classes
+  model = trainer.model_from_config(train_config, num_classes)
+  image_shape = (train_config.model.image_size, train_config.model.image_size, 3)
+  distill = train_config.get("distill")
+  init_variables = (objectives.sit_init_variables(model, image_shape)
+                    if distill and distill.get("kind") == "frd" else None)
+  tx = optim.adamw(optim.lr_schedule(peak_lr=train_config.lr, warmup_steps=0, total_steps=1),
+                   weight_decay=train_config.weight_decay, grad_clip_norm=train_config.grad_clip_norm)
+  shapes = jax.eval_shape(lambda rng: init_state(model, tx, rng, image_shape, init_variables=init_variables),
+                          jax.random.key(0))
+  restored = loop.restore_for_inference(workdir, shapes, keep_checkpoints=train_config.keep_checkpoints)
+  if restored is None:
+    raise ValueError(f"sweep: no checkpoint in {workdir!r}; expected a run of {config_reference!r} there")
+  state, step = restored
+  variables = {k: v for k, v in state.params.items() if k != objectives.REVERSE}
+  return train_config, model, variables, step
+
+
 def setup_from_config(config: Any) -> Setup:
-  """The model of config.checkpoint (trained, or restored from its workdir) or a random config.model."""
+  """The model of config.checkpoint (trained, or restored from its workdir) or a random config.model.
+
+  With checkpoint.train False the workdir's latest checkpoint is evaluated as it is (a run stopped
+  early included); otherwise the run is trained (or finished) there first.
+  """
   dtype = jnp.dtype(config.dtype)
-  overrides = dict(dtype=dtype, attention=None if config.attention == "auto" else config.attention,
-                   gelu_approximate=config.gelu_approximate)
+  overrides = _overrides(config)
   if config.checkpoint.config:
     from tokax.train import config_utils, trainer
 
-    train_config = config_utils.load_config_file(config.checkpoint.config)
     if not config.checkpoint.workdir:
       raise ValueError("sweep config: checkpoint.workdir is empty; give the training run's --workdir "
                        "(it is trained there first if it holds no finished run)")
-    result = trainer.train(train_config, config.checkpoint.workdir)
-    model = result.model.clone(reduction=None, **overrides)
+    if config.checkpoint.get("train", True):
+      train_config = config_utils.load_config_file(config.checkpoint.config)
+      result = trainer.train(train_config, config.checkpoint.workdir)
+      model, params, step = result.model, result.params, result.step
+    else:
+      train_config, model, params, step = restore_run(config.checkpoint.config, config.checkpoint.workdir)
+    model = model.clone(reduction=None, **overrides)
     evaluation = trainer.load_split(train_config, config.eval_split)
     calibration = trainer.load_split(train_config, config.calibration_split)
-    return Setup(model, _cast(result.params, dtype),
-                 f"{train_config.data.name} checkpoint at step {result.step} ({config.checkpoint.workdir})",
+    return Setup(model, _cast(params, dtype),
+                 f"{train_config.data.name} checkpoint at step {step} ({config.checkpoint.workdir})",
                  evaluation, calibration.images)
   model = ViT(**{k: v for k, v in config.model.items()}, **overrides)
   image = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
@@ -381,6 +432,42 @@ def _overhead_strengths(strengths: list[Any], mode: str) -> list[Any]:
   if mode == "none":
     return []
   raise ValueError(f"sweep config: overhead must be 'middle', 'all' or 'none'; got {mode!r}")
+
+
+def reduction_label(reduction: Any) -> str:
+  """A short strength label for a trained run's reduction: "r=8", "keep 0.5 x 4 stages", "-" (none)."""
+  if reduction is None:
+    return "-"
+  if isinstance(reduction, Slim):
+    return f"keep {reduction.keeping_ratio} x {len(reduction.stage_blocks)} stages"
+  r = getattr(reduction, "r", None)
+  return f"r={r}" if r is not None else type(reduction).__name__
+
+
+def trained_rows(config: Any, setup: Setup, settings: Settings, dense: dict[str, Any], predict: Any,
+                 labels: np.ndarray | None) -> Iterable[dict[str, Any]]:
+  """One row per config.trained entry with a workdir: the run's model with its own reduction, fine_tuned=True.
+
+  A run without a checkpoint (stopped before its first save) is logged and skipped.
+  """
+  for name, spec in (config.get("trained") or {}).items():
+    if not spec.get("workdir"):
+      continue
+    try:
+      _, model, variables, step = restore_run(spec.config, spec.workdir)
+    except ValueError as e:
+      logging.warning("trained.%s skipped: %s", name, e)
+      continue
+    if model.image_size != setup.model.image_size:
+      raise ValueError(f"sweep config: trained.{name} runs at {model.image_size} px, the dense checkpoint at "
+                       f"{setup.model.image_size} px; the rows must share the eval images")
+    model = model.clone(**_overrides(config))
+    row = block_row(model, _cast(variables, settings.dtype), settings, method=f"{name} (trained)",
+                    strength=reduction_label(model.reduction), dense=dense, overhead=False, predict=predict,
+                    labels=labels)
+    row.update(fine_tuned=True, run=spec.workdir, step=step)
+    logging.info("%s (trained): %s", name, row)
+    yield row
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:
@@ -411,13 +498,33 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     shape = (size, *image_shape)
     return throughput.random_batches(shape, settings.dtype, count=config.calibration_batches, seed=3)
 
+  device = jax.devices()[0].device_kind
+  arch = model.arch
+  caption = (f"ViT {model.variant} (width {arch.width}, depth {depth}, {arch.num_heads} heads) at {model.image_size} px, "
+             f"{setup.description}; batch {config.batch_size}, {config.dtype}, attention {config.attention}, "
+             f"on {device} (jax {jax.__version__})")
   rows: list[dict[str, Any]] = []
+  post_rows: list[dict[str, Any]] = []
+  result = {"caption": caption, "device": device, "jax": jax.__version__, "rows": rows, "post_rows": post_rows,
+            "config": json.loads(config.to_json_best_effort())}
+
+  def save() -> None:  # after every row, so a sweep stopped by a time limit leaves the rows it measured
+    with open(os.path.join(workdir, "sweep.json"), "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=1)
+    with open(os.path.join(workdir, "sweep.md"), "w", encoding="utf-8") as f:
+      f.write(to_markdown(result) + "\n")
+
   dense = block_row(model, params, settings, method="dense", strength="-", dense={}, overhead=False, predict=predict,
                     labels=labels)
   dense.update(speedup=1.0, predicted_speedup=1.0, speedup_vs_predicted=1.0)
   rows.append(dense)
   logging.info("dense: %s", dense)
-  for method, values in config.methods.items():
+  for row in trained_rows(config, setup, settings, dense, predict, labels):
+    rows.append(row)
+    save()
+  # BLOCK_METHODS order (ToMe first), not the ConfigDict's sorted keys: a sweep cut short keeps the ToMe rows.
+  order = lambda method: BLOCK_METHODS.index(method) if method in BLOCK_METHODS else len(BLOCK_METHODS)
+  for method, values in sorted(config.methods.items(), key=lambda item: order(item[0])):
     strengths = _strengths(values)
     timed_overhead = _overhead_strengths(strengths, config.overhead)
     for strength in strengths:
@@ -431,26 +538,15 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                       overhead=strength in timed_overhead, predict=predict, labels=labels,
                       trained=trained, token_images=token_images)
       rows.append(row)
+      save()
       logging.info("%s %s: %s", method, strength, row)
 
-  post_rows = []
   num_tokens = layer_token_counts(model, params, image_shape)[0]
   for method, values in config.post_methods.items():
     for strength in _strengths(values):
       post_rows.append(post_row(post_reduction(method, strength), settings, method=method, strength=strength,
                                 width=model.arch.width, num_tokens=num_tokens, dense_ms=dense["median_ms"]))
-
-  device = jax.devices()[0].device_kind
-  arch = model.arch
-  caption = (f"ViT {model.variant} (width {arch.width}, depth {depth}, {arch.num_heads} heads) at {model.image_size} px, "
-             f"{setup.description}; batch {config.batch_size}, {config.dtype}, attention {config.attention}, "
-             f"on {device} (jax {jax.__version__})")
-  result = {"caption": caption, "device": device, "jax": jax.__version__, "rows": rows, "post_rows": post_rows,
-            "config": json.loads(config.to_json_best_effort())}
-  with open(os.path.join(workdir, "sweep.json"), "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(workdir, "sweep.md"), "w", encoding="utf-8") as f:
-    f.write(to_markdown(result) + "\n")
+  save()
   plot(rows, os.path.join(workdir, "sweep.png"), title=caption)
   return result
 
@@ -483,8 +579,38 @@ def to_markdown(result: dict[str, Any]) -> str:
     for row in result["post_rows"]:
       lines.append(f"| {row['method']} | {row['strength']} | {row['tokens']} | {row['reducer_ms']:.3f} | "
                    f"{100 * row['fraction_of_dense']:.1f}% |")
-  lines += ["", *target_checks(rows)]
+  lines += ["", *target_checks(rows), *ordering_checks(rows)]
   return "\n".join(lines)
+
+
+def ordering_checks(rows: list[dict[str, Any]]) -> list[str]:
+  """The published orderings, read off the rows' top-1 (rows without top-1 are skipped).
+
+  Each trained row against the best off-the-shelf row at no more GFLOPs (trained reduction >= off the
+  shelf at equal FLOPs), and ToMe with vs without proportional attention at each r (prop-attn helps
+  supervised ToMe).
+  """
+  scored = [r for r in rows if r.get("top1") is not None]
+  shelf = [r for r in scored if not r.get("fine_tuned") and r["method"] != "dense"]
+  lines = []
+  for row in (r for r in scored if r.get("fine_tuned")):
+    rivals = [r for r in shelf if r["gflops_per_image"] <= row["gflops_per_image"] * 1.02]
+    if not rivals:
+      lines.append(f"{row['method']} ({row['gflops_per_image']:.2f} GFLOPs, top-1 {100 * row['top1']:.1f}%): "
+                   "no off-the-shelf row at <= its GFLOPs")
+      continue
+    best = max(rivals, key=lambda r: r["top1"])
+    verdict = "holds" if row["top1"] >= best["top1"] else "does not hold"
+    lines.append(f"{row['method']} ({row['gflops_per_image']:.2f} GFLOPs): top-1 {100 * row['top1']:.1f}% vs best "
+                 f"off-the-shelf at <= its GFLOPs {best['method']} {best['strength']} ({best['gflops_per_image']:.2f}"
+                 f" GFLOPs) {100 * best['top1']:.1f}%: trained >= off-the-shelf {verdict}")
+  tome = {r["strength"]: r for r in scored if r["method"] == "tome"}
+  for row in (r for r in scored if r["method"] == "tome_noprop" and r["strength"] in tome):
+    with_prop = tome[row["strength"]]
+    verdict = "helps" if with_prop["top1"] > row["top1"] else ("ties" if with_prop["top1"] == row["top1"] else "hurts")
+    lines.append(f"ToMe r={row['strength']}: top-1 {100 * with_prop['top1']:.1f}% with proportional attention, "
+                 f"{100 * row['top1']:.1f}% without: prop-attn {verdict}")
+  return lines
 
 
 def target_checks(rows: list[dict[str, Any]]) -> list[str]:
@@ -520,7 +646,8 @@ def plot(rows: list[dict[str, Any]], path: str, *, title: str = "") -> None:
         continue
       xs, ys = zip(*points)
       ys = [100 * y for y in ys] if key == "top1" else ys
-      ax.plot(xs, ys, "*" if method == "dense" else "o-", ms=10 if method == "dense" else 5, label=method)
+      marker = "*" if method == "dense" else ("s" if method.endswith("(trained)") else "o-")
+      ax.plot(xs, ys, marker, ms=10 if marker in ("*", "s") else 5, label=method)
     ax.set_xlabel("GFLOPs per image (XLA cost analysis)")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
