@@ -31,7 +31,7 @@ Array = jax.Array
 # "cudnn" path pads queries and keys to a multiple of this and masks the padded keys.
 CUDNN_LENGTH_MULTIPLE = 64
 # Which backward the "cudnn" path uses: "cudnn" (padded, cuDNN's own) or "reference" (XLA).
-CUDNN_BACKWARD = "reference"
+CUDNN_BACKWARD = "cudnn"
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
 
