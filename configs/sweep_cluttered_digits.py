@@ -30,7 +30,7 @@ from tokax.train.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, gpu=False, runlocal=False)
+  arg = parse_arg(arg, gpu=False, runlocal=False, only="")
   flags = ",".join(name for name in ("gpu", "runlocal") if arg[name])
   suffix = f":{flags}" if flags else ""
   config = ml_collections.ConfigDict()
@@ -72,4 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.calibration_batch_size = 16
     config.calibration_batches = 1
     config.methods = dict(tome=[4], tome_noprop=[4], pitome=[0.9], mctf=[4], evit=[0.6], dtome=[4], slim=[0.5])
+  if arg.only:  # methods to keep, "+"-separated (trained rows stay; empty their workdirs to drop them)
+    keep = set(arg.only.split("+"))
+    config.methods = {k: v for k, v in config.methods.items() if k in keep}
+    config.post_methods = {k: v for k, v in config.post_methods.items() if k in keep}
   return config

@@ -20,6 +20,8 @@ def main():
           ("evit 0.7", EViT(keep_rate=0.7, layers=(3, 6, 9))), ("mctf r=16", MCTF(r=16))]
   base = ViT(variant="B/16", image_size=224, num_classes=1000, dtype=jnp.bfloat16, gelu_approximate=True)
   params = base.init(jax.random.key(1), images[:1])
+  head = params["params"]["head"]  # zero-initialised: give it random weights so logits differ
+  head["kernel"] = 0.02 * jax.random.normal(jax.random.key(2), head["kernel"].shape, head["kernel"].dtype)
   for name, reduction in rows:
     for impl in ("pallas", "cudnn"):
       try:

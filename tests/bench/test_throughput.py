@@ -99,3 +99,23 @@ def test_cli_times_timm_on_cpu(tmp_path):
                           "--timm", "--timm-model", "vit_tiny_patch16_224", "--no-torch-compile"])
   assert [row["impl"] for row in rows] == ["tokax (xla)", "timm (eager)"]
   assert rows[1]["images_per_s"] > 0
+
+
+def test_profile_aggregate_sums_per_name_per_call():
+  from tokax.bench import profile
+  events = [("gemm", 3e6), ("softmax", 1e6), ("gemm", 5e6), ("copy", 0.5e6), ("gemm", 4e6), ("softmax", 1.5e6)]
+  rows = profile.aggregate(events, steps=2, top=2)
+  assert [r["name"] for r in rows] == ["gemm", "softmax", "total"]
+  assert rows[0]["ms_per_call"] == 6.0 and rows[0]["count"] == 1.5
+  assert abs(rows[0]["share"] - 12 / 15) < 1e-12
+  assert rows[1]["ms_per_call"] == 1.25
+  assert rows[-1]["ms_per_call"] == 7.5 and rows[-1]["count"] == 3.0
+
+
+def test_sweep_with_matching_sets_the_matching_implementation_only_where_there_is_one():
+  from tokax.bench import sweep
+  from tokax.reduction import EViT, ToMe
+  assert sweep.with_matching(ToMe(r=4), "pallas").matching == "pallas"
+  assert sweep.with_matching(ToMe(r=4), "pallas").r == 4
+  evit = EViT(keep_rate=0.7, layers=(1,))
+  assert sweep.with_matching(evit, "pallas") == evit

@@ -110,16 +110,41 @@ def test_mask_is_checked_and_cudnn_dispatch_on_masks():
   half = jnp.zeros((2, 6, 2, 64), jnp.bfloat16)
   odd = jnp.zeros((2, 5, 2, 64), jnp.bfloat16)
   mask = jnp.ones((1, 1, 6, 6), bool)
-  assert cudnn_applies(half, (), half, mask, backend="gpu")
-  assert not cudnn_applies(odd, (), odd, jnp.ones((1, 1, 5, 5), bool), backend="gpu")  # odd length + bias
-  assert cudnn_applies(odd, (), odd, None, backend="gpu")
-  assert not cudnn_applies(half, (), half, mask, backend="cpu")
-  assert not cudnn_applies(half.astype(jnp.float32), (), half, mask, backend="gpu")
+  assert cudnn_applies(half, (), backend="gpu")
+  assert cudnn_applies(odd, (), backend="gpu")  # any length: cudnn_padded pads to 64
+  assert not cudnn_applies(half, ("cls",), backend="gpu")
+  assert not cudnn_applies(half, (), backend="cpu")
+  assert not cudnn_applies(half.astype(jnp.float32), (), backend="gpu")
   key_mask = jnp.asarray([[True] * 5 + [False]] * 2)
   block = jnp.tril(jnp.ones((6, 6), bool))[None, None]
   combined = cudnn_mask(half, half, key_mask, block)
   assert combined.shape == (2, 1, 6, 6)
   np.testing.assert_array_equal(combined, np.tril(np.ones((6, 6), bool))[None, None] & np.asarray(key_mask)[:, None, None])
+
+
+@pytest.mark.parametrize("with_bias,with_key_mask,with_mask", [(False, False, False), (True, True, True)])
+def test_cudnn_padding_keeps_outputs_and_gradients(with_bias, with_key_mask, with_mask):
+  """cudnn_padded (N, M padded to 64, padded keys masked, padded rows dropped) through jax's XLA
+  dot_product_attention equals the float64 reference in outputs and q, k, v, key_bias gradients."""
+  from tokax.kernels.attention import cudnn_padded
+  from tokax.kernels.reference import attention_reference
+
+  keys = jax.random.split(jax.random.key(11), 6)
+  b, n, h, d = 2, 37, 3, 16
+  with jax.enable_x64():
+    q, k, v = (jax.random.normal(key, (b, n, h, d), jnp.float64) for key in keys[:3])
+    bias = jnp.log(jax.random.randint(keys[3], (b, n), 1, 5).astype(jnp.float64)) if with_bias else None
+    key_mask = (jax.random.uniform(keys[4], (b, n)) > 0.3).at[:, 0].set(True) if with_key_mask else None
+    mask = jnp.tril(jnp.ones((n, n), bool))[None, None] if with_mask else None
+    weights = jax.random.normal(keys[5], (b, n, h, d), jnp.float64)
+    padded = lambda q, k, v, bias: cudnn_padded(q, k, v, bias, key_mask, mask, implementation="xla")
+    ref = lambda q, k, v, bias: attention_reference(q, k, v, key_bias=bias, key_mask=key_mask, mask=mask)[0]
+    np.testing.assert_allclose(padded(q, k, v, bias), ref(q, k, v, bias), atol=2e-6)
+    argnums = (0, 1, 2, 3) if with_bias else (0, 1, 2)
+    got = jax.grad(lambda *a: jnp.sum(padded(*a) * weights), argnums=argnums)(q, k, v, bias)
+    want = jax.grad(lambda *a: jnp.sum(ref(*a) * weights), argnums=argnums)(q, k, v, bias)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, atol=2e-5)
 
 
 def test_reference_backward_wrapper_gives_the_attention_gradient():

@@ -51,15 +51,21 @@ def kernel_table(fn: Callable[..., Any], args: tuple, *, steps: int = 5, top: in
   paths = glob.glob(os.path.join(directory, "**", "*.xplane.pb"), recursive=True)
   if not paths:
     raise RuntimeError(f"kernel_table: jax.profiler.trace wrote no .xplane.pb under {directory}")
-  total_ns = collections.Counter()
-  count = collections.Counter()
-  for name, ns in _device_events(paths[0]):
-    total_ns[name] += ns
-    count[name] += 1
-  if not total_ns:  # say what the trace held instead of an empty table
+  events = list(_device_events(paths[0]))
+  if not events:  # say what the trace held instead of an empty table
     from jax._src.profiler import ProfileData
     planes = {p.name: [l.name for l in p.lines] for p in ProfileData.from_file(paths[0]).planes}
     print(f"kernel_table: no device kernel events; planes and lines: {planes}", flush=True)
+  return aggregate(events, steps=steps, top=top)
+
+
+def aggregate(events: list[tuple[str, float]], *, steps: int, top: int) -> list[dict]:
+  """(name, duration ns) events of `steps` calls -> the `top` names by total time, per call, and a "total" row."""
+  total_ns = collections.Counter()
+  count = collections.Counter()
+  for name, ns in events:
+    total_ns[name] += ns
+    count[name] += 1
   all_ns = sum(total_ns.values())
   rows = [dict(name=name, ms_per_call=ns / steps / 1e6, count=count[name] / steps, share=ns / max(all_ns, 1))
           for name, ns in total_ns.most_common(top)]

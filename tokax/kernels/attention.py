@@ -5,12 +5,12 @@ selection metrics that reduction methods need ("cls", "received"). Implementatio
 
 - "xla": the pure-jnp reference (materialises the probabilities; always available).
 - "cudnn": jax.nn.dot_product_attention(implementation="cudnn"): flash attention on NVIDIA GPUs,
+  forward and backward (lengths padded to a multiple of 64, padded keys masked: cudnn_padded),
   bf16/fp16 only, no score side outputs.
 - "pallas": the fused attention-and-select kernels (flash attention that emits the scores from the
   same tiles): Mosaic TPU on TPU (tokax.kernels.tpu), Mosaic GPU on NVIDIA (tokax.kernels.mosaic_gpu).
   On CPU it runs the TPU kernel in interpret mode when `interpret` is given. No general `mask`.
-- None / "auto": cudnn where it applies (GPU, half precision, no scores requested, a mask cuDNN
-  takes), else xla. auto does not pick pallas until it has been benchmarked on the device.
+- None / "auto": cudnn where it applies (GPU, half precision, no scores requested), else xla. auto does not pick pallas until it has been benchmarked on the device.
 
 Keys and values may be longer than the queries (attention against a KV cache), and a general
 boolean `mask` (B or 1, H or 1, N, M) expresses block-causal or cache-validity patterns.
@@ -30,8 +30,6 @@ Array = jax.Array
 # cuDNN's fused backward wants lengths it has kernels for (it refused N = 197 on an H100): the
 # "cudnn" path pads queries and keys to a multiple of this and masks the padded keys.
 CUDNN_LENGTH_MULTIPLE = 64
-# Which backward the "cudnn" path uses: "cudnn" (padded, cuDNN's own) or "reference" (XLA).
-CUDNN_BACKWARD = "cudnn"
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
 
@@ -56,23 +54,18 @@ def _check_inputs(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask
           f"{n}, {m}); got {mask.dtype} {mask.shape}")
 
 
-def cudnn_applies(q: Array, scores: tuple[str, ...], k: Array | None = None, mask: Array | None = None,
-                  key_mask: Array | None = None, *, backend: str | None = None) -> bool:
+def cudnn_applies(q: Array, scores: tuple[str, ...], *, backend: str | None = None) -> bool:
   """Whether cuDNN flash attention can serve this call on `backend` (default: the default backend).
 
-  Conditions: a GPU, half precision, head dim a multiple of 8 and <= 120, no scores. A mask reaches
-  cuDNN as an additive (B, 1 or H, N, M) bias, and cuDNN rejects a bias unless both sequence
-  lengths are even, so a masked call with an odd N or M goes to xla.
+  Conditions: a GPU, half precision, head dim a multiple of 8 and <= 120, no scores. Any length and
+  any mask: cudnn_padded pads both lengths to CUDNN_LENGTH_MULTIPLE (cuDNN rejects a mask, which
+  reaches it as a bias, at odd lengths, and its backward refused N = 197).
   """
   backend = jax.default_backend() if backend is None else backend
   if scores or backend != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16):
     return False
   if q.shape[-1] % 8 or q.shape[-1] > 120:
     return False
-  if (mask is not None or key_mask is not None) and CUDNN_BACKWARD != "cudnn":
-    m = q.shape[1] if k is None else k.shape[1]
-    if q.shape[1] % 2 or m % 2:
-      return False
   return True
 
 
@@ -112,22 +105,6 @@ def cudnn_mask(q: Array, k: Array, key_mask: Array | None, mask: Array | None) -
   return jnp.broadcast_to(combined, (batch, combined.shape[1] if combined.shape[1] == heads else 1, n, m))
 
 
-def _cudnn_forward(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
-                   mask: Array | None, scores: tuple[str, ...], options: Any) -> tuple[Array, dict[str, Array]]:
-  """cuDNN flash attention; a key bias rides in the head dimension (fold_key_bias) rather than as a
-  (B, 1, N, N) bias tensor, which costs a few percent more FLOPs instead of an N x N read per layer."""
-  d = q.shape[-1]
-  mask = cudnn_mask(q, k, key_mask, mask)  # cuDNN wants the mask with full query and key lengths
-  if key_bias is not None:
-    q, k, v = fold_key_bias(q, k, v, key_bias)
-  out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=d ** -0.5, implementation="cudnn")
-  return out[..., :d], {}
-
-
-# Differentiable at any length: cuDNN's forward, the reference's backward (see with_reference_backward).
-_cudnn_reference_backward = reference.with_reference_backward(_cudnn_forward)
-
-
 def cudnn_padded(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None, mask: Array | None,
                  *, implementation: str = "cudnn") -> Array:
   """Flash attention through jax.nn.dot_product_attention with its own backward, at any length.
@@ -161,13 +138,6 @@ def cudnn_padded(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask:
     combined = combined.at[:, :, n:, 0].set(True)  # padded query rows keep one key: no empty softmax
     out = jax.nn.dot_product_attention(q, k, v, mask=combined, scale=d ** -0.5, implementation=implementation)
   return out[:, :n, :, :d]
-
-
-def _cudnn(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
-           mask: Array | None) -> tuple[Array, dict[str, Array]]:
-  if CUDNN_BACKWARD == "cudnn":
-    return cudnn_padded(q, k, v, key_bias, key_mask, mask), {}
-  return _cudnn_reference_backward(q, k, v, key_bias, key_mask, mask, (), ())
 
 
 def _pallas(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
@@ -224,7 +194,7 @@ def attention(
     if name not in reference.SCORE_NAMES:
       raise ValueError(f"attention: unknown score {name!r}; expected a subset of {reference.SCORE_NAMES}")
   if implementation in (None, "auto"):
-    implementation = "cudnn" if cudnn_applies(q, scores, k, mask, key_mask) else "xla"
+    implementation = "cudnn" if cudnn_applies(q, scores) else "xla"
   if implementation == "xla":
     return reference.attention_reference(q, k, v, key_bias=key_bias, key_mask=key_mask, mask=mask, scores=scores)
   if implementation == "cudnn":
@@ -232,7 +202,7 @@ def attention(
       raise ValueError(
           f"attention: implementation='cudnn' returns no scores but scores={scores} were requested; "
           "use implementation='xla' (or 'auto', which picks one that can)")
-    return _cudnn(q, k, v, key_bias, key_mask, mask)
+    return cudnn_padded(q, k, v, key_bias, key_mask, mask), {}
   if implementation == "pallas":
     return _pallas(q, k, v, key_bias, key_mask, mask, scores, interpret)
   raise ValueError(f"attention: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
