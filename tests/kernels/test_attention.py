@@ -166,3 +166,25 @@ def test_reference_backward_wrapper_gives_the_attention_gradient():
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(run(q, k, v), 2.0 * reference(q, k, v, m), rtol=1e-6)
+
+
+def test_attention_dropout_equals_the_masked_float64_product():
+  """dropout_rate: each probability kept with 1 - rate and scaled by 1 / (1 - rate); scores undropped."""
+  keys = jax.random.split(jax.random.key(21), 4)
+  b, n, h, d = 2, 9, 2, 8
+  q, k, v = (jax.random.normal(key, (b, n, h, d)) for key in keys[:3])
+  out, scores = kernels.attention(q, k, v, scores=("cls",), dropout_rate=0.25, dropout_rng=keys[3])
+  logits = np.einsum("bqhd,bkhd->bhqk", np.float64(q), np.float64(k)) / np.sqrt(d)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  keep = np.asarray(jax.random.bernoulli(keys[3], 0.75, probs.shape))
+  want = np.einsum("bhqk,bkhd->bqhd", np.where(keep, probs / 0.75, 0.0), np.float64(v))
+  np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(scores["cls"], probs[:, :, 0].mean(1), rtol=2e-5, atol=1e-6)
+  assert 0.6 < keep.mean() < 0.9
+  with pytest.raises(ValueError, match="needs dropout_rng"):
+    kernels.attention(q, k, v, dropout_rate=0.1)
+  with pytest.raises(ValueError, match="needs implementation='xla'"):
+    kernels.attention(q, k, v, dropout_rate=0.1, dropout_rng=keys[3], implementation="cudnn")
+  with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
+    kernels.attention(q, k, v, dropout_rate=1.0, dropout_rng=keys[3])

@@ -86,3 +86,18 @@ def test_bad_tokens_name_the_shape(subsample):
   model, params, x, t = subsample
   with pytest.raises(ValueError, match=r"tokens must be \(B, L, C\)"):
     model.apply(params, x[:, :-1], jnp.array([0, 1]), t)
+
+
+def test_attention_dropout_only_in_training(subsample):
+  """attn_dropout: eval equals the model without it; training samples a mask per dropout key."""
+  model, params, x, t = subsample
+  dropped = model.clone(attn_dropout=0.5)
+  labels = jnp.array([0, 1])
+  apply = jax.jit(lambda m, p, key, train: m.apply(p, x, labels, t, train=train, rngs={"dropout": key}),
+                  static_argnums=(0, 3))
+  np.testing.assert_array_equal(apply(dropped, params, jax.random.key(0), False),
+                                apply(model, params, jax.random.key(0), False))
+  first, again = apply(dropped, params, jax.random.key(0), True), apply(dropped, params, jax.random.key(0), True)
+  np.testing.assert_array_equal(first, again)
+  assert float(jnp.abs(first - apply(dropped, params, jax.random.key(1), True)).max()) > 1e-3
+  assert float(jnp.abs(first - apply(model, params, jax.random.key(0), True)).max()) > 1e-3

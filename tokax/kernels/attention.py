@@ -171,6 +171,8 @@ def attention(
     scores: tuple[str, ...] = (),
     implementation: str | None = None,
     interpret: Any = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """Multi-head softmax attention with optional per-key bias, masks and selection scores.
 
@@ -184,6 +186,8 @@ def attention(
     implementation: "xla", "cudnn", "pallas" or None/"auto".
     interpret: for "pallas" only: passed to the kernel (pltpu.InterpretParams() runs the TPU kernel
       on CPU; True runs the GPU kernel in Pallas' GPU interpreter). Required on CPU.
+    dropout_rate: dropout on the attention probabilities (training), with dropout_rng; only the
+      "xla" implementation has it ("auto" picks xla when dropout_rate > 0).
 
   Returns:
     out (B, N, H, D) in q's dtype and a dict name -> (B, M) scores.
@@ -193,10 +197,18 @@ def attention(
   for name in scores:
     if name not in reference.SCORE_NAMES:
       raise ValueError(f"attention: unknown score {name!r}; expected a subset of {reference.SCORE_NAMES}")
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"attention: dropout_rate must be in [0, 1); got {dropout_rate!r}")
+  if dropout_rate > 0.0 and dropout_rng is None:
+    raise ValueError("attention: dropout_rate > 0 needs dropout_rng (a jax.random key); pass dropout_rate=0 at eval")
   if implementation in (None, "auto"):
-    implementation = "cudnn" if cudnn_applies(q, scores) else "xla"
+    implementation = "cudnn" if dropout_rate == 0.0 and cudnn_applies(q, scores) else "xla"
+  if dropout_rate > 0.0 and implementation != "xla":
+    raise ValueError(f"attention: dropout_rate={dropout_rate} needs implementation='xla' (or 'auto'); "
+                     f"the {implementation!r} kernels have no attention dropout")
   if implementation == "xla":
-    return reference.attention_reference(q, k, v, key_bias=key_bias, key_mask=key_mask, mask=mask, scores=scores)
+    return reference.attention_reference(q, k, v, key_bias=key_bias, key_mask=key_mask, mask=mask, scores=scores,
+                                         dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   if implementation == "cudnn":
     if scores:
       raise ValueError(

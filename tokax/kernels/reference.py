@@ -77,6 +77,8 @@ def attention_reference(
     key_mask: Array | None = None,
     mask: Array | None = None,
     scores: tuple[str, ...] = (),
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """Softmax attention that materialises the probabilities.
 
@@ -87,13 +89,21 @@ def attention_reference(
     mask: (B or 1, H or 1, N, M) bool, True = attend, or None. Every query must keep at least
       one key (a fully masked row gives NaN, as in any softmax).
     scores: names of selection metrics to return (see attention_scores).
+    dropout_rate: probability of zeroing each attention probability before the product with v
+      (the survivors scaled by 1 / (1 - rate), as torch's SDPA dropout_p); needs dropout_rng.
+      The scores come from the probabilities before dropout.
 
   Returns:
     out (B, N, H, D) in q's dtype, and a dict of (B, M) float32 scores.
   """
   logits = attention_logits(q, k, key_bias, key_mask, mask)
   probs = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+  weights = probs
+  if dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    weights = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v.transpose(0, 2, 1, 3),
+                   preferred_element_type=jnp.float32)
   query_mask = key_mask if q.shape[1] == k.shape[1] else None
   return out.transpose(0, 2, 1, 3).astype(q.dtype), attention_scores(probs, scores, query_mask)
 

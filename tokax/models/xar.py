@@ -16,9 +16,10 @@ The network equals the official `models/xar.py` (checked by tests/models/test_xa
 
 What generalises the official code: the entity grouping (tokax.models.entities: patch, k x k
 cell, subsample, scale, whole image on any grid and latent width), the class count, and sampling
-entity by entity with a functional KV cache inside one jit (`sample`). Not implemented: dropout on
-the attention probabilities (the official default is 0.1; kernels.attention has no dropout);
-the projection/MLP dropout is.
+entity by entity with a functional KV cache inside one jit (`sample`). Dropout as the official
+code has it: `attn_dropout` on the attention probabilities (torch SDPA's dropout_p; it sends
+training attention through kernels.attention's "xla" implementation) and `dropout` on the
+projections and the MLP; both 0 by default, as the official model class.
 
 Sequences are in entity order: use `model.entities.to_sequence` / `from_sequence` to go from and
 to the (B, G, G, C) latent grid.
@@ -126,10 +127,11 @@ class Attention(nn.Module):
   num_heads: int
   implementation: str | None = None
   dtype: Dtype = jnp.float32
+  attn_dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array | None,
-               cache: tuple[Array, Array] | None = None, offset: Array | int = 0
+               cache: tuple[Array, Array] | None = None, offset: Array | int = 0, deterministic: bool = True
                ) -> tuple[Array, tuple[Array, Array] | None]:
     b, n, _ = x.shape
     qkv = nn.Dense(3 * self.width, dtype=self.dtype, name="qkv")(x)
@@ -139,8 +141,10 @@ class Attention(nn.Module):
       k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, offset, 0, 0))
       v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, offset, 0, 0))
       cache = (k, v)
+    rate = 0.0 if deterministic else self.attn_dropout
     out, _ = kernels.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
-                               implementation=self.implementation)
+                               implementation=self.implementation if rate == 0.0 else "xla", dropout_rate=rate,
+                               dropout_rng=self.make_rng("dropout") if rate > 0.0 else None)
     return nn.Dense(self.width, dtype=self.dtype, name="proj")(out.reshape(b, n, self.width)), cache
 
 
@@ -167,6 +171,7 @@ class Block(nn.Module):
   dropout: float = 0.0
   implementation: str | None = None
   dtype: Dtype = jnp.float32
+  attn_dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, token_cond: Array, cos: Array, sin: Array, mask: Array | None,
@@ -176,8 +181,8 @@ class Block(nn.Module):
     ada = nn.Dense(6 * self.width, dtype=self.dtype, name="ada_lin")(nn.silu(cond))
     ada = jnp.take(ada.reshape(*ada.shape[:2], 6, self.width), token_cond, axis=1)  # (B, N, 6, D)
     gamma1, gamma2, scale1, scale2, shift1, shift2 = (ada[:, :, i] for i in range(6))
-    attn = Attention(self.width, self.num_heads, self.implementation, self.dtype, name="attn")
-    y, cache = attn(rms_norm(x) * (1 + scale1) + shift1, cos, sin, mask, cache, offset)
+    attn = Attention(self.width, self.num_heads, self.implementation, self.dtype, self.attn_dropout, name="attn")
+    y, cache = attn(rms_norm(x) * (1 + scale1) + shift1, cos, sin, mask, cache, offset, deterministic)
     x = x + nn.Dropout(self.dropout)(y, deterministic) * gamma1
     hidden = int(self.width * self.mlp_ratio * 2 / 3)
     y = GeGLU(hidden, self.dropout, self.dtype, name="mlp")(rms_norm(x) * (1 + scale2) + shift2, deterministic)
@@ -196,6 +201,7 @@ class XAR(nn.Module):
       8, 8, 12, 4).
     num_classes: K; label K is the null class of classifier-free guidance.
     dropout: projection / MLP dropout in training.
+    attn_dropout: dropout on the attention probabilities in training (official --attn_dropout).
     attention: kernels.attention implementation.
     dtype: computation dtype (parameters stay float32).
   """
@@ -213,6 +219,7 @@ class XAR(nn.Module):
   dropout: float = 0.0
   attention: str | None = None
   dtype: Dtype = jnp.float32
+  attn_dropout: float = 0.0
 
   @property
   def entities(self) -> Entities:
@@ -233,7 +240,8 @@ class XAR(nn.Module):
     ents = self.entities
     length, d = ents.seq_len, self.width
     dense = functools.partial(nn.Dense, dtype=self.dtype)
-    block = functools.partial(Block, d, self.num_heads, self.mlp_ratio, self.dropout, self.attention, self.dtype)
+    block = functools.partial(Block, d, self.num_heads, self.mlp_ratio, self.dropout, self.attention, self.dtype,
+                              self.attn_dropout)
     normal = nn.initializers.normal(0.02)
     self.class_emb = nn.Embed(self.num_classes + 1, d, embedding_init=normal, name="class_emb")
     self.time_embed = TimestepEmbedder(d, dtype=self.dtype, name="time_embed")

@@ -42,7 +42,7 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> XA
   return XAR(token_dim=latent.channels, grid_size=latent.grid, entity=m.entity, entity_size=m.entity_size,
              scales=tuple(m.scales), width=m.width, encoder_depth=m.encoder_depth, decoder_depth=m.decoder_depth,
              num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, num_classes=num_classes, dropout=m.dropout,
-             dtype=jnp.dtype(m.dtype))
+             attn_dropout=m.attn_dropout, dtype=jnp.dtype(m.dtype))
 
 
 def latent_from_config(config: ml_collections.ConfigDict) -> Latent:
