@@ -15,11 +15,15 @@ Rows, per shape (B, N, H, D) and pass (fwd, fwd+bwd), each timed in the same pro
 - cudnn-native:  jax.nn.dot_product_attention(implementation="cudnn") with cuDNN's own backward (GPU
                  only; cuDNN refuses some shapes, e.g. N = 197 in the backward: the row then fails);
 - pallas:        tokax's kernel, no scores;
-- pallas+cls, pallas+received: tokax's kernel with one score.
+- pallas+cls, pallas+received: tokax's kernel with one score;
+- pallas-bwd:    tokax's Mosaic GPU kernel with backward="pallas" (its dq and dk/dv kernels), no
+                 scores (GPU only).
 Each time is the median of --repeats calls after warm-up; the ratio columns divide by cudnn (or,
 without a GPU, by xla+cls). --check first compares the pallas outputs and scores against the float32
-reference (with key_bias and key_mask) and prints the max errors. A failing row prints its error
-and the table goes on.
+reference (with key_bias and key_mask) and prints the max errors; on a GPU it also compares
+backward="pallas"'s dq, dk, dv, d(key_bias) against the float32 reference's gradients (max abs
+error, error relative to the largest reference entry, and the largest gradient on masked keys,
+which must be 0). A failing row prints its error and the table goes on.
 """
 from __future__ import annotations
 
@@ -69,6 +73,9 @@ def _variants(backend: str, interpret):
   rows["pallas"] = attend("pallas", ())
   rows["pallas+cls"] = attend("pallas", ("cls",))
   rows["pallas+received"] = attend("pallas", ("received",))
+  if backend == "gpu":
+    from tokax.kernels.mosaic_gpu import flash_attention as gpu_flash
+    rows["pallas-bwd"] = lambda q, k, v: gpu_flash.flash_attention(q, k, v, backward="pallas")
   return rows
 
 
@@ -92,6 +99,34 @@ def check(shape, dtype, interpret) -> dict[str, float]:
   for name in names:
     errors[name] = float(jnp.max(jnp.abs(s[name] - ref_s[name])))
     errors[name + "_rel"] = errors[name] / float(jnp.max(jnp.abs(ref_s[name])))
+  return errors
+
+
+def check_backward(shape, dtype) -> dict[str, float]:
+  """backward="pallas" gradients (q, k, v, key_bias; key_mask set) against the float32 reference's."""
+  from tokax.kernels.mosaic_gpu import flash_attention as gpu_flash
+
+  q, k, v, bias, mask = _inputs(shape, dtype, seed=2)
+  d_out = jax.random.normal(jax.random.key(3), q.shape, jnp.float32)
+  f32 = lambda x: x.astype(jnp.float32)
+
+  def pallas(q, k, v, b):
+    return gpu_flash.flash_attention(q, k, v, key_bias=b, key_mask=mask, backward="pallas")[0]
+
+  def ref(q, k, v, b):
+    return reference.attention_reference(f32(q), f32(k), f32(v), key_bias=b, key_mask=mask)[0]
+
+  def grads(fn):
+    return jax.jit(jax.grad(lambda *a: jnp.sum(f32(fn(*a)) * d_out), argnums=(0, 1, 2, 3)))(q, k, v, bias)
+
+  errors = {}
+  masked = ~mask[:, :, None, None]
+  for name, g, w in zip(("dq", "dk", "dv", "dbias"), grads(pallas), grads(ref)):
+    err = float(jnp.max(jnp.abs(f32(g) - f32(w))))
+    errors[name] = err
+    errors[name + "_rel"] = err / float(jnp.max(jnp.abs(f32(w))))
+    if name in ("dk", "dv"):
+      errors[name + "_masked"] = float(jnp.max(jnp.abs(jnp.where(masked, f32(g), 0))))
   return errors
 
 
@@ -120,6 +155,11 @@ def main(argv=None) -> None:
         print(f"check {shape}: {check(shape, dtype, interpret)}", flush=True)
       except Exception as e:  # keep benchmarking the other rows
         print(f"check {shape}: FAILED {type(e).__name__}: {str(e)[:2000]}", flush=True)
+      if backend == "gpu":
+        try:
+          print(f"check backward {shape}: {check_backward(shape, dtype)}", flush=True)
+        except Exception as e:
+          print(f"check backward {shape}: FAILED {type(e).__name__}: {str(e)[:2000]}", flush=True)
     q, k, v, _, _ = _inputs(shape, dtype)
     passes = ["fwd"] if args.no_backward else ["fwd", "fwd+bwd"]
     for pass_name in passes:
