@@ -17,7 +17,7 @@ Rows, per shape (B, N, H, D) and pass (fwd, fwd+bwd), each timed in the same pro
 - pallas:        tokax's kernel, no scores;
 - pallas+cls, pallas+received: tokax's kernel with one score;
 - pallas-bwd:    tokax's Mosaic GPU kernel with backward="pallas" (its dq and dk/dv kernels), no
-                 scores (GPU only).
+                 scores (GPU only); --bwd-blocks adds rows pallas-bwd[QxKV] at other backward tiles.
 Each time is the median of --repeats calls after warm-up; the ratio columns divide by cudnn (or,
 without a GPU, by xla+cls). --check first compares the pallas outputs and scores against the float32
 reference (with key_bias and key_mask) and prints the max errors; on a GPU it also compares
@@ -56,7 +56,7 @@ def _time(fn: Callable, args, repeats: int) -> float:
   return throughput.median_seconds(jax.jit(fn), *args, warmup=2, repeats=repeats)
 
 
-def _variants(backend: str, interpret):
+def _variants(backend: str, interpret, bwd_blocks=((64, 64),)):
   def attend(impl, scores):
     def fwd(q, k, v):
       out, s = fused_attention(q, k, v, scores=scores, implementation=impl, interpret=interpret)
@@ -75,7 +75,11 @@ def _variants(backend: str, interpret):
   rows["pallas+received"] = attend("pallas", ("received",))
   if backend == "gpu":
     from tokax.kernels.mosaic_gpu import flash_attention as gpu_flash
-    rows["pallas-bwd"] = lambda q, k, v: gpu_flash.flash_attention(q, k, v, backward="pallas")
+    for block_q, block_kv in bwd_blocks:
+      blocks = gpu_flash.BlockSizes(block_q_bwd=block_q, block_kv_bwd=block_kv)
+      name = "pallas-bwd" if (block_q, block_kv) == (64, 64) else f"pallas-bwd[{block_q}x{block_kv}]"
+      rows[name] = (lambda blocks: lambda q, k, v: gpu_flash.flash_attention(
+          q, k, v, block_sizes=blocks, backward="pallas"))(blocks)
   return rows
 
 
@@ -138,6 +142,8 @@ def main(argv=None) -> None:
   parser.add_argument("--check", action="store_true", help="compare against the reference first")
   parser.add_argument("--no-backward", action="store_true")
   parser.add_argument("--out", default=None, help="write the rows as JSON here")
+  parser.add_argument("--bwd-blocks", nargs="+", default=["64,64"],
+                      help="block_q_bwd,block_kv_bwd of the pallas-bwd rows (GPU only), e.g. 64,64 128,64")
   args = parser.parse_args(argv)
 
   backend = jax.default_backend()
@@ -164,7 +170,10 @@ def main(argv=None) -> None:
     passes = ["fwd"] if args.no_backward else ["fwd", "fwd+bwd"]
     for pass_name in passes:
       times = {}
-      for name, fwd in _variants(backend, interpret).items():
+      bwd_blocks = [tuple(int(x) for x in text.split(",")) for text in args.bwd_blocks]
+      for name, fwd in _variants(backend, interpret, bwd_blocks).items():
+        if pass_name == "fwd" and name.startswith("pallas-bwd"):
+          continue  # the same forward as "pallas"
         fn = fwd if pass_name == "fwd" else _with_backward(fwd)
         try:
           times[name] = _time(fn, (q, k, v), args.repeats)
