@@ -10,6 +10,8 @@ selection metrics that reduction methods need ("cls", "received"). Implementatio
 - "pallas": the fused attention-and-select kernels (flash attention that emits the scores from the
   same tiles): Mosaic TPU on TPU (tokax.kernels.tpu), Mosaic GPU on NVIDIA (tokax.kernels.mosaic_gpu).
   On CPU it runs the TPU kernel in interpret mode when `interpret` is given. No general `mask`.
+  Backward: the reference's vjp in XLA (the Mosaic GPU kernel's own Pallas backward is
+  mosaic_gpu.flash_attention(backward="pallas"), the default once checked on a GPU).
 - None / "auto": cudnn where it applies (GPU, half precision, no scores requested), else xla. auto does not pick pallas until it has been benchmarked on the device.
 
 Keys and values may be longer than the queries (attention against a KV cache), and a general
