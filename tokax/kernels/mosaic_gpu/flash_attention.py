@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from typing import Callable
 
@@ -286,6 +287,15 @@ def _received_kernel_call(q, k, row, lse2, weight, *, scale: float, blocks: Bloc
   )(q, k, row, lse2, weight)
 
 
+def _load(ref, layout):
+  """plgpu.load of a whole SMEM ref in `layout`: jax 0.10 takes the index positionally, 0.11
+  deprecates it (index the ref instead)."""
+  idx = inspect.signature(plgpu.load).parameters.get("idx")
+  if idx is not None and idx.default is inspect.Parameter.empty:
+    return plgpu.load(ref, (), layout=layout)
+  return plgpu.load(ref, layout=layout)
+
+
 def _dq_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: BlockSizes):
   """dq (B, Np, H, D) in q's dtype: each compute warpgroup holds block_q_bwd queries (q, dO, lse2,
   delta) and pipelines the block_kv_bwd K/V/key-row tiles; dS = p * (dP - delta), dq = scale dS k."""
@@ -317,8 +327,8 @@ def _dq_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: Bloc
       plgpu.copy_gmem_to_smem(delta_ref.at[b, h, pl.ds(q_base, block_q)], delta_smem, delta_barrier)
       for barrier in (q_barrier, do_barrier, lse_barrier, delta_barrier):
         plgpu.barrier_wait(barrier)
-      lse = plgpu.load(lse_smem, (), layout=plgpu.Layout.WGMMA.reduce(1))
-      delta = plgpu.load(delta_smem, (), layout=plgpu.Layout.WGMMA.reduce(1))
+      lse = _load(lse_smem, plgpu.Layout.WGMMA.reduce(1))
+      delta = _load(delta_smem, plgpu.Layout.WGMMA.reduce(1))
       dq = plgpu.layout_cast(jnp.full((block_q, head_dim), 0, jnp.float32), plgpu.Layout.WGMMA)
       dq, _, _ = pipeline_callback((dq, lse, delta))
       q_smem[...] = (dq * scale).astype(dtype)
@@ -335,7 +345,7 @@ def _dq_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: Bloc
         return acc_ref[...]
 
       s = pl.run_scoped(compute_s, plgpu.ACC((block_q, block_kv), jnp.float32))
-      key_row = plgpu.load(row_smem, (), layout=plgpu.Layout.WGMMA.reduce(0))
+      key_row = _load(row_smem, plgpu.Layout.WGMMA.reduce(0))
       plgpu.barrier_arrive(row_consumed)
       s = s * qk_scale + lax.broadcast_in_dim(key_row, s.shape, [1])  # log2 units
       p = jnp.exp2(s - lax.broadcast_in_dim(lse, s.shape, [0]))
@@ -420,7 +430,7 @@ def _dkv_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: Blo
       plgpu.copy_gmem_to_smem(row_ref.at[b, pl.ds(k_base, block_kv)], row_smem, row_barrier)
       for barrier in (k_barrier, v_barrier, row_barrier):
         plgpu.barrier_wait(barrier)
-      key_row = plgpu.load(row_smem, (), layout=plgpu.Layout.WGMMA.reduce(1))
+      key_row = _load(row_smem, plgpu.Layout.WGMMA.reduce(1))
       dk = plgpu.layout_cast(jnp.full((block_kv, head_dim), 0, jnp.float32), plgpu.Layout.WGMMA)
       dv = plgpu.layout_cast(jnp.full((block_kv, head_dim), 0, jnp.float32), plgpu.Layout.WGMMA)
       drow = plgpu.layout_cast(jnp.full((block_kv,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
@@ -445,7 +455,7 @@ def _dkv_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: Blo
         return acc_ref[...]
 
       st = pl.run_scoped(compute_st, plgpu.ACC((block_kv, block_q), jnp.float32))  # (keys, queries)
-      lse = plgpu.load(lse_smem, (), layout=plgpu.Layout.WGMMA.reduce(0))
+      lse = _load(lse_smem, plgpu.Layout.WGMMA.reduce(0))
       plgpu.barrier_arrive(lse_consumed)
       st = st * qk_scale + lax.broadcast_in_dim(key_row, st.shape, [0])  # log2 units
       pt = jnp.exp2(st - lax.broadcast_in_dim(lse, st.shape, [1]))
@@ -458,7 +468,7 @@ def _dkv_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: Blo
       zeros = plgpu.layout_cast(jnp.full((block_kv, block_q), 0, jnp.float32), plgpu.Layout.WGMMA)
       dv, dpt = pl.run_state(compute_dv_dpt)((plgpu.ACC.init(dv), plgpu.ACC.init(zeros)))
       plgpu.barrier_arrive(do_consumed)
-      delta = plgpu.load(delta_smem, (), layout=plgpu.Layout.WGMMA.reduce(0))
+      delta = _load(delta_smem, plgpu.Layout.WGMMA.reduce(0))
       plgpu.barrier_arrive(delta_consumed)
       dst = pt * (dpt - lax.broadcast_in_dim(delta, st.shape, [1]))
       drow = drow + dst.sum(axis=1)
