@@ -29,7 +29,9 @@ Differences from the example:
   scale, the log2 key row (masked and padded keys get p = 0, so no gradient) and
   d(key_bias) = sum over heads and queries of dS (per-head sums from the dk/dv kernel). The
   scores' cotangents go through the reference's vjp only when one is not a symbolic zero (the
-  scores feeding a top-k's indices give none), so the semantics equal the reference's.
+  scores feeding a top-k's indices give none), so the semantics equal the reference's. Like
+  jax's backward these kernels use Lane lowering semantics with explicit WGMMA layouts and
+  (8, 64)-tiled, 128B-swizzled SMEM (the forward uses Warpgroup semantics).
   UNTESTED ON A GPU when written: backward_tiles_reference is the same tile loop in jnp, tested
   in float64; run `python -m tokax.bench.attention_kernels --check` on an H100.
 """
