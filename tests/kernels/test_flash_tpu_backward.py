@@ -72,6 +72,7 @@ def backward_case(request):
   return grads, _float64_grads(q, k, v, bias, key_mask, g_out), key_mask, races
 
 
+@pytest.mark.slow  # interpret mode: 8-13 s per case on the 2-core machine
 def test_pallas_backward_matches_float64(backward_case):
   got, want, key_mask, races = backward_case
   for g, w, name in zip(got, want, ("q", "k", "v", "key_bias")):
@@ -132,3 +133,20 @@ def test_backward_option_and_block_sizes_validate():
   blocks = tpu_flash.BlockSizes(256, 512, block_q_dkv=64, block_k_dq=1024)
   dkv, dq = blocks.backward_blocks(197, 197)
   assert dkv == tpu_flash.BlockSizes(64, 256) and dq == tpu_flash.BlockSizes(200, 256)
+
+
+def test_bf16_backward_keeps_dtypes_and_float32_accumulation():
+  """bf16 q, k, v and float32 key_bias: gradients come back in their inputs' dtypes and match the
+  float64 gradient of the bf16-rounded inputs to bf16 accuracy."""
+  q, k, v, bias, _, g_out = _case(6, 1, 20, 20, 2, 64, "log_size")
+  qb, kb, vb = (jnp.asarray(a, jnp.bfloat16) for a in (q, k, v))
+
+  def loss(q, k, v, bias):
+    out, _ = tpu_flash.flash_attention(q, k, v, key_bias=bias, interpret=pltpu.InterpretParams())
+    return jnp.sum(out.astype(jnp.float32) * g_out)
+
+  got = jax.grad(loss, argnums=(0, 1, 2, 3))(qb, kb, vb, jnp.asarray(bias))
+  assert [g.dtype for g in got] == [jnp.bfloat16] * 3 + [jnp.float32]
+  want = _float64_grads(*(np.asarray(a, np.float32) for a in (qb, kb, vb)), bias, np.ones((1, 20), bool), g_out)
+  for g, w, name in zip(got, want, ("q", "k", "v", "key_bias")):
+    np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=2e-2, atol=1.5e-2 * np.abs(w).max(), err_msg=name)
