@@ -115,8 +115,8 @@ def with_reference_backward(forward: Callable[..., tuple[Array, dict[str, Array]
   arguments of attention_reference; `scores` and `options` (the kernel's own static settings,
   e.g. block sizes) are static. The backward recomputes attention in XLA with materialised
   probabilities: what tokax's cuDNN path (cuDNN's flash backward refuses lengths that are not
-  multiples of 64, ViT's 197) and the Pallas kernels (no fused backward yet) use. The masks get
-  no cotangent.
+  multiples of 64, ViT's 197), the Mosaic GPU kernel (no fused backward yet) and the TPU kernel's
+  backward="reference" use. The masks get no cotangent.
   """
   @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
   def attend(q, k, v, key_bias, key_mask, mask, scores: tuple[str, ...], options: Any):
