@@ -22,7 +22,7 @@ Differences from the example:
 - float32 inputs run the tensor cores in bf16 with float32 accumulation (wgmma has no fp32
   operands; tf32 is not wired): use implementation="xla" for full float32 products.
 - backward: flash_attention(backward="reference") (the default until verified on a GPU) is the
-  pure-jnp reference's vjp (XLA), as on TPU; backward="pallas" runs two Mosaic GPU kernels after
+  pure-jnp reference's vjp (XLA); backward="pallas" runs two Mosaic GPU kernels after
   jax's _attention_bwd (same file): dq (each compute warpgroup holds block_q_bwd queries with dO,
   lse2 and delta = rowsum(dO * O), and pipelines K/V/key-row tiles) and dk/dv (each holds
   block_kv_bwd keys, V and their key row, and pipelines Q/dO/lse2/delta tiles), with tokax's
