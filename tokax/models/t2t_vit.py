@@ -20,6 +20,11 @@ pretrained=False. The official factories pass qk_scale = width ** -0.5 when pret
 the released checkpoints were trained with that scale; tokax.interop.t2t folds it into the query
 weights when it converts them, which leaves logits, attention maps and ToMe's keys unchanged.
 
+Initialisation is the official _init_weights: normal(0.02) kernels (timm's trunc_normal_(std=.02)
+cuts at +-2 absolute, 100 std) and zero biases on every Dense, head included; LayerNorms 1 / 0;
+cls_token truncated normal(0.02). (Flax's lecun default leaves the Performer's q, k unit-variance,
+its features ~e^-30 and its attention dead: issue 4.)
+
 Parameter names follow the official state dict (tokens_to_token/attention1/..., blocks_i,
 norm, head), so conversion is a transpose per tensor (tokax.interop.t2t). Images are NHWC.
 """
