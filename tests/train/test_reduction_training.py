@@ -131,6 +131,9 @@ def test_sit_step_trains_reverse_modules_against_a_frozen_teacher(batch, tx_sche
   assert [t.shape for t in tokens] == [t.shape for t in t_tokens] == [(BATCH, 16, 16)] * 2
   expected = _frd64(logits, tokens, t_logits, t_tokens, np.asarray(batch["label"]), 2.0, 1.5, 2.0)[0]
   np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+  # the teacher tokens' mean square, reduced as the token MSE is (mean over B, N0, C, then over blocks)
+  teacher_ms = np.mean([np.mean(np.float64(t) ** 2) for t in t_tokens])
+  np.testing.assert_allclose(float(metrics["teacher_token_ms"]), teacher_ms, rtol=1e-5)
   chex.assert_trees_all_equal(jax.device_get(teacher_vars), before[1])  # the teacher is not updated
   moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), new_state.params["reverse"], before[0]["reverse"])
   assert all(jax.tree.leaves(moved))  # every reverse parameter learned

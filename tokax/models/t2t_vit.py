@@ -20,6 +20,11 @@ pretrained=False. The official factories pass qk_scale = width ** -0.5 when pret
 the released checkpoints were trained with that scale; tokax.interop.t2t folds it into the query
 weights when it converts them, which leaves logits, attention maps and ToMe's keys unchanged.
 
+Initialisation is the official _init_weights: normal(0.02) kernels (timm's trunc_normal_(std=.02)
+cuts at +-2 absolute, 100 std) and zero biases on every Dense, head included; LayerNorms 1 / 0;
+cls_token truncated normal(0.02). (Flax's lecun default leaves the Performer's q, k unit-variance,
+its features ~e^-30 and its attention dead: issue 4.)
+
 Parameter names follow the official state dict (tokens_to_token/attention1/..., blocks_i,
 norm, head), so conversion is a transpose per tensor (tokax.interop.t2t). Images are NHWC.
 """
@@ -44,6 +49,11 @@ Dtype = Any
 
 TOKENS_TYPES = ("performer", "transformer")
 NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which every official LayerNorm uses
+# The official T2T_ViT._init_weights: every nn.Linear (stem, backbone, head) gets timm's
+# trunc_normal_(std=.02), whose cut is at +-2 in absolute units (100 std): a plain normal(0.02).
+# Flax's default (lecun normal, std fan_in ** -0.5) makes the Performer's q, k unit-variance, so
+# exp(w.u - |u|^2 / 2) underflows (|u|^2 / 2 ~ 32) and its attention is dead from the start.
+DENSE_INIT = nn.initializers.normal(0.02)
 STEM_STRIDE = 16  # 4 * 2 * 2: the three soft splits
 
 
@@ -119,9 +129,10 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
-    x = nn.gelu(x, approximate=False)
-    return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
+    dense = lambda feats, name: nn.Dense(feats, dtype=self.dtype, param_dtype=self.param_dtype,
+                                         kernel_init=DENSE_INIT, name=name)
+    x = nn.gelu(dense(self.hidden, "fc1")(x), approximate=False)
+    return dense(self.out, "fc2")(x)
 
 
 class TokenTransformer(nn.Module):
@@ -141,12 +152,13 @@ class TokenTransformer(nn.Module):
     norm = lambda name: nn.LayerNorm(epsilon=NORM_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     h = norm("norm1")(x)
     qkv = nn.Dense(3 * self.dim, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name="attn_qkv")(h).reshape(b, n, 3, 1, self.dim)
+                   kernel_init=DENSE_INIT, name="attn_qkv")(h).reshape(b, n, 3, 1, self.dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     # The official scale is C_in ** -0.5; kernels.attention applies dim ** -0.5, so q carries the ratio.
     q = q * jnp.asarray(math.sqrt(self.dim / c_in), q.dtype)
     out, _ = kernels.attention(q, k, v, implementation=self.attention)
-    out = nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="attn_proj")(out.reshape(b, n, self.dim))
+    out = nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=DENSE_INIT,
+                   name="attn_proj")(out.reshape(b, n, self.dim))
     x = v.reshape(b, n, self.dim) + out
     return x + Mlp(self.dim, self.dim, self.dtype, self.param_dtype, name="mlp")(norm("norm2")(x))
 
@@ -177,7 +189,9 @@ class TokenPerformer(nn.Module):
     norm = lambda name: nn.LayerNorm(epsilon=NORM_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     m = int(self.dim * self.kernel_ratio)
     w = jax.lax.stop_gradient(self.param("w", _orthogonal_features, (m, self.dim), jnp.float32))
-    kqv = nn.Dense(3 * self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="kqv")(norm("norm1")(x))
+    dense = lambda feats, name: nn.Dense(feats, dtype=self.dtype, param_dtype=self.param_dtype,
+                                         kernel_init=DENSE_INIT, name=name)
+    kqv = dense(3 * self.dim, "kqv")(norm("norm1")(x))
     k, q, v = jnp.split(kqv, 3, axis=-1)
 
     def features(u: Array) -> Array:  # (B, T, dim) -> (B, T, m)
@@ -190,10 +204,10 @@ class TokenPerformer(nn.Module):
     kptv = jnp.einsum("bin,bim->bnm", v.astype(jnp.float32), kp)  # (B, dim, m)
     y = (jnp.einsum("bti,bni->btn", qp, kptv) / (denom + 1e-8)).astype(x.dtype)
     drop = lambda name: nn.Dropout(self.dropout, name=name)
-    y = nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(y)
+    y = dense(self.dim, "proj")(y)
     x = v + drop("dp")(y, deterministic=deterministic)
-    h = nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_0")(norm("norm2")(x))
-    h = nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_2")(nn.gelu(h, approximate=False))
+    h = dense(self.dim, "mlp_0")(norm("norm2")(x))
+    h = dense(self.dim, "mlp_2")(nn.gelu(h, approximate=False))
     return x + drop("mlp_dropout")(h, deterministic=deterministic)
 
 
@@ -226,7 +240,8 @@ class T2TModule(nn.Module):
     self.sow("intermediates", "attention2_out", x)
     x = soft_split(_tokens_to_grid(x), 3, 2, 1)
     self.sow("intermediates", "soft_split2_out", x)
-    x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name="project")(x)
+    x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=DENSE_INIT,
+                 name="project")(x)
     self.sow("intermediates", "project_out", x)
     return x
 
@@ -328,7 +343,7 @@ class T2TViT(nn.Module):
           num_heads=arch.num_heads, mlp_dim=mlp_dim, layer=i, depth=arch.depth, reduction=self.reduction,
           prop_attn_active=prop, qkv_bias=False, drop_path=self.drop_path * i / max(arch.depth - 1, 1),
           attention=self.attention, norm_epsilon=NORM_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype,
-          name=f"blocks_{i}")(tokens, deterministic=not train)
+          kernel_init=DENSE_INIT, name=f"blocks_{i}")(tokens, deterministic=not train)
       self.sow("intermediates", f"blocks_{i}_out", tokens.x)
       merged = merged or tokens.num_tokens != n_before or tokens.mask is not None
       counts.append(tokens.num_tokens)
@@ -337,7 +352,7 @@ class T2TViT(nn.Module):
     pooled = x[:, 0]
     if self.num_classes:
       logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=nn.initializers.zeros, name="head")(pooled)
+                        kernel_init=DENSE_INIT, name="head")(pooled)
     else:
       logits = pooled
     if not return_intermediates:

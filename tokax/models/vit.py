@@ -21,6 +21,7 @@ from tokax.reduction.tokens import Tokens
 
 Array = jax.Array
 Dtype = Any
+Initializer = Any  # jax.nn.initializers.Initializer: (key, shape, dtype) -> Array
 
 # name -> (width, depth, heads, mlp_dim); the patch size comes from the "/p" suffix.
 _WIDTHS = {
@@ -88,9 +89,11 @@ class Attention(nn.Module):
   implementation: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.linear.default_kernel_init
 
   def setup(self):
-    dense = lambda feats, use_bias: nn.Dense(feats, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = lambda feats, use_bias: nn.Dense(feats, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                                             kernel_init=self.kernel_init)
     self.qkv = dense(3 * self.width, self.qkv_bias)
     self.proj = dense(self.width, True)
 
@@ -145,6 +148,8 @@ class Block(nn.Module):
   which is merged and reused: MCTF) or "end" (after the MLP residual, through a module that may
   hold parameters: SiT's token slimming). See tokax.reduction.base.
   norm_epsilon is the LayerNorms' epsilon: 1e-6 as timm's ViT, 1e-5 (torch's default) for T2T-ViT.
+  kernel_init initialises the four Dense kernels (flax's lecun normal for ViT; T2T-ViT passes its
+  official normal(0.02)); biases start at zero.
   """
   num_heads: int
   mlp_dim: int
@@ -160,6 +165,7 @@ class Block(nn.Module):
   norm_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self, tokens: Tokens, deterministic: bool = True) -> Tokens:
@@ -173,7 +179,8 @@ class Block(nn.Module):
     if self.prop_attn_active:  # masked slots (size 0) get bias 0; the key mask already excludes them
       key_bias = jnp.log(tokens.size if tokens.mask is None else jnp.where(tokens.mask, tokens.size, 1.0))
     norm1 = norm("norm1")
-    attn = Attention(width, self.num_heads, self.qkv_bias, self.attention, self.dtype, self.param_dtype, name="attn")
+    attn = Attention(width, self.num_heads, self.qkv_bias, self.attention, self.dtype, self.param_dtype,
+                     self.kernel_init, name="attn")
     if placement == "pre" and reduction.attention_layer(layer=self.layer, depth=self.depth):
       probs = attn.probabilities(norm1(tokens.x), key_bias, tokens.mask)
       tokens, probs = reduction.reduce_with_attention(tokens, probs, layer=self.layer, depth=self.depth)
@@ -186,9 +193,11 @@ class Block(nn.Module):
       tokens = reduction.reduce(tokens, metrics, layer=self.layer, depth=self.depth)
     x = tokens.x
     h = norm("norm2")(x)
-    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_fc1")(h)
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+                 name="mlp_fc1")(h)
     h = nn.gelu(h, approximate=self.gelu_approximate)
-    h = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp_fc2")(h)
+    h = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+                 name="mlp_fc2")(h)
     tokens = tokens.replace(x=x + DropPath(self.drop_path)(scale("ls2")(h), deterministic))
     if placement == "end":
       module = reduction.module(layer=self.layer, depth=self.depth)

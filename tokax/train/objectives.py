@@ -153,7 +153,11 @@ def sit_frd(model: ViT, teacher_model: ViT, *, lambda_token: float = 2.0, lambda
   Student tokens of block i: the patch tokens after block i and its slimming, through the reverse
   module of block i once tokens have been dropped (else as they are); teacher tokens: the dense
   teacher's patch tokens after block i (both before the final norm). The state holds
-  {"params", "reverse"} (sit_init_variables). Metrics: accuracy, loss_cls, loss_token, loss_logits.
+  {"params", "reverse"} (sit_init_variables). Metrics: accuracy, loss_cls, loss_token, loss_logits,
+  and teacher_token_ms, the teacher tokens' mean square averaged over blocks (the same reduction
+  as the token MSE): while the reverse modules are untrained loss_token ~ lambda_token *
+  teacher_token_ms, so this says how much of loss_token is the scale of the teacher's residual
+  stream (the official loss has no normalisation; neither does tokax's).
   """
   modules = reverse_modules(model)
   if teacher_model.arch.depth != model.arch.depth or teacher_model.reduction is not None:
@@ -183,7 +187,8 @@ def sit_frd(model: ViT, teacher_model: ViT, *, lambda_token: float = 2.0, lambda
     loss, parts = losses.frd_loss(logits, tokens, teacher_logits, teacher_tokens, batch["label"],
                                   lambda_token=lambda_token, lambda_logits=lambda_logits, tau=tau,
                                   label_smoothing=label_smoothing)
-    return loss, {"accuracy": _accuracy(logits, batch["label"]), **parts}
+    teacher_ms = sum(jnp.mean(jnp.square(t.astype(jnp.float32))) for t in teacher_tokens) / len(teacher_tokens)
+    return loss, {"accuracy": _accuracy(logits, batch["label"]), **parts, "teacher_token_ms": teacher_ms}
 
   return Objective(loss_fn=loss_fn, forward=forward, teacher=teacher)
 
