@@ -134,3 +134,54 @@ def with_reference_backward(forward: Callable[..., tuple[Array, dict[str, Array]
 
   attend.defvjp(attend_fwd, attend_bwd)
   return attend
+
+
+def _primal(x: Any) -> Any:
+  return x.value if isinstance(x, jax.custom_derivatives.CustomVJPPrimal) else x
+
+
+def _is_zero(cotangent: Any) -> bool:
+  return isinstance(cotangent, jax.custom_derivatives.SymbolicZero)
+
+
+def with_kernel_backward(forward: Callable[..., tuple[tuple[Array, dict[str, Array]], Any]],
+                         backward: Callable[..., tuple[Array, Array, Array, Array | None]]):
+  """An attention kernel differentiated by its own backward kernels, scores as the reference does.
+
+  `forward(q, k, v, key_bias, key_mask, scores, options) -> ((out, scores dict), residuals)` and
+  `backward(q, k, v, key_bias, key_mask, residuals, d_out, options) -> (dq, dk, dv, d key_bias or
+  None)`; `scores` and `options` are static. The output's cotangent goes through `backward`; the
+  scores' cotangents, unless symbolically zero (scores that only feed a selection's indices), go
+  through attention_reference's vjp, as with_reference_backward differentiates them (that part
+  materialises the (B, H, N, M) probabilities in XLA). key_mask gets no cotangent.
+  """
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+  def attend(q, k, v, key_bias, key_mask, scores: tuple[str, ...], options: Any):
+    return forward(q, k, v, key_bias, key_mask, scores, options)[0]
+
+  def attend_fwd(q, k, v, key_bias, key_mask, scores, options):
+    q, k, v, key_bias, key_mask = jax.tree.map(
+        _primal, (q, k, v, key_bias, key_mask),
+        is_leaf=lambda x: isinstance(x, jax.custom_derivatives.CustomVJPPrimal))
+    result, residuals = forward(q, k, v, key_bias, key_mask, scores, options)
+    return result, (q, k, v, key_bias, key_mask, residuals)
+
+  def attend_bwd(scores, options, saved, cotangents):
+    q, k, v, key_bias, key_mask, residuals = saved
+    d_out, d_scores = cotangents
+    if _is_zero(d_out):
+      grads = [jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v),
+               None if key_bias is None else jnp.zeros_like(key_bias)]
+    else:
+      grads = list(backward(q, k, v, key_bias, key_mask, residuals, d_out, options))
+    live = {name: ct for name, ct in d_scores.items() if not _is_zero(ct)}
+    if live:
+      names = tuple(live)
+      score_fn = lambda q, k, v, key_bias: attention_reference(
+          q, k, v, key_bias=key_bias, key_mask=key_mask, scores=names)[1]
+      _, vjp = jax.vjp(score_fn, q, k, v, key_bias)
+      grads = [g if r is None else g + r.astype(g.dtype) for g, r in zip(grads, vjp(live))]
+    return (*grads, None)
+
+  attend.defvjp(attend_fwd, attend_bwd, symbolic_zeros=True)
+  return attend

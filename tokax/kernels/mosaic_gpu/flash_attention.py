@@ -650,50 +650,18 @@ _attend = reference.with_reference_backward(
     lambda q, k, v, key_bias, key_mask, mask, scores, options: _forward(q, k, v, key_bias, key_mask, scores, *options))
 
 
-# backward="pallas": the output cotangent through the backward kernels; the scores' cotangents (zero
-# whenever the scores only feed a selection's indices) through the reference's vjp, as
-# with_reference_backward differentiates them.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _attend_pallas(q, k, v, key_bias, key_mask, scores: tuple[str, ...], options):
-  return _forward(q, k, v, key_bias, key_mask, scores, *options)
-
-
-def _primal(x):
-  return x.value if isinstance(x, jax.custom_derivatives.CustomVJPPrimal) else x
-
-
-def _is_zero(ct) -> bool:
-  return isinstance(ct, jax.custom_derivatives.SymbolicZero)
-
-
-def _attend_pallas_fwd(q, k, v, key_bias, key_mask, scores, options):
-  q, k, v, key_bias, key_mask = jax.tree.map(
-      _primal, (q, k, v, key_bias, key_mask), is_leaf=lambda x: isinstance(x, jax.custom_derivatives.CustomVJPPrimal))
+# backward="pallas": the output cotangent through the backward kernels, the scores' as the reference.
+def _pallas_forward(q, k, v, key_bias, key_mask, scores, options):
   out, lse2, score_dict = _forward_padded(q, k, v, key_bias, key_mask, scores, *options)
-  return (out[:, :q.shape[1]].astype(q.dtype), score_dict), (q, k, v, key_bias, key_mask, out, lse2)
+  return (out[:, :q.shape[1]].astype(q.dtype), score_dict), (out, lse2)
 
 
-def _attend_pallas_bwd(scores, options, residuals, cotangents):
-  q, k, v, key_bias, key_mask, out_padded, lse2 = residuals
-  d_out, d_scores = cotangents
-  if _is_zero(d_out):
-    grads = [jnp.zeros_like(x) for x in (q, k, v)] + [None if key_bias is None else jnp.zeros_like(key_bias)]
-  else:
-    grads = list(_backward(q, k, v, key_bias, key_mask, out_padded, lse2, d_out, options[0]))
-  live = {name: ct for name, ct in d_scores.items() if not _is_zero(ct)}
-  if live:
-    def score_fn(q, k, v, key_bias):
-      _, all_scores = reference.attention_reference(q, k, v, key_bias=key_bias, key_mask=key_mask,
-                                                    scores=tuple(live))
-      return all_scores
-    _, vjp = jax.vjp(score_fn, q, k, v, key_bias)
-    for i, extra in enumerate(vjp(live)):
-      if extra is not None:
-        grads[i] = grads[i] + extra.astype(grads[i].dtype)
-  return (*grads, None)
+def _pallas_backward(q, k, v, key_bias, key_mask, residuals, d_out, options):
+  out_padded, lse2 = residuals
+  return _backward(q, k, v, key_bias, key_mask, out_padded, lse2, d_out, options[0])
 
 
-_attend_pallas.defvjp(_attend_pallas_fwd, _attend_pallas_bwd, symbolic_zeros=True)
+_attend_pallas = reference.with_kernel_backward(_pallas_forward, _pallas_backward)
 BACKWARDS = ("reference", "pallas")
 
 

@@ -422,43 +422,19 @@ _attend_reference_backward = reference.with_reference_backward(
                                                                         *options)[0])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _attend(q, k, v, key_bias, key_mask, scores: tuple[str, ...], options):
-  """backward="pallas": the same forward, differentiated by the Pallas kernels (see _attend_bwd)."""
-  return _forward(q, k, v, key_bias, key_mask, scores, *options)[0]
-
-
-def _attend_fwd(q, k, v, key_bias, key_mask, scores, options):
-  q, k, v, key_bias, key_mask = jax.custom_derivatives.custom_vjp_primal_tree_values((q, k, v, key_bias, key_mask))
+# backward="pallas": the same forward, the output's cotangent through the Pallas kernels and the
+# scores' (when not symbolically zero) through attention_reference's vjp (reference.with_kernel_backward).
+def _pallas_forward(q, k, v, key_bias, key_mask, scores, options):
   (out, score_values), lse = _forward(q, k, v, key_bias, key_mask, scores, *options)
-  return (out, score_values), (q, k, v, key_bias, key_mask, out, lse)
+  return (out, score_values), (out, lse)
 
 
-def _is_zero(cotangent) -> bool:
-  return isinstance(cotangent, jax.custom_derivatives.SymbolicZero)
+def _pallas_backward(q, k, v, key_bias, key_mask, residuals, d_out, options):
+  out, lse = residuals
+  return _backward_kernels(q, k, v, key_bias, key_mask, out, lse, d_out, *options)
 
 
-def _attend_bwd(scores, options, residuals, cotangents):
-  """The output's cotangent through the Pallas kernels; the scores' (when not symbolically zero)
-  through attention_reference's vjp, so that score gradients keep the reference's semantics exactly
-  (that part materialises the (B, H, N, M) probabilities in XLA, as backward="reference" does)."""
-  q, k, v, key_bias, key_mask, out, lse = residuals
-  d_out, d_scores = cotangents
-  grads = [jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v),
-           None if key_bias is None else jnp.zeros_like(key_bias)]
-  if not _is_zero(d_out):
-    grads = list(_backward_kernels(q, k, v, key_bias, key_mask, out, lse, d_out, *options))
-  live = {name: g for name, g in d_scores.items() if not _is_zero(g)}
-  if live:
-    names = tuple(live)
-    score_fn = lambda q, k, v, key_bias: reference.attention_reference(
-        q, k, v, key_bias=key_bias, key_mask=key_mask, scores=names)[1]
-    _, vjp = jax.vjp(score_fn, q, k, v, key_bias)
-    grads = [g if r is None else g + r.astype(g.dtype) for g, r in zip(grads, vjp(live))]
-  return (*grads, None)
-
-
-_attend.defvjp(_attend_fwd, _attend_bwd, symbolic_zeros=True)
+_attend = reference.with_kernel_backward(_pallas_forward, _pallas_backward)
 
 
 def flash_attention(
