@@ -111,6 +111,18 @@ def main():
         "bound: r=16 schedule, no plan, tanh GELU": tome_bound(tanh.clone(attention="cudnn"), params, 16),
         "tokax dense, xla attention, exact GELU": base.clone(attention="xla"),
     }
+  if args.set == "issue5":  # issue 5's end-to-end rows: dense vs timm compiled, ToMe with the fused matching kernel
+    tanh = base.clone(gelu_approximate=True)
+    variants = {
+        "tokax dense, exact GELU (timm-equal)": base.clone(attention="cudnn"),
+        "tokax dense, tanh GELU": tanh.clone(attention="cudnn"),
+        "tokax ToMe r=16, exact GELU, xla matching": base.clone(attention="cudnn", reduction=ToMe(r=16)),
+        "tokax ToMe r=16, exact GELU, fused matching": base.clone(
+            attention="cudnn", reduction=ToMe(r=16, matching="pallas")),
+        "tokax ToMe r=16, tanh GELU, xla matching": tanh.clone(attention="cudnn", reduction=ToMe(r=16)),
+        "tokax ToMe r=16, tanh GELU, fused matching": tanh.clone(
+            attention="cudnn", reduction=ToMe(r=16, matching="pallas")),
+    }
   if args.set == "small":
     variants = {k: v for k, v in variants.items() if k in (
         "tokax dense, cudnn attention", "tokax dense, cudnn, tanh gelu", "tokax ToMe r=16, cudnn, matmul merge")}
