@@ -1,8 +1,11 @@
 """Device check of the fused kernels inside the model: logits of ViT-B/16 (random weights, bf16) with
-attention="pallas" and the fused matching against attention="xla", per reduction method.
+attention="pallas" and the fused matching against attention="xla", per reduction method; then the
+parameter gradients of a cross-entropy loss (EViT 0.7, which asks for the [CLS] scores in its
+pruning blocks, and dense) with attention="pallas" (its Pallas backward) and "auto" against "xla".
 
-  python scripts/device/kernels_check.py
+  python scripts/device/kernels_check.py [--grads-only]
 """
+import sys
 import time
 
 import jax
@@ -22,7 +25,7 @@ def main():
   params = base.init(jax.random.key(1), images[:1])
   head = params["params"]["head"]  # zero-initialised: give it random weights so logits differ
   head["kernel"] = 0.02 * jax.random.normal(jax.random.key(2), head["kernel"].shape, head["kernel"].dtype)
-  for name, reduction in rows:
+  for name, reduction in ([] if "--grads-only" in sys.argv else rows):
     for impl in ("pallas", "cudnn"):
       try:
         start = time.perf_counter()
@@ -35,6 +38,23 @@ def main():
               flush=True)
       except Exception as e:  # the next row still runs
         print(f"{name:28s} {impl:7s} FAILED {type(e).__name__}: {str(e)[:1500]}", flush=True)
+  labels = jax.random.randint(jax.random.key(3), (images.shape[0],), 0, 1000)
+  for name, reduction in (("dense", None), ("evit 0.7", EViT(keep_rate=0.7, layers=(3, 6, 9)))):
+    def grads(impl):
+      model = base.clone(reduction=reduction, attention=impl)
+      def loss(p):
+        logits = model.apply(p, images).astype(jnp.float32)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+      return jax.tree.leaves(jax.jit(jax.grad(loss))(params))
+    try:
+      ref = grads("xla")
+      for impl in ("pallas", "auto"):
+        got = grads(impl)
+        err = max(float(jnp.max(jnp.abs(g.astype(jnp.float32) - r.astype(jnp.float32)))
+                        / (float(jnp.max(jnp.abs(r.astype(jnp.float32)))) + 1e-30)) for g, r in zip(got, ref))
+        print(f"grad {name:23s} {impl:7s} max over params of rel max err {err:.2e}", flush=True)
+    except Exception as e:
+      print(f"grad {name:23s} FAILED {type(e).__name__}: {str(e)[:1500]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,15 @@ def test_mask_is_checked_and_cudnn_dispatch_on_masks():
   assert not cudnn_applies(half, ("cls",), backend="gpu")
   assert not cudnn_applies(half, (), backend="cpu")
   assert not cudnn_applies(half.astype(jnp.float32), (), backend="gpu")
+  from tokax.kernels.attention import pallas_applies  # auto's pick when scores are asked for on a GPU
+  hopper = dict(backend="gpu", compute_capability="9.0")
+  assert pallas_applies(half, ("cls",), None, **hopper)
+  assert not pallas_applies(half, (), None, **hopper)  # no scores: cuDNN
+  assert not pallas_applies(half, ("cls",), mask, **hopper)  # general mask: the kernel takes none
+  assert not pallas_applies(half.astype(jnp.float32), ("cls",), None, **hopper)  # float32: exact xla
+  assert not pallas_applies(half[..., :32], ("cls",), None, **hopper)  # head dim 32
+  assert not pallas_applies(half, ("cls",), None, backend="gpu", compute_capability="8.0")  # no wgmma
+  assert not pallas_applies(half, ("cls",), None, backend="cpu", compute_capability="9.0")
   key_mask = jnp.asarray([[True] * 5 + [False]] * 2)
   block = jnp.tril(jnp.ones((6, 6), bool))[None, None]
   combined = cudnn_mask(half, half, key_mask, block)
@@ -122,15 +131,17 @@ def test_mask_is_checked_and_cudnn_dispatch_on_masks():
   np.testing.assert_array_equal(combined, np.tril(np.ones((6, 6), bool))[None, None] & np.asarray(key_mask)[:, None, None])
 
 
-@pytest.mark.parametrize("with_bias,with_key_mask,with_mask", [(False, False, False), (True, True, True)])
-def test_cudnn_padding_keeps_outputs_and_gradients(with_bias, with_key_mask, with_mask):
-  """cudnn_padded (N, M padded to 64, padded keys masked, padded rows dropped) through jax's XLA
-  dot_product_attention equals the float64 reference in outputs and q, k, v, key_bias gradients."""
+@pytest.mark.parametrize("n,with_bias,with_key_mask,with_mask",
+                         [(37, False, False, False), (37, True, True, True), (64, True, False, False)])
+def test_cudnn_padding_keeps_outputs_and_gradients(n, with_bias, with_key_mask, with_mask):
+  """cudnn_padded (N, M padded to 64, padded keys masked, padded rows dropped; N = 64: no padding,
+  no lengths) through jax's XLA dot_product_attention equals the float64 reference in outputs and
+  q, k, v, key_bias gradients."""
   from tokax.kernels.attention import cudnn_padded
   from tokax.kernels.reference import attention_reference
 
   keys = jax.random.split(jax.random.key(11), 6)
-  b, n, h, d = 2, 37, 3, 16
+  b, h, d = 2, 3, 16
   with jax.enable_x64():
     q, k, v = (jax.random.normal(key, (b, n, h, d), jnp.float64) for key in keys[:3])
     bias = jnp.log(jax.random.randint(keys[3], (b, n), 1, 5).astype(jnp.float64)) if with_bias else None

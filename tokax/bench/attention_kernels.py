@@ -10,14 +10,14 @@ On CPU (tiny shapes; the TPU kernel in interpret mode, no cuDNN):
 
 Rows, per shape (B, N, H, D) and pass (fwd, fwd+bwd), each timed in the same process:
 - xla+cls:       the reference, materialising the probabilities, with the "cls" score;
-- cudnn:         tokax's "cudnn" path: jax.nn.dot_product_attention(implementation="cudnn") forward,
-                 the reference backward in XLA, no scores (GPU only);
-- cudnn-native:  jax.nn.dot_product_attention(implementation="cudnn") with cuDNN's own backward (GPU
-                 only; cuDNN refuses some shapes, e.g. N = 197 in the backward: the row then fails);
-- pallas:        tokax's kernel, no scores;
-- pallas+cls, pallas+received: tokax's kernel with one score;
-- pallas-bwd:    tokax's Mosaic GPU kernel with backward="pallas" (its dq and dk/dv kernels), no
-                 scores (GPU only); --bwd-blocks adds rows pallas-bwd[QxKV] at other backward tiles.
+- cudnn:         tokax's "cudnn" path (kernels.attention.cudnn_padded): cuDNN flash attention
+                 forward and backward, lengths padded to a multiple of 64 (GPU only), no scores;
+- cudnn-native:  jax.nn.dot_product_attention(implementation="cudnn") as it is (GPU only; cuDNN
+                 refuses N = 197 and 577 in the backward: the row then fails);
+- pallas:        tokax's kernel through kernels.attention (on a GPU: its own backward kernels), no scores;
+- pallas+cls, pallas+received: the same with one score;
+- pallas-refbwd: the Mosaic GPU kernel with backward="reference" (the reference's vjp in XLA), GPU only;
+- pallas-bwd[QxKV]: the Mosaic GPU kernel at other backward tiles (--bwd-blocks; GPU only).
 Each time is the median of --repeats calls after warm-up; the ratio columns divide by cudnn (or,
 without a GPU, by xla+cls). --check first compares the pallas outputs and scores against the float32
 reference (with key_bias and key_mask) and prints the max errors; on a GPU it also compares
@@ -76,11 +76,14 @@ def _variants(backend: str, interpret, bwd_blocks=((64, 64),)):
   rows["pallas+received"] = attend("pallas", ("received",))
   if backend == "gpu":
     from tokax.kernels.mosaic_gpu import flash_attention as gpu_flash
+    rows["pallas-refbwd"] = lambda q, k, v: gpu_flash.flash_attention(q, k, v, backward="reference")
+    default = gpu_flash.BlockSizes()
     for block_q, block_kv in bwd_blocks:
+      if (block_q, block_kv) == (default.block_q_bwd, default.block_kv_bwd):
+        continue  # the "pallas" row
       blocks = gpu_flash.BlockSizes(block_q_bwd=block_q, block_kv_bwd=block_kv)
-      name = "pallas-bwd" if (block_q, block_kv) == (64, 64) else f"pallas-bwd[{block_q}x{block_kv}]"
-      rows[name] = (lambda blocks: lambda q, k, v: gpu_flash.flash_attention(
-          q, k, v, block_sizes=blocks, backward="pallas"))(blocks)
+      rows[f"pallas-bwd[{block_q}x{block_kv}]"] = (lambda blocks: lambda q, k, v: gpu_flash.flash_attention(
+          q, k, v, block_sizes=blocks))(blocks)
   return rows
 
 
@@ -143,8 +146,8 @@ def main(argv=None) -> None:
   parser.add_argument("--check", action="store_true", help="compare against the reference first")
   parser.add_argument("--no-backward", action="store_true")
   parser.add_argument("--out", default=None, help="write the rows as JSON here")
-  parser.add_argument("--bwd-blocks", nargs="+", default=["64,64"],
-                      help="block_q_bwd,block_kv_bwd of the pallas-bwd rows (GPU only), e.g. 64,64 128,64")
+  parser.add_argument("--bwd-blocks", nargs="+", default=[],
+                      help="block_q_bwd,block_kv_bwd of extra pallas-bwd rows (GPU only), e.g. 128,64 64,128")
   args = parser.parse_args(argv)
 
   backend = jax.default_backend()
@@ -173,7 +176,7 @@ def main(argv=None) -> None:
       times = {}
       bwd_blocks = [tuple(int(x) for x in text.split(",")) for text in args.bwd_blocks]
       for name, fwd in _variants(backend, interpret, bwd_blocks).items():
-        if pass_name == "fwd" and name.startswith("pallas-bwd"):
+        if pass_name == "fwd" and (name.startswith("pallas-bwd") or name == "pallas-refbwd"):
           continue  # the same forward as "pallas"
         fn = fwd if pass_name == "fwd" else _with_backward(fwd)
         try:

@@ -10,9 +10,10 @@ selection metrics that reduction methods need ("cls", "received"). Implementatio
 - "pallas": the fused attention-and-select kernels (flash attention that emits the scores from the
   same tiles): Mosaic TPU on TPU (tokax.kernels.tpu), Mosaic GPU on NVIDIA (tokax.kernels.mosaic_gpu).
   On CPU it runs the TPU kernel in interpret mode when `interpret` is given. No general `mask`.
-  Backward: the reference's vjp in XLA (the Mosaic GPU kernel's own Pallas backward is
-  mosaic_gpu.flash_attention(backward="pallas"), the default once checked on a GPU).
-- None / "auto": cudnn where it applies (GPU, half precision, no scores requested), else xla. auto does not pick pallas until it has been benchmarked on the device.
+  Backward: each kernel's own Pallas backward (dq and dk/dv kernels), the scores' cotangents
+  through the reference's vjp.
+- None / "auto": pallas when scores are requested on a Hopper GPU in half precision (pallas_applies),
+  cudnn where it applies (GPU, half precision, no scores requested), else xla.
 
 Keys and values may be longer than the queries (attention against a KV cache), and a general
 boolean `mask` (B or 1, H or 1, N, M) expresses block-causal or cache-validity patterns.
@@ -69,6 +70,25 @@ def cudnn_applies(q: Array, scores: tuple[str, ...], *, backend: str | None = No
   if q.shape[-1] % 8 or q.shape[-1] > 120:
     return False
   return True
+
+
+def pallas_applies(q: Array, scores: tuple[str, ...], mask: Array | None, *, backend: str | None = None,
+                   compute_capability: str | None = None) -> bool:
+  """Whether "auto" should take the fused Mosaic GPU kernel: scores requested on a Hopper-or-later GPU.
+
+  Conditions: scores asked for (without them cuDNN is faster), backend "gpu" with compute capability
+  >= 9.0 (wgmma), half precision (the kernel's operands; float32 stays on the exact "xla" path),
+  head dim 64 or 128, no general mask. On an H200 the kernel with "cls" or "received" was 1.3-3.7x
+  faster than XLA's materialised probabilities, and its backward 1.1-1.2x cuDNN's (BENCHMARKS.md).
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if not scores or mask is not None or backend != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16):
+    return False
+  if q.shape[-1] not in (64, 128):
+    return False
+  if compute_capability is None:
+    compute_capability = getattr(jax.devices()[0], "compute_capability", "0.0")
+  return tuple(int(x) for x in str(compute_capability).split(".")[:2]) >= (9, 0)
 
 
 def fold_key_bias(q: Array, k: Array, v: Array, key_bias: Array) -> tuple[Array, Array, Array]:
@@ -129,6 +149,11 @@ def cudnn_padded(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask:
   if key_bias is not None:
     q, k, v = fold_key_bias(q, k, v, key_bias)
   n_pad, m_pad = fc.round_up(n, CUDNN_LENGTH_MULTIPLE), fc.round_up(m, CUDNN_LENGTH_MULTIPLE)
+  if combined is None and (n_pad, m_pad) == (n, m):
+    # nothing to pad: no sequence lengths either (cuDNN's padding-mask kernels were 1.13-1.28x
+    # slower in the forward at N = 1024 and 4096 on an H200)
+    out = jax.nn.dot_product_attention(q, k, v, scale=d ** -0.5, implementation=implementation)
+    return out[..., :d]
   q = fc.pad_axis(q, 1, n_pad)
   k, v = fc.pad_axis(k, 1, m_pad), fc.pad_axis(v, 1, m_pad)
   if combined is None:
@@ -204,7 +229,11 @@ def attention(
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError("attention: dropout_rate > 0 needs dropout_rng (a jax.random key); pass dropout_rate=0 at eval")
   if implementation in (None, "auto"):
-    implementation = "cudnn" if dropout_rate == 0.0 and cudnn_applies(q, scores) else "xla"
+    implementation = "xla"
+    if dropout_rate == 0.0 and pallas_applies(q, scores, mask):
+      implementation = "pallas"
+    elif dropout_rate == 0.0 and cudnn_applies(q, scores):
+      implementation = "cudnn"
   if dropout_rate > 0.0 and implementation != "xla":
     raise ValueError(f"attention: dropout_rate={dropout_rate} needs implementation='xla' (or 'auto'); "
                      f"the {implementation!r} kernels have no attention dropout")

@@ -114,9 +114,8 @@ def with_reference_backward(forward: Callable[..., tuple[Array, dict[str, Array]
   `forward(q, k, v, key_bias, key_mask, mask, scores, options) -> (out, scores dict)` with the
   arguments of attention_reference; `scores` and `options` (the kernel's own static settings,
   e.g. block sizes) are static. The backward recomputes attention in XLA with materialised
-  probabilities: what the Pallas kernels use with backward="reference" (the default of
-  the Mosaic GPU kernel until its Pallas backward is checked on a GPU; the TPU kernel defaults to
-  its Pallas backward). The masks get no cotangent.
+  probabilities: what the Pallas kernels use with backward="reference" (both default to their
+  Pallas backward). The masks get no cotangent.
   """
   @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
   def attend(q, k, v, key_bias, key_mask, mask, scores: tuple[str, ...], options: Any):
