@@ -134,10 +134,11 @@ def test_mask_is_checked_and_cudnn_dispatch_on_masks():
 @pytest.mark.parametrize("n,with_bias,with_key_mask,with_mask",
                          [(37, False, False, False), (37, True, True, True), (64, True, False, False)])
 def test_cudnn_padding_keeps_outputs_and_gradients(n, with_bias, with_key_mask, with_mask):
-  """cudnn_padded (N, M padded to 64, padded keys masked, padded rows dropped; N = 64: no padding,
-  no lengths) through jax's XLA dot_product_attention equals the float64 reference in outputs and
-  q, k, v, key_bias gradients."""
-  from tokax.kernels.attention import cudnn_padded
+  """cudnn_attention (unpadded primal without masks; cudnn_padded under differentiation or with
+  masks: N, M padded to 64, padded keys masked, padded rows dropped; N = 64: no padding, no lengths)
+  through jax's XLA dot_product_attention equals the float64 reference in outputs and q, k, v,
+  key_bias gradients."""
+  from tokax.kernels.attention import cudnn_attention
   from tokax.kernels.reference import attention_reference
 
   keys = jax.random.split(jax.random.key(11), 6)
@@ -148,7 +149,7 @@ def test_cudnn_padding_keeps_outputs_and_gradients(n, with_bias, with_key_mask, 
     key_mask = (jax.random.uniform(keys[4], (b, n)) > 0.3).at[:, 0].set(True) if with_key_mask else None
     mask = jnp.tril(jnp.ones((n, n), bool))[None, None] if with_mask else None
     weights = jax.random.normal(keys[5], (b, n, h, d), jnp.float64)
-    padded = lambda q, k, v, bias: cudnn_padded(q, k, v, bias, key_mask, mask, implementation="xla")
+    padded = lambda q, k, v, bias: cudnn_attention(q, k, v, bias, key_mask, mask, implementation="xla")
     ref = lambda q, k, v, bias: attention_reference(q, k, v, key_bias=bias, key_mask=key_mask, mask=mask)[0]
     np.testing.assert_allclose(padded(q, k, v, bias), ref(q, k, v, bias), atol=2e-6)
     argnums = (0, 1, 2, 3) if with_bias else (0, 1, 2)

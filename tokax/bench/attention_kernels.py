@@ -10,8 +10,9 @@ On CPU (tiny shapes; the TPU kernel in interpret mode, no cuDNN):
 
 Rows, per shape (B, N, H, D) and pass (fwd, fwd+bwd), each timed in the same process:
 - xla+cls:       the reference, materialising the probabilities, with the "cls" score;
-- cudnn:         tokax's "cudnn" path (kernels.attention.cudnn_padded): cuDNN flash attention
-                 forward and backward, lengths padded to a multiple of 64 (GPU only), no scores;
+- cudnn:         tokax's "cudnn" path (kernels.attention.cudnn_attention): cuDNN flash attention,
+                 unpadded when only evaluated, padded to a multiple of 64 under differentiation so
+                 that cuDNN's own backward runs (GPU only), no scores;
 - cudnn-native:  jax.nn.dot_product_attention(implementation="cudnn") as it is (GPU only; cuDNN
                  refuses N = 197 and 577 in the backward: the row then fails);
 - pallas:        tokax's kernel through kernels.attention (on a GPU: its own backward kernels), no scores;
