@@ -8,7 +8,8 @@ r"""Host input throughput: images/s of the decode|resize|crop|flip pipeline, per
 
 The default data are --num-images JPEGs (quality 90, 500x375 like a typical ImageNet photo) encoded
 in memory from random crops of scikit-image's bundled photos, so the numbers measure decoding and
-resizing, not the disk. The default pipeline is the ViT-S/16 at 224 train pipeline
+resizing, not the disk. --stored decoded keeps them decoded and resized to short side 256 as uint8
+(decoded once up front, as a pre-resized dataset would be), leaving crop, flip and normalise. The default pipeline is the ViT-S/16 at 224 train pipeline
 "decode|resize_small(256)|random_crop(224)|flip_lr|value_range(-1, 1)" through
 tokax.data.pipeline.DataIterator (grain threads, in order, prefetching). Compare the images/s with
 the accelerator's train-step images/s for the same model (python -m tokax.bench.throughput, or the
@@ -28,6 +29,7 @@ import numpy as np
 from tokax.data import pipeline
 
 DEFAULT_PREPROCESS = "decode|resize_small(256)|random_crop(224)|flip_lr|value_range(-1, 1)"
+DECODED_PREPROCESS = "random_crop(224)|flip_lr|value_range(-1, 1)"
 
 
 def synthetic_jpegs(num_images: int, *, height: int = 375, width: int = 500, quality: int = 90,
@@ -54,8 +56,22 @@ def synthetic_jpegs(num_images: int, *, height: int = 375, width: int = 500, qua
   return out
 
 
+def decoded_source(source: list[dict[str, Any]], size: int = 256) -> list[dict[str, Any]]:
+  """The JPEG source decoded once and resized to short side `size`, stored as uint8 arrays."""
+  prepare = pipeline.DataIterator(source, batch_size=1, preprocess=f"decode|resize_small({size})", seed=0,
+                                  num_threads=1).preprocess
+  rng = np.random.default_rng(0)
+  return [{"image": np.asarray(prepare(dict(ex), rng)["image"]).astype(np.uint8), "label": ex["label"]}
+          for ex in source]
+
+
 def measure(source: Any, *, threads: int, batch: int, batches: int, preprocess: str, seed: int = 0) -> dict[str, Any]:
-  """images/s over `batches` batches after one warm-up batch (which also starts the threads)."""
+  """images/s over at least 3 * threads batches after one warm-up batch (which also starts the threads).
+
+  Each worker thread builds whole batches, so the first `threads` batches come out together: timing
+  fewer batches than a few rounds of the threads measures the prefetch, not the rate.
+  """
+  batches = max(batches, 3 * threads)
   it = pipeline.DataIterator(source, batch_size=batch, preprocess=preprocess, seed=seed, num_threads=threads,
                              prefetch=2 * threads)
   first = next(it)
@@ -72,7 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--data", default="synthetic", help="'synthetic', 'tfds:<name>[:split]' or 'folder:<root>'")
   parser.add_argument("--split", default="train")
   parser.add_argument("--num-images", type=int, default=512, help="synthetic JPEGs to encode")
-  parser.add_argument("--preprocess", default=DEFAULT_PREPROCESS)
+  parser.add_argument("--preprocess", default=None, help=f"default: {DEFAULT_PREPROCESS!r}; with --stored "
+                      f"decoded: {DECODED_PREPROCESS!r}")
+  parser.add_argument("--stored", choices=("jpeg", "decoded"), default="jpeg",
+                      help="synthetic data as JPEG bytes, or decoded once to uint8 at short side 256")
   parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--batches", type=int, default=4, help="timed batches per thread count")
@@ -82,16 +101,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   args = parse_args(argv)
+  if args.preprocess is None:
+    args.preprocess = DECODED_PREPROCESS if args.stored == "decoded" else DEFAULT_PREPROCESS
   if args.data == "synthetic":
     source = synthetic_jpegs(args.num_images)
+    if args.stored == "decoded":
+      source = decoded_source(source)
   else:
     source = pipeline.get_source(args.data, args.split)
   rows = []
-  print(f"| threads | images/s | batch | ({args.data}, {len(source)} images, cpus={os.cpu_count()}: {args.preprocess})")
+  print(f"| threads | images/s | batch | ({args.data}, {args.stored}, {len(source)} images, cpus={os.cpu_count()}: "
+        f"{args.preprocess})")
   print("|---|---|---|")
   for threads in args.threads:
     row = measure(source, threads=threads, batch=args.batch, batches=args.batches, preprocess=args.preprocess)
-    row.update(data=args.data, preprocess=args.preprocess, cpu_count=os.cpu_count())
+    row.update(data=args.data, stored=args.stored, preprocess=args.preprocess, cpu_count=os.cpu_count())
     rows.append(row)
     print(f"| {threads} | {row['images_per_s']:.0f} | {args.batch} |", flush=True)
   if args.out:
