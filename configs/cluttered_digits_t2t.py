@@ -41,10 +41,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = dict(name="cluttered_digits", num_train=19_200, num_val=500, num_test=1000, seed=0)
   config.augment = dict(max_shift=8)
 
+  # Backbone overrides default to the preset's (None), typed so that --config.model.width=64 parses.
+  unset = ml_collections.config_dict.placeholder
   config.model = dict(
-      name="t2t_vit", variant=arg.variant, tokens_type=arg.tokens_type or None, image_size=arg.image_size,
-      pool="cls", drop_path=0.1, dtype="float32", width=None, depth=None, num_heads=None, mlp_dim=None,
-      mlp_ratio=None)
+      name="t2t_vit", variant=arg.variant, tokens_type=unset(str), image_size=arg.image_size,
+      pool="cls", drop_path=0.1, dtype="float32", width=unset(int), depth=unset(int), num_heads=unset(int),
+      mlp_dim=unset(int), mlp_ratio=unset(float))
+  if arg.tokens_type:
+    config.model.tokens_type = arg.tokens_type
   config.reduction = dict(name="none", r=0, prop_attn=False)  # trained dense; ToMe is applied at test
 
   config.batch_size = 64
