@@ -148,3 +148,27 @@ def test_input_benchmark_smoke():
   assert source[0]["image"][:2] == b"\xff\xd8"  # JPEG
   row = input_pipeline.measure(source, threads=1, batch=2, batches=1, preprocess=input_pipeline.DEFAULT_PREPROCESS)
   assert row["image_shape"] == [224, 224, 3] and row["dtype"] == "float32" and row["images_per_s"] > 0
+
+
+def test_worker_processes_give_the_same_batches_and_restore():
+  """num_workers=2 (spawned processes) yields the threads' batches bit for bit, also after set_state;
+  uint8 batches (no value_range) come back uint8 and normalize_images reads them as 0..255."""
+  import jax.numpy as jnp
+
+  from tokax.train.model import normalize_images
+
+  source = _source()
+  kwargs = dict(batch_size=4, seed=3, preprocess="random_crop(8)|flip_lr")
+  threads = pipeline.DataIterator(source, num_threads=2, **kwargs)
+  expected = [next(threads) for _ in range(7)]  # into epoch 1
+  workers = pipeline.DataIterator(source, num_workers=2, **kwargs)
+  workers.set_state({"epoch": 0, "position": 2})
+  for want in expected[2:]:
+    got = next(workers)
+    np.testing.assert_array_equal(got["label"], want["label"])
+    np.testing.assert_array_equal(got["image"], want["image"])
+  workers.close()
+  assert got["image"].dtype == np.uint8
+  np.testing.assert_allclose(normalize_images(jnp.asarray(got["image"])), got["image"] / 127.5 - 1.0, atol=1e-6)
+  with pytest.raises(ValueError, match="num_workers"):
+    pipeline.DataIterator(source, num_workers=-1, **kwargs)

@@ -2,6 +2,8 @@ r"""Host input throughput: images/s of the decode|resize|crop|flip pipeline, per
 
   python -m tokax.bench.input_pipeline                       # synthetic ImageNet-like JPEGs, 1 and 2 threads
   python -m tokax.bench.input_pipeline --threads 1 2 4 8 16 --batch 256 --batches 40 --out /tmp/input.json
+  python -m tokax.bench.input_pipeline --stored decoded --preprocess "random_crop(224)|flip_lr" \
+      --threads 1 8 --workers 4 8 14     # uint8 batches from worker processes
   python -m tokax.bench.input_pipeline --data folder:/data/imagenet --split train --threads 16
   python -m tokax.bench.input_pipeline --data tfds:imagenet2012:train --threads 16 \
       --preprocess "decode|inception_crop(224)|flip_lr|value_range(-1, 1)"
@@ -65,21 +67,24 @@ def decoded_source(source: list[dict[str, Any]], size: int = 256) -> list[dict[s
           for ex in source]
 
 
-def measure(source: Any, *, threads: int, batch: int, batches: int, preprocess: str, seed: int = 0) -> dict[str, Any]:
-  """images/s over at least 3 * threads batches after one warm-up batch (which also starts the threads).
+def measure(source: Any, *, threads: int, batch: int, batches: int, preprocess: str, seed: int = 0,
+            workers: int = 0) -> dict[str, Any]:
+  """images/s over at least 3 rounds of the workers' batches after one warm-up batch (which starts them).
 
-  Each worker thread builds whole batches, so the first `threads` batches come out together: timing
-  fewer batches than a few rounds of the threads measures the prefetch, not the rate.
+  Each worker (thread, or process when workers > 0) builds whole batches, so the first round of
+  batches comes out together: timing fewer batches than a few rounds measures the prefetch.
   """
-  batches = max(batches, 3 * threads)
+  parallel = workers or threads
+  batches = max(batches, 3 * parallel)
   it = pipeline.DataIterator(source, batch_size=batch, preprocess=preprocess, seed=seed, num_threads=threads,
-                             prefetch=2 * threads)
+                             num_workers=workers, prefetch=2 * parallel)
   first = next(it)
   start = time.perf_counter()
   for _ in range(batches):
     next(it)
   seconds = time.perf_counter() - start
-  return {"threads": threads, "batch": batch, "batches": batches, "images_per_s": batches * batch / seconds,
+  it.close()
+  return {"threads": threads, "workers": workers, "batch": batch, "batches": batches, "images_per_s": batches * batch / seconds,
           "seconds": seconds, "image_shape": list(first["image"].shape[1:]), "dtype": str(first["image"].dtype)}
 
 
@@ -93,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--stored", choices=("jpeg", "decoded"), default="jpeg",
                       help="synthetic data as JPEG bytes, or decoded once to uint8 at short side 256")
   parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+  parser.add_argument("--workers", type=int, nargs="*", default=[],
+                      help="also time these numbers of worker processes (DataIterator num_workers)")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--batches", type=int, default=4, help="timed batches per thread count")
   parser.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -110,14 +117,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   else:
     source = pipeline.get_source(args.data, args.split)
   rows = []
-  print(f"| threads | images/s | batch | ({args.data}, {args.stored}, {len(source)} images, cpus={os.cpu_count()}: "
+  print(f"| workers | images/s | batch | ({args.data}, {args.stored}, {len(source)} images, cpus={os.cpu_count()}: "
         f"{args.preprocess})")
   print("|---|---|---|")
-  for threads in args.threads:
-    row = measure(source, threads=threads, batch=args.batch, batches=args.batches, preprocess=args.preprocess)
+  runs = [(threads, 0) for threads in args.threads] + [(1, workers) for workers in args.workers]
+  for threads, workers in runs:
+    row = measure(source, threads=threads, batch=args.batch, batches=args.batches, preprocess=args.preprocess,
+                  workers=workers)
     row.update(data=args.data, stored=args.stored, preprocess=args.preprocess, cpu_count=os.cpu_count())
     rows.append(row)
-    print(f"| {threads} | {row['images_per_s']:.0f} | {args.batch} |", flush=True)
+    label = f"{workers} processes" if workers else f"{threads} threads"
+    print(f"| {label} | {row['images_per_s']:.0f} | {args.batch} |", flush=True)
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       json.dump(rows, f, indent=2)

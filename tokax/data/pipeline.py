@@ -19,7 +19,11 @@ jax.make_array_from_process_local_data.
 Threads: batches are built by `num_threads` worker threads through grain
 (MapDataset.range(...).map(load_batch).to_iter_dataset with ReadOptions), in order, with
 `prefetch` batches buffered (without grain installed, a plain thread pool does the same).
-Decoding and resizing run in PIL, which releases the GIL.
+Decoding and resizing run in PIL, which releases the GIL, but the threads stop scaling at 4-8
+(BENCHMARKS.md: 1.1k JPEG img/s on 16 cores). Processes: with `num_workers` > 0, whole batches
+are built by that many worker processes instead (spawned, each with a copy of the iterator; same
+batches, same order). Ending the preprocess in uint8 (no value_range) sends 4x fewer bytes back;
+the trainer reads uint8 images as 0..255 on the device (tokax.train.model.normalize_images).
 
 Names: "tfds:<name>[:split]" (tokax.data.tfds), "folder:<root>" (tokax.data.folder; root/<split>
 if that directory exists), or an embedded dataset "digits" / "cluttered_digits" (also as
@@ -94,8 +98,9 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
                batch_preprocess: str | Sequence[str] = "", seed: int = 0, shuffle: bool = True,
                drop_remainder: bool = True, num_epochs: int | None = None, process_index: int = 0,
                process_count: int = 1, num_threads: int = 8, prefetch: int | None = None,
-               keys: tuple[str, ...] = ("image", "label")):
+               keys: tuple[str, ...] = ("image", "label"), num_workers: int = 0):
     for field, value, minimum in (("batch_size", batch_size, 1), ("seed", seed, 0), ("num_threads", num_threads, 1),
+                                  ("num_workers", num_workers, 0),
                                   ("process_count", process_count, 1), ("process_index", process_index, 0)):
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"DataIterator.{field}: expected an int >= {minimum}; got {value!r}")
@@ -114,7 +119,9 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     self.batch_size, self.local_batch_size = batch_size, batch_size // process_count
     self.seed, self.shuffle, self.drop_remainder, self.num_epochs = seed, shuffle, drop_remainder, num_epochs
     self.process_index, self.process_count = process_index, process_count
-    self.num_threads, self.prefetch = num_threads, prefetch if prefetch is not None else 2 * num_threads
+    self.num_threads, self.num_workers = num_threads, num_workers
+    self.prefetch = prefetch if prefetch is not None else 2 * max(num_threads, num_workers)
+    self._specs = (preprocess, batch_preprocess)  # worker processes rebuild the ops from these
     self.preprocess = transforms.parse(preprocess)
     self.batch_preprocess = transforms.parse_batch(batch_preprocess)
     self.steps_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
@@ -122,6 +129,18 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     self._lock = threading.Lock()
     self._next_step = 0
     self._stream = None
+
+  def __getstate__(self) -> dict[str, Any]:
+    """What a worker process needs: no lock, stream or parsed ops (rebuilt from their specs)."""
+    state = {k: v for k, v in self.__dict__.items()
+             if k not in ("_lock", "_stream", "_orders", "preprocess", "batch_preprocess")}
+    return state
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    self.preprocess = transforms.parse(self._specs[0])
+    self.batch_preprocess = transforms.parse_batch(self._specs[1])
+    self._orders, self._lock, self._stream = {}, threading.Lock(), None
 
   # --- state ----------------------------------------------------------------------------------
 
@@ -140,6 +159,12 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
       raise ValueError(f"DataIterator.set_state: need epoch >= 0 and 0 <= position < {self.steps_per_epoch}; "
                        f"got {state!r}")
     self._next_step = epoch * self.steps_per_epoch + position
+    self.close()
+
+  def close(self) -> None:
+    """Stops the worker threads or processes of the current stream (the next batch starts a new one)."""
+    if self._stream is not None and hasattr(self._stream, "close"):
+      self._stream.close()
     self._stream = None
 
   # --- batches --------------------------------------------------------------------------------
@@ -182,6 +207,8 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     stop = 2 ** 62 if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
     if self._next_step >= stop:
       return iter(())
+    if self.num_workers:
+      return _process_pool_stream(self, self._next_step, stop, self.num_workers, self.prefetch)
     try:
       import grain  # noqa: PLC0415 (optional dependency: pip install tokax[data])
     except ImportError:
@@ -214,6 +241,49 @@ def _thread_pool_stream(load, start: int, stop: int, num_threads: int, prefetch:
         pending.append(pool.submit(load, step))
         step += 1
       yield pending.popleft().result()
+
+
+_WORKER_ITERATOR: DataIterator | None = None  # a worker process's copy (set by _start_worker)
+
+
+def _start_worker(iterator: DataIterator) -> None:
+  global _WORKER_ITERATOR
+  _WORKER_ITERATOR = iterator
+
+
+def _worker_load_batch(step: int) -> dict[str, np.ndarray]:
+  return _WORKER_ITERATOR.load_batch(step)
+
+
+def _process_pool_stream(iterator: DataIterator, start: int, stop: int, num_workers: int,
+                         prefetch: int) -> Iterator[dict[str, np.ndarray]]:
+  """iterator.load_batch(start), (start + 1), ... in order, built by `num_workers` spawned processes.
+
+  Spawned, not forked: the parent may hold a JAX runtime and threads, which a fork would copy
+  half-way. The source and the op specs must pickle (lists, arrays, the tfds and folder sources do).
+  """
+  import collections  # noqa: PLC0415
+  import multiprocessing  # noqa: PLC0415
+  import pickle  # noqa: PLC0415
+  from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
+  try:
+    pickle.dumps(iterator)
+  except Exception as e:  # noqa: BLE001 (any pickling failure: say which field to change)
+    raise ValueError(f"DataIterator.num_workers: the source or ops do not pickle ({type(e).__name__}: {e}); "
+                     "use num_workers=0 (threads) or a picklable source") from e
+  pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(iterator,))
+  try:
+    pending = collections.deque()
+    step = start
+    while pending or step < stop:
+      while step < stop and len(pending) < max(prefetch, 1):
+        pending.append(pool.submit(_worker_load_batch, step))
+        step += 1
+      yield pending.popleft().result()
+  finally:  # also when the stream is dropped early: no waiting for the prefetched batches
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def make_iterator(name: str | Source, *, batch_size: int, split: str = "train", data_dir: str | None = None,

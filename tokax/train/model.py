@@ -67,5 +67,10 @@ def build_reduction(name: str, *, r: int | float = 0, prop_attn: bool = True,
 
 
 def normalize_images(images: jax.Array) -> jax.Array:
-  """(B, H, W, 3) in [0, 1] -> (B, H, W, 3) in [-1, 1], the model's input range."""
+  """(B, H, W, 3) in [0, 1] (uint8: 0..255) -> (B, H, W, 3) in [-1, 1], the model's input range.
+
+  uint8 batches let the host pipeline skip its float conversion and send 4x fewer bytes.
+  """
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
   return images * 2.0 - 1.0

@@ -24,8 +24,9 @@ starts a fresh run from another run's parameters (matching paths and shapes).
 
 Data: config.data.name is an embedded dataset ("digits", "cluttered_digits": the offline
 BatchStream, unchanged) or "tfds:<name>" / "folder:<root>", read through tokax.data.pipeline with
-config.data.preprocess (train) / preprocess_eval (ending in float32 images in [0, 1] at
-model.image_size), optional batch_ops ("mixup_cutmix": (B, K) soft labels, soft cross-entropy with
+config.data.preprocess (train) / preprocess_eval (ending in float32 images in [0, 1], or uint8
+0..255 converted on the device, at model.image_size), num_threads / num_workers (worker threads;
+worker processes when > 0), optional batch_ops ("mixup_cutmix": (B, K) soft labels, soft cross-entropy with
 config.label_smoothing applied as timm does), <split>_split naming each split's source (default the
 split itself), num_classes where the source does not say. Setting preprocess or batch_ops on an
 offline name also routes it through the pipeline. The pipeline's {"epoch", "position"} is the
@@ -137,7 +138,8 @@ def _pipeline_stream(config: ml_collections.ConfigDict, source, num_classes: int
   iterator = pipeline.make_iterator(
       source, batch_size=batch_size, seed=d.seed, preprocess=d.get("preprocess") or "",
       batch_preprocess=batch_ops_spec(d.get("batch_ops") or "", num_classes, config.label_smoothing),
-      process_index=index, process_count=count, num_threads=d.get("num_threads") or 8)
+      process_index=index, process_count=count, num_threads=d.get("num_threads") or 8,
+      num_workers=d.get("num_workers") or 0)
   return PipelineStream(iterator, str(d.name))
 
 
