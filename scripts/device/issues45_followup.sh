@@ -13,13 +13,7 @@ rm -rf "$OUT_DIR"; mkdir -p "$OUT_DIR" "$DEST"
 export PYTHONUNBUFFERED=1 XLA_FLAGS=--xla_gpu_enable_triton_gemm=false
 PY=${PYTHON:-python3}
 T0=$SECONDS
-run() {  # name deadline command...
-  local name=$1 deadline=$2; shift 2
-  local start=$SECONDS limit
-  limit=$(( deadline - (SECONDS - T0) )); (( limit < 5 )) && limit=5
-  timeout -k 15 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
-  echo "$name rc=$? $((SECONDS - start)) s (limit $limit s, ended at t=$((SECONDS - T0)) s)" | tee -a "$OUT_DIR/times.txt"
-}
+source "$(dirname "$0")/lib.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpus.txt" 2>&1
 nproc >> "$OUT_DIR/gpus.txt"
 run vit_vs_timm 110 $PY -m tokax.bench.vit_vs_timm --set issue5 --tome .ext/tome --out "$OUT_DIR/vit"

@@ -15,13 +15,7 @@ BASE_FLAGS=--xla_gpu_enable_triton_gemm=false
 export PYTHONUNBUFFERED=1 XLA_FLAGS=$BASE_FLAGS
 PY=${PYTHON:-python3}
 T0=$SECONDS
-run() {  # name deadline command...
-  local name=$1 deadline=$2; shift 2
-  local start=$SECONDS limit
-  limit=$(( deadline - (SECONDS - T0) )); (( limit < 5 )) && limit=5
-  timeout -k 15 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
-  echo "$name rc=$? $((SECONDS - start)) s (limit $limit s, ended at t=$((SECONDS - T0)) s)" | tee -a "$OUT_DIR/times.txt"
-}
+source "$(dirname "$0")/lib.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpus.txt" 2>&1
 run grads 70 $PY scripts/device/kernels_check.py --grads-only
 run attention_kernels 280 $PY -m tokax.bench.attention_kernels --check --repeats 10 \

@@ -228,12 +228,15 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     return batch
 
 
-def _thread_pool_stream(load, start: int, stop: int, num_threads: int, prefetch: int) -> Iterator[Any]:
-  """load(start), load(start + 1), ... in order, `prefetch` ahead on a thread pool (grain's stand-in)."""
-  import collections  # noqa: PLC0415
-  from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+def _pool_stream(pool: Any, load: Any, start: int, stop: int, prefetch: int) -> Iterator[Any]:
+  """load(start), load(start + 1), ... in order from an executor, `prefetch` ahead.
 
-  with ThreadPoolExecutor(num_threads) as pool:
+  The pool is shut down at the end and when the stream is dropped early (without waiting for the
+  prefetched batches).
+  """
+  import collections  # noqa: PLC0415
+
+  try:
     pending = collections.deque()
     step = start
     while pending or step < stop:
@@ -241,6 +244,15 @@ def _thread_pool_stream(load, start: int, stop: int, num_threads: int, prefetch:
         pending.append(pool.submit(load, step))
         step += 1
       yield pending.popleft().result()
+  finally:
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _thread_pool_stream(load, start: int, stop: int, num_threads: int, prefetch: int) -> Iterator[Any]:
+  """load(start), load(start + 1), ... in order on a thread pool (grain's stand-in)."""
+  from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+  return _pool_stream(ThreadPoolExecutor(num_threads), load, start, stop, prefetch)
 
 
 _WORKER_ITERATOR: DataIterator | None = None  # a worker process's copy (set by _start_worker)
@@ -262,7 +274,6 @@ def _process_pool_stream(iterator: DataIterator, start: int, stop: int, num_work
   Spawned, not forked: the parent may hold a JAX runtime and threads, which a fork would copy
   half-way. The source and the op specs must pickle (lists, arrays, the tfds and folder sources do).
   """
-  import collections  # noqa: PLC0415
   import multiprocessing  # noqa: PLC0415
   import pickle  # noqa: PLC0415
   from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
@@ -274,16 +285,7 @@ def _process_pool_stream(iterator: DataIterator, start: int, stop: int, num_work
                      "use num_workers=0 (threads) or a picklable source") from e
   pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(iterator,))
-  try:
-    pending = collections.deque()
-    step = start
-    while pending or step < stop:
-      while step < stop and len(pending) < max(prefetch, 1):
-        pending.append(pool.submit(_worker_load_batch, step))
-        step += 1
-      yield pending.popleft().result()
-  finally:  # also when the stream is dropped early: no waiting for the prefetched batches
-    pool.shutdown(wait=False, cancel_futures=True)
+  return _pool_stream(pool, _worker_load_batch, start, stop, prefetch)
 
 
 def make_iterator(name: str | Source, *, batch_size: int, split: str = "train", data_dir: str | None = None,
