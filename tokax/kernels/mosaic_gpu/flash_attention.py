@@ -52,6 +52,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from tokax.kernels import flash_common as fc
+from tokax.kernels.mosaic_gpu.common import (COMPUTE_WGS, row_tiles, row_vector, swizzled,
+                                              warp_specialized_pipeline, warpgroup_kernel)
 from tokax.kernels import reference
 
 Array = jax.Array
@@ -60,7 +62,6 @@ LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 # the log2-domain mask: finite, so an all-masked tile gives exp2(0) and is wiped by the next real key
 MASK_VALUE_LOG2 = -1e30
-COMPUTE_WGS = 2
 HEAD_DIMS = (64, 128)
 
 
@@ -113,7 +114,6 @@ def _forward_kernel_call(q, k, v, row, *, scale: float, blocks: BlockSizes):
   dtype = q.dtype
   block_q, block_kv = blocks.block_q, blocks.block_kv
   kv_steps = m_pad // block_kv
-  max_steps = min(blocks.max_concurrent_steps, kv_steps)
   qk_scale = scale * LOG2E
 
   def fa_kernel(q_ref, k_ref, v_ref, row_ref, out_ref, lse_ref, smem, q_barriers, schedule_barrier):
@@ -175,37 +175,18 @@ def _forward_kernel_call(q, k, v, row, *, scale: float, blocks: BlockSizes):
       plgpu.barrier_arrive(v_consumed)
       return acc, m_ij, l_i
 
-    pipeline = plgpu.emit_pipeline_warp_specialized(
-        kv_body,
-        grid=(kv_steps,),
-        max_concurrent_steps=max_steps,
-        num_compute_wgs=COMPUTE_WGS,
-        memory_registers=40,
-        wg_axis="wg",
-        manual_consumed_barriers=True,
-        compute_context=compute_context,
-        in_specs=[
-            plgpu.BlockSpec(block_shape=(block_kv, head_dim), index_map=lambda i: (i, 0)),
-            plgpu.BlockSpec(block_shape=(block_kv, head_dim), index_map=lambda i: (i, 0)),
-            plgpu.BlockSpec(block_shape=(block_kv,), index_map=lambda i: (i,)),
-        ],
-        out_specs=[],
-    )
+    pipeline = warp_specialized_pipeline(
+        kv_body, steps=kv_steps, max_concurrent_steps=blocks.max_concurrent_steps, compute_context=compute_context,
+        in_specs=[row_tiles(block_kv, head_dim), row_tiles(block_kv, head_dim), row_vector(block_kv)])
     pipeline(k_ref.at[b, :, h, :], v_ref.at[b, :, h, :], row_ref.at[b])
 
   smem = (plgpu.SMEM((COMPUTE_WGS, block_q, head_dim), dtype),
           plgpu.SMEM((COMPUTE_WGS, block_q), jnp.float32))
-  return plgpu.kernel(
-      fa_kernel,
-      grid=(heads, n_pad // (COMPUTE_WGS * block_q), batch),
-      grid_names=("heads", "q_seq", "batch"),
-      num_threads=COMPUTE_WGS + 1,
-      thread_name="wg",
-      out_type=(jax.ShapeDtypeStruct(q.shape, dtype),
-                jax.ShapeDtypeStruct((batch, heads, n_pad), jnp.float32)),
+  return warpgroup_kernel(
+      fa_kernel, grid=(heads, n_pad // (COMPUTE_WGS * block_q), batch), grid_names=("heads", "q_seq", "batch"),
+      out_type=(jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, heads, n_pad), jnp.float32)),
       scratch_types=(smem, plgpu.Barrier(num_barriers=COMPUTE_WGS), plgpu.Barrier(num_arrivals=COMPUTE_WGS)),
-      compiler_params=plgpu.CompilerParams(approx_math=True,
-                                           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+      warpgroup_semantics=True,
   )(q, k, v, row)
 
 
@@ -217,7 +198,6 @@ def _received_kernel_call(q, k, row, lse2, weight, *, scale: float, blocks: Bloc
   dtype = q.dtype
   block_q, block_kv = blocks.block_q, blocks.block_kv
   q_steps = n_pad // block_q
-  max_steps = min(blocks.max_concurrent_steps, q_steps)
   qk_scale = scale * LOG2E
 
   def rec_kernel(q_ref, k_ref, row_ref, lse_ref, w_ref, rec_ref, smem, k_barriers, row_barriers):
@@ -257,37 +237,19 @@ def _received_kernel_call(q, k, row, lse2, weight, *, scale: float, blocks: Bloc
       p = jnp.exp2(s) * lax.broadcast_in_dim(w, s.shape, [1])
       return total + p.sum(axis=1)
 
-    pipeline = plgpu.emit_pipeline_warp_specialized(
-        q_body,
-        grid=(q_steps,),
-        max_concurrent_steps=max_steps,
-        num_compute_wgs=COMPUTE_WGS,
-        memory_registers=40,
-        wg_axis="wg",
-        manual_consumed_barriers=True,
-        compute_context=compute_context,
-        in_specs=[
-            plgpu.BlockSpec(block_shape=(block_q, head_dim), index_map=lambda i: (i, 0)),
-            plgpu.BlockSpec(block_shape=(block_q,), index_map=lambda i: (i,)),
-            plgpu.BlockSpec(block_shape=(block_q,), index_map=lambda i: (i,)),
-        ],
-        out_specs=[],
-    )
+    pipeline = warp_specialized_pipeline(
+        q_body, steps=q_steps, max_concurrent_steps=blocks.max_concurrent_steps, compute_context=compute_context,
+        in_specs=[row_tiles(block_q, head_dim), row_vector(block_q), row_vector(block_q)])
     pipeline(q_ref.at[b, :, h, :], lse_ref.at[b, h], w_ref.at[b])
 
   smem = (plgpu.SMEM((COMPUTE_WGS, block_kv, head_dim), dtype),
           plgpu.SMEM((COMPUTE_WGS, block_kv), jnp.float32),
           plgpu.SMEM((COMPUTE_WGS, block_kv), jnp.float32))
-  return plgpu.kernel(
-      rec_kernel,
-      grid=(heads, m_pad // (COMPUTE_WGS * block_kv), batch),
-      grid_names=("heads", "k_seq", "batch"),
-      num_threads=COMPUTE_WGS + 1,
-      thread_name="wg",
+  return warpgroup_kernel(
+      rec_kernel, grid=(heads, m_pad // (COMPUTE_WGS * block_kv), batch), grid_names=("heads", "k_seq", "batch"),
       out_type=jax.ShapeDtypeStruct((batch, heads, m_pad), jnp.float32),
       scratch_types=(smem, plgpu.Barrier(num_barriers=COMPUTE_WGS), plgpu.Barrier(num_barriers=COMPUTE_WGS)),
-      compiler_params=plgpu.CompilerParams(approx_math=True,
-                                           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+      warpgroup_semantics=True,
   )(q, k, row, lse2, weight)
 
 
@@ -308,10 +270,8 @@ def _dq_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: Bloc
   dtype = q.dtype
   block_q, block_kv = blocks.block_q_bwd, blocks.block_kv_bwd
   kv_steps = m_pad // block_kv
-  max_steps = min(blocks.max_concurrent_steps, kv_steps)
   qk_scale = scale * LOG2E
-  tiling = plgpu.TilingTransform((8, 64))
-  swizzle = plgpu.SwizzleTransform(128)
+  transforms = swizzled()
 
   def dq_kernel(q_ref, k_ref, v_ref, do_ref, row_ref, lse_ref, delta_ref, dq_ref, smem, barriers):
     b = lax.axis_index("batch")
@@ -369,37 +329,18 @@ def _dq_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: Bloc
       plgpu.barrier_arrive(k_consumed)
       return dq, lse, delta
 
-    pipeline = plgpu.emit_pipeline_warp_specialized(
-        kv_body,
-        grid=(kv_steps,),
-        max_concurrent_steps=max_steps,
-        num_compute_wgs=COMPUTE_WGS,
-        memory_registers=40,
-        wg_axis="wg",
-        manual_consumed_barriers=True,
-        compute_context=compute_context,
-        in_specs=[
-            plgpu.BlockSpec(block_shape=(block_kv, head_dim), index_map=lambda i: (i, 0),
-                            transforms=(tiling, swizzle)),
-            plgpu.BlockSpec(block_shape=(block_kv, head_dim), index_map=lambda i: (i, 0),
-                            transforms=(tiling, swizzle)),
-            plgpu.BlockSpec(block_shape=(block_kv,), index_map=lambda i: (i,)),
-        ],
-        out_specs=[],
-    )
+    pipeline = warp_specialized_pipeline(
+        kv_body, steps=kv_steps, max_concurrent_steps=blocks.max_concurrent_steps, compute_context=compute_context,
+        in_specs=[row_tiles(block_kv, head_dim, transforms), row_tiles(block_kv, head_dim, transforms),
+                  row_vector(block_kv)])
     pipeline(k_ref.at[b, :, h, :], v_ref.at[b, :, h, :], row_ref.at[b])
 
-  tile = plgpu.SMEM((COMPUTE_WGS, block_q, head_dim), dtype, transforms=(tiling, swizzle))
+  tile = plgpu.SMEM((COMPUTE_WGS, block_q, head_dim), dtype, transforms=transforms)
   vec = plgpu.SMEM((COMPUTE_WGS, block_q), jnp.float32)
-  return plgpu.kernel(
-      dq_kernel,
-      grid=(heads, n_pad // (COMPUTE_WGS * block_q), batch),
-      grid_names=("heads", "q_seq", "batch"),
-      num_threads=COMPUTE_WGS + 1,
-      thread_name="wg",
+  return warpgroup_kernel(
+      dq_kernel, grid=(heads, n_pad // (COMPUTE_WGS * block_q), batch), grid_names=("heads", "q_seq", "batch"),
       out_type=jax.ShapeDtypeStruct(q.shape, dtype),
       scratch_types=((tile, tile, vec, vec), (plgpu.Barrier(num_barriers=COMPUTE_WGS),) * 4),
-      compiler_params=plgpu.CompilerParams(approx_math=True),
   )(q, k, v, do, row, lse2, delta)
 
 
@@ -412,10 +353,8 @@ def _dkv_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: Blo
   dtype = q.dtype
   block_q, block_kv = blocks.block_q_bwd, blocks.block_kv_bwd
   q_steps = n_pad // block_q
-  max_steps = min(blocks.max_concurrent_steps, q_steps)
   qk_scale = scale * LOG2E
-  tiling = plgpu.TilingTransform((8, 64))
-  swizzle = plgpu.SwizzleTransform(128)
+  transforms = swizzled()
 
   def dkv_kernel(q_ref, k_ref, v_ref, do_ref, row_ref, lse_ref, delta_ref, dk_ref, dv_ref, drow_ref,
                  smem, barriers):
@@ -484,39 +423,19 @@ def _dkv_kernel_call(q, k, v, do, row, lse2, delta, *, scale: float, blocks: Blo
       plgpu.barrier_arrive(q_consumed)
       return dk, dv, drow, key_row
 
-    pipeline = plgpu.emit_pipeline_warp_specialized(
-        q_body,
-        grid=(q_steps,),
-        max_concurrent_steps=max_steps,
-        num_compute_wgs=COMPUTE_WGS,
-        memory_registers=40,
-        wg_axis="wg",
-        manual_consumed_barriers=True,
-        compute_context=compute_context,
-        in_specs=[
-            plgpu.BlockSpec(block_shape=(block_q, head_dim), index_map=lambda i: (i, 0),
-                            transforms=(tiling, swizzle)),
-            plgpu.BlockSpec(block_shape=(block_q, head_dim), index_map=lambda i: (i, 0),
-                            transforms=(tiling, swizzle)),
-            plgpu.BlockSpec(block_shape=(block_q,), index_map=lambda i: (i,)),
-            plgpu.BlockSpec(block_shape=(block_q,), index_map=lambda i: (i,)),
-        ],
-        out_specs=[],
-    )
+    pipeline = warp_specialized_pipeline(
+        q_body, steps=q_steps, max_concurrent_steps=blocks.max_concurrent_steps, compute_context=compute_context,
+        in_specs=[row_tiles(block_q, head_dim, transforms), row_tiles(block_q, head_dim, transforms),
+                  row_vector(block_q), row_vector(block_q)])
     pipeline(q_ref.at[b, :, h, :], do_ref.at[b, :, h, :], lse_ref.at[b, h], delta_ref.at[b, h])
 
-  tile = plgpu.SMEM((COMPUTE_WGS, block_kv, head_dim), dtype, transforms=(tiling, swizzle))
+  tile = plgpu.SMEM((COMPUTE_WGS, block_kv, head_dim), dtype, transforms=transforms)
   vec = plgpu.SMEM((COMPUTE_WGS, block_kv), jnp.float32)
   kv_type = jax.ShapeDtypeStruct(k.shape, dtype)
-  return plgpu.kernel(
-      dkv_kernel,
-      grid=(heads, m_pad // (COMPUTE_WGS * block_kv), batch),
-      grid_names=("heads", "kv_seq", "batch"),
-      num_threads=COMPUTE_WGS + 1,
-      thread_name="wg",
+  return warpgroup_kernel(
+      dkv_kernel, grid=(heads, m_pad // (COMPUTE_WGS * block_kv), batch), grid_names=("heads", "kv_seq", "batch"),
       out_type=(kv_type, kv_type, jax.ShapeDtypeStruct((batch, heads, m_pad), jnp.float32)),
       scratch_types=((tile, tile, vec), (plgpu.Barrier(num_barriers=COMPUTE_WGS),) * 3),
-      compiler_params=plgpu.CompilerParams(approx_math=True),
   )(q, k, v, do, row, lse2, delta)
 
 

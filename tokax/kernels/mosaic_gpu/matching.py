@@ -23,10 +23,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from tokax.kernels import matching
+from tokax.kernels.mosaic_gpu.common import (COMPUTE_WGS, row_tiles, row_vector, swizzled,
+                                              warp_specialized_pipeline, warpgroup_kernel)
 
 Array = jax.Array
 
-COMPUTE_WGS = 2
 CHANNELS_MULTIPLE = 64  # 128-byte swizzle of 2-byte elements
 MAX_CONCURRENT_STEPS = 2
 DTYPES = (jnp.bfloat16, jnp.float16)
@@ -73,8 +74,7 @@ def matching_call(a: Array, b: Array, col_bias: Array, block_sizes: matching.Blo
   block_a, block_b = block_sizes.block_a, block_sizes.block_b
   grid, steps = grid_shape(num_a, num_b, batch, block_sizes)
   dtype = a.dtype
-  tiling = plgpu.TilingTransform((8, 64))
-  swizzle = plgpu.SwizzleTransform(128)
+  transforms = swizzled()
 
   def kernel(a_ref, b_ref, bias_ref, max_ref, idx_ref, smem_buffers, a_barriers):
     image = lax.axis_index("batch")
@@ -113,38 +113,18 @@ def matching_call(a: Array, b: Array, col_bias: Array, block_sizes: matching.Blo
       first_col = (indices[0] * block_b).astype(jnp.float32)
       return fold_tile_rows(run_max, run_idx, scores, cols, first_col)
 
-    pipeline = plgpu.emit_pipeline_warp_specialized(
-        b_step,
-        grid=(steps,),
-        max_concurrent_steps=min(MAX_CONCURRENT_STEPS, steps),
-        num_compute_wgs=COMPUTE_WGS,
-        memory_registers=40,
-        wg_axis="wg",
-        manual_consumed_barriers=True,
-        compute_context=compute_thread,
-        in_specs=[
-            plgpu.BlockSpec(block_shape=(block_b, channels), index_map=lambda j: (j, 0), transforms=[tiling, swizzle]),
-            plgpu.BlockSpec(block_shape=(block_b,), index_map=lambda j: (j,)),
-        ],
-    )
+    pipeline = warp_specialized_pipeline(
+        b_step, steps=steps, max_concurrent_steps=MAX_CONCURRENT_STEPS, compute_context=compute_thread,
+        in_specs=[row_tiles(block_b, channels, transforms), row_vector(block_b)])
     pipeline(b_ref.at[image], bias_ref.at[image])
 
   out_type = [jax.ShapeDtypeStruct((batch, num_a), jnp.float32)] * 2
-  node_max, node_idx = plgpu.kernel(
-      kernel,
-      out_type=out_type,
-      scratch_types=[
-          (plgpu.SMEM((COMPUTE_WGS, block_a, channels), dtype, transforms=(tiling, swizzle)),
-           plgpu.SMEM((COMPUTE_WGS, block_a), jnp.float32),
-           plgpu.SMEM((COMPUTE_WGS, block_a), jnp.float32)),
-          plgpu.Barrier(num_barriers=COMPUTE_WGS),
-      ],
-      compiler_params=plgpu.CompilerParams(approx_math=True),
-      grid=grid,
-      grid_names=("a_tiles", "batch"),
-      num_threads=COMPUTE_WGS + 1,
-      thread_name="wg",
-  )(a, b, col_bias)
+  scratch = [(plgpu.SMEM((COMPUTE_WGS, block_a, channels), dtype, transforms=transforms),
+              plgpu.SMEM((COMPUTE_WGS, block_a), jnp.float32),
+              plgpu.SMEM((COMPUTE_WGS, block_a), jnp.float32)),
+             plgpu.Barrier(num_barriers=COMPUTE_WGS)]
+  node_max, node_idx = warpgroup_kernel(kernel, grid=grid, grid_names=("a_tiles", "batch"), out_type=out_type,
+                                        scratch_types=scratch)(a, b, col_bias)
   return node_max, node_idx
 
 
