@@ -31,6 +31,7 @@ norm, head), so conversion is a transpose per tensor (tokax.interop.t2t). Images
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any
@@ -54,6 +55,7 @@ NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which every official LayerN
 # Flax's default (lecun normal, std fan_in ** -0.5) makes the Performer's q, k unit-variance, so
 # exp(w.u - |u|^2 / 2) underflows (|u|^2 / 2 ~ 32) and its attention is dead from the start.
 DENSE_INIT = nn.initializers.normal(0.02)
+Dense = functools.partial(nn.Dense, kernel_init=DENSE_INIT)  # every Dense of the model
 STEM_STRIDE = 16  # 4 * 2 * 2: the three soft splits
 
 
@@ -129,10 +131,9 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    dense = lambda feats, name: nn.Dense(feats, dtype=self.dtype, param_dtype=self.param_dtype,
-                                         kernel_init=DENSE_INIT, name=name)
-    x = nn.gelu(dense(self.hidden, "fc1")(x), approximate=False)
-    return dense(self.out, "fc2")(x)
+    dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.gelu(dense(self.hidden, name="fc1")(x), approximate=False)
+    return dense(self.out, name="fc2")(x)
 
 
 class TokenTransformer(nn.Module):
@@ -151,14 +152,13 @@ class TokenTransformer(nn.Module):
     b, n, c_in = x.shape
     norm = lambda name: nn.LayerNorm(epsilon=NORM_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     h = norm("norm1")(x)
-    qkv = nn.Dense(3 * self.dim, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=DENSE_INIT, name="attn_qkv")(h).reshape(b, n, 3, 1, self.dim)
+    qkv = Dense(3 * self.dim, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="attn_qkv")(h).reshape(b, n, 3, 1, self.dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     # The official scale is C_in ** -0.5; kernels.attention applies dim ** -0.5, so q carries the ratio.
     q = q * jnp.asarray(math.sqrt(self.dim / c_in), q.dtype)
     out, _ = kernels.attention(q, k, v, implementation=self.attention)
-    out = nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=DENSE_INIT,
-                   name="attn_proj")(out.reshape(b, n, self.dim))
+    out = Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="attn_proj")(out.reshape(b, n, self.dim))
     x = v.reshape(b, n, self.dim) + out
     return x + Mlp(self.dim, self.dim, self.dtype, self.param_dtype, name="mlp")(norm("norm2")(x))
 
@@ -189,9 +189,8 @@ class TokenPerformer(nn.Module):
     norm = lambda name: nn.LayerNorm(epsilon=NORM_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     m = int(self.dim * self.kernel_ratio)
     w = jax.lax.stop_gradient(self.param("w", _orthogonal_features, (m, self.dim), jnp.float32))
-    dense = lambda feats, name: nn.Dense(feats, dtype=self.dtype, param_dtype=self.param_dtype,
-                                         kernel_init=DENSE_INIT, name=name)
-    kqv = dense(3 * self.dim, "kqv")(norm("norm1")(x))
+    dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    kqv = dense(3 * self.dim, name="kqv")(norm("norm1")(x))
     k, q, v = jnp.split(kqv, 3, axis=-1)
 
     def features(u: Array) -> Array:  # (B, T, dim) -> (B, T, m)
@@ -204,10 +203,10 @@ class TokenPerformer(nn.Module):
     kptv = jnp.einsum("bin,bim->bnm", v.astype(jnp.float32), kp)  # (B, dim, m)
     y = (jnp.einsum("bti,bni->btn", qp, kptv) / (denom + 1e-8)).astype(x.dtype)
     drop = lambda name: nn.Dropout(self.dropout, name=name)
-    y = dense(self.dim, "proj")(y)
+    y = dense(self.dim, name="proj")(y)
     x = v + drop("dp")(y, deterministic=deterministic)
-    h = dense(self.dim, "mlp_0")(norm("norm2")(x))
-    h = dense(self.dim, "mlp_2")(nn.gelu(h, approximate=False))
+    h = dense(self.dim, name="mlp_0")(norm("norm2")(x))
+    h = dense(self.dim, name="mlp_2")(nn.gelu(h, approximate=False))
     return x + drop("mlp_dropout")(h, deterministic=deterministic)
 
 
@@ -240,8 +239,7 @@ class T2TModule(nn.Module):
     self.sow("intermediates", "attention2_out", x)
     x = soft_split(_tokens_to_grid(x), 3, 2, 1)
     self.sow("intermediates", "soft_split2_out", x)
-    x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=DENSE_INIT,
-                 name="project")(x)
+    x = Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name="project")(x)
     self.sow("intermediates", "project_out", x)
     return x
 
@@ -351,8 +349,7 @@ class T2TViT(nn.Module):
     x = nn.LayerNorm(epsilon=NORM_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(tokens.x)
     pooled = x[:, 0]
     if self.num_classes:
-      logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=DENSE_INIT, name="head")(pooled)
+      logits = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(pooled)
     else:
       logits = pooled
     if not return_intermediates:
