@@ -38,10 +38,9 @@ def parse_run(text: str) -> tuple[str, str, str]:
 def measure_run(name: str, config_reference: str, workdir: str, *, batch_size: int = 256, dtype: Any = jnp.bfloat16,
                 warmup: int = 3, repeats: int = 10, eval_batch_size: int = 250, split: str = "test") -> dict[str, Any]:
   """One row: the run's step, parameter count, top-1 on `split`, GFLOPs per image and images/s."""
-  from tokax.bench.sweep import restore_run
-  from tokax.train import evaluate, trainer
+  from tokax.train import evaluate, objectives, trainer
 
-  train_config, model, variables, step = restore_run(config_reference, workdir)
+  train_config, model, variables, step = objectives.restore_run(config_reference, workdir)
   model = model.clone(dtype=jnp.dtype(dtype))
   variables = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, variables)
   data = trainer.load_split(train_config, split)

@@ -359,35 +359,6 @@ def _overrides(config: Any) -> dict[str, Any]:
               gelu_approximate=config.gelu_approximate)
 
 
-def restore_run(config_reference: str, workdir: str) -> tuple[Any, Any, Any, int]:
-  """(training config, model, variables, step) of the latest checkpoint of a tokax.train run, without training.
-
-  config_reference is the run's --config ("configs/x.py[:arg]"); the model carries the config's reduction
-  (and distillation token). Train-only collections (SiT's reverse modules) are dropped from the variables.
-  """
-  from tokax.data import offline
-  from tokax.train import config_utils, loop, objectives, optim, trainer
-  from tokax.train.step import init_state
-
-  train_config = config_utils.load_config_file(config_reference)
-  num_classes = offline.NUM_CLASSES if train_config.data.name in offline.DATASETS else train_config.data.num_classes
-  model = trainer.model_from_config(train_config, num_classes)
-  image_shape = (train_config.model.image_size, train_config.model.image_size, 3)
-  distill = train_config.get("distill")
-  init_variables = (objectives.sit_init_variables(model, image_shape)
-                    if distill and distill.get("kind") == "frd" else None)
-  tx = optim.adamw(optim.lr_schedule(peak_lr=train_config.lr, warmup_steps=0, total_steps=1),
-                   weight_decay=train_config.weight_decay, grad_clip_norm=train_config.grad_clip_norm)
-  shapes = jax.eval_shape(lambda rng: init_state(model, tx, rng, image_shape, init_variables=init_variables),
-                          jax.random.key(0))
-  restored = loop.restore_for_inference(workdir, shapes, keep_checkpoints=train_config.keep_checkpoints)
-  if restored is None:
-    raise ValueError(f"sweep: no checkpoint in {workdir!r}; expected a run of {config_reference!r} there")
-  state, step = restored
-  variables = {k: v for k, v in state.params.items() if k != objectives.REVERSE}
-  return train_config, model, variables, step
-
-
 def setup_from_config(config: Any) -> Setup:
   """The model of config.checkpoint (trained, or restored from its workdir) or a random config.model.
 
@@ -397,7 +368,7 @@ def setup_from_config(config: Any) -> Setup:
   dtype = jnp.dtype(config.dtype)
   overrides = _overrides(config)
   if config.checkpoint.config:
-    from tokax.train import config_utils, trainer
+    from tokax.train import config_utils, objectives, trainer
 
     if not config.checkpoint.workdir:
       raise ValueError("sweep config: checkpoint.workdir is empty; give the training run's --workdir "
@@ -407,7 +378,7 @@ def setup_from_config(config: Any) -> Setup:
       result = trainer.train(train_config, config.checkpoint.workdir)
       model, params, step = result.model, result.params, result.step
     else:
-      train_config, model, params, step = restore_run(config.checkpoint.config, config.checkpoint.workdir)
+      train_config, model, params, step = objectives.restore_run(config.checkpoint.config, config.checkpoint.workdir)
     model = model.clone(reduction=None, **overrides)
     evaluation = trainer.load_split(train_config, config.eval_split)
     calibration = trainer.load_split(train_config, config.calibration_split)
@@ -450,11 +421,13 @@ def trained_rows(config: Any, setup: Setup, settings: Settings, dense: dict[str,
 
   A run without a checkpoint (stopped before its first save) is logged and skipped.
   """
+  from tokax.train import objectives
+
   for name, spec in (config.get("trained") or {}).items():
     if not spec.get("workdir"):
       continue
     try:
-      _, model, variables, step = restore_run(spec.config, spec.workdir)
+      _, model, variables, step = objectives.restore_run(spec.config, spec.workdir)
     except ValueError as e:
       logging.warning("trained.%s skipped: %s", name, e)
       continue

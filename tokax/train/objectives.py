@@ -296,21 +296,43 @@ class Teacher:
   variables: Any
 
 
-def restore_params(config_reference: str, workdir: str, num_classes: int, image_shape: tuple[int, ...]) -> Teacher:
-  """The model of config `config_reference` ("configs/x.py[:arg]") and its params from `workdir`'s latest checkpoint."""
+def restore_run(config_reference: str, workdir: str, *, num_classes: int | None = None,
+                image_shape: tuple[int, ...] | None = None) -> tuple[Any, Any, Any, int]:
+  """(training config, model, variables, step) of the latest checkpoint of a tokax.train classifier run.
+
+  config_reference is the run's --config ("configs/x.py[:arg]"); the model carries the config's
+  reduction (and distillation token). num_classes and image_shape default to the run's own (its
+  data's classes, its model's image size). A SiT run's state holds its train-only reverse modules
+  (restored, then dropped from the variables).
+  """
+  from tokax.data import offline
   from tokax.train import loop, optim, trainer  # trainer imports this module
   from tokax.train.step import init_state
 
   config = load_config_file(config_reference)
+  if num_classes is None:
+    num_classes = offline.NUM_CLASSES if config.data.name in offline.DATASETS else config.data.num_classes
+  if image_shape is None:
+    image_shape = (config.model.image_size, config.model.image_size, 3)
   model = trainer.model_from_config(config, num_classes)
+  distill = config.get("distill")
+  init_variables = sit_init_variables(model, image_shape) if distill and distill.get("kind") == "frd" else None
   tx = optim.adamw(optim.lr_schedule(peak_lr=config.lr, warmup_steps=0, total_steps=1),
                    weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
-  shapes = jax.eval_shape(lambda rng: init_state(model, tx, rng, image_shape), jax.random.key(0))
+  shapes = jax.eval_shape(lambda rng: init_state(model, tx, rng, image_shape, init_variables=init_variables),
+                          jax.random.key(0))
   restored = loop.restore_for_inference(workdir, shapes, keep_checkpoints=config.keep_checkpoints)
   if restored is None:
-    raise ValueError(f"no checkpoint in {workdir!r}: point teacher_workdir / init_from.workdir at the workdir of "
-                     f"a finished run of {config_reference!r}")
-  return Teacher(model=model, variables=jax.device_get(restored[0].params))
+    raise ValueError(f"no checkpoint in {workdir!r}: point it at the workdir of a finished run of "
+                     f"{config_reference!r}")
+  state, step = restored
+  return config, model, {k: v for k, v in state.params.items() if k != REVERSE}, step
+
+
+def restore_params(config_reference: str, workdir: str, num_classes: int, image_shape: tuple[int, ...]) -> Teacher:
+  """The model of config `config_reference` ("configs/x.py[:arg]") and its params from `workdir`'s latest checkpoint."""
+  _, model, variables, _ = restore_run(config_reference, workdir, num_classes=num_classes, image_shape=image_shape)
+  return Teacher(model=model, variables=jax.device_get(variables))
 
 
 def load_teacher(spec: Any, num_classes: int, image_shape: tuple[int, ...]) -> Teacher:
