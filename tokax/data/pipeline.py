@@ -258,9 +258,11 @@ def _thread_pool_stream(load, start: int, stop: int, num_threads: int, prefetch:
 _WORKER_ITERATOR: DataIterator | None = None  # a worker process's copy (set by _start_worker)
 
 
-def _start_worker(iterator: DataIterator) -> None:
+def _start_worker(payload: bytes) -> None:
+  import pickle  # noqa: PLC0415
+
   global _WORKER_ITERATOR
-  _WORKER_ITERATOR = iterator
+  _WORKER_ITERATOR = pickle.loads(payload)
 
 
 def _worker_load_batch(step: int) -> dict[str, np.ndarray]:
@@ -279,12 +281,12 @@ def _process_pool_stream(iterator: DataIterator, start: int, stop: int, num_work
   from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
 
   try:
-    pickle.dumps(iterator)
+    payload = pickle.dumps(iterator)  # once here, not once per worker by the executor
   except Exception as e:  # noqa: BLE001 (any pickling failure: say which field to change)
     raise ValueError(f"DataIterator.num_workers: the source or ops do not pickle ({type(e).__name__}: {e}); "
                      "use num_workers=0 (threads) or a picklable source") from e
   pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(iterator,))
+                             initializer=_start_worker, initargs=(payload,))
   return _pool_stream(pool, _worker_load_batch, start, stop, prefetch)
 
 
