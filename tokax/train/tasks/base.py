@@ -151,10 +151,10 @@ def restore_latest(workdir: str, state_shapes: Any) -> Any | None:
 
 def load(task: Task, config: ml_collections.ConfigDict, workdir: str, *, ema: bool = True) -> Run:
   """The run of `task` in `workdir` (config: its config.json) at its latest checkpoint."""
-  target = task.target(config)
-  state = restore_latest(workdir, jax.eval_shape(target.init_fn, target.init_rng))
-  if state is None:
+  if not checkpoint.check_directory(os.path.join(workdir, "checkpoints")):
     raise RunError(f"{workdir!r} holds a {task.name} run (config.json) but no checkpoint under "
                    f"{os.path.join(workdir, 'checkpoints')}: it stopped before its first save; train it (again)")
+  target = task.target(config)
+  state = restore_latest(workdir, jax.eval_shape(target.init_fn, target.init_rng))
   return Run(workdir=workdir, task=task.name, config=config, model=target.model,
              variables=task.variables(state, ema=ema), step=int(state.step), state=state)
