@@ -256,7 +256,6 @@ def restore_or_init(s: Setup, init_fn: Callable[[jax.Array], Any], init_rng: jax
   return state
 
 
-
 # --- the step loop -------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
