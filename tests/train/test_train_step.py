@@ -93,5 +93,5 @@ def test_periodic_checkpoint_is_the_state_at_its_step(tmp_path):
   manager.close()
   saved = restored["state"]
   assert int(saved["step"]) == 2
-  assert restored["data"]["epoch"] == 0 and restored["data"]["batch"] == 2  # 64 examples, batch 16: 4 per epoch
+  assert restored["data"]["epoch"] == 0 and restored["data"]["position"] == 2  # 64 examples, batch 16: 4 per epoch
   jax.tree.map(np.testing.assert_array_equal, saved["params"], jax.device_get(stopped.params))
