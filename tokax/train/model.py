@@ -1,4 +1,5 @@
-"""Builds the model and its reduction from explicit arguments (the trainer reads them off the config)."""
+"""Builds the model from explicit arguments (the trainer reads them off the config; its reduction comes from
+tokax.reduction.build)."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +9,6 @@ import jax.numpy as jnp
 
 from tokax.models.t2t_vit import T2TViT
 from tokax.models.vit import ViT
-from tokax.reduction import MCTF, Slim, ToMe
 
 MODELS = ("vit", "t2t_vit")
 
@@ -40,30 +40,6 @@ def build_model(*, variant: str, image_size: int, num_classes: int, pool: str = 
       variant=variant, image_size=image_size, num_classes=num_classes, pool=pool, drop_path=drop_path,
       dtype=jnp.dtype(dtype), width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
       reduction=reduction, distilled=distilled)
-
-
-REDUCTIONS = ("none", "tome", "mctf", "slim")
-
-
-def build_reduction(name: str, *, r: int | float = 0, prop_attn: bool = True,
-                    activate_layers: tuple[int, ...] | None = None, stage_blocks: tuple[int, ...] | None = None,
-                    keeping_ratio: float = 0.5) -> Any:
-  """A reduction method by name: "none" (dense), "tome" (ToMe merging r tokens per layer), "mctf"
-  (MCTF fusing r per layer in activate_layers, None: all) or "slim" (SiT's token slimming with
-  stage_blocks and keeping_ratio)."""
-  if name in ("", "none"):
-    return None
-  if name == "tome":
-    return ToMe(r=r, prop_attn=prop_attn)
-  if name == "mctf":
-    layers = None if activate_layers is None else tuple(activate_layers)
-    return MCTF(r=r, prop_attn=prop_attn, activate_layers=layers)
-  if name == "slim":
-    if not stage_blocks:
-      raise ValueError("reduction.stage_blocks: 'slim' needs the blocks of each stage, summing to the depth "
-                       "(e.g. (1, 1, 1, 9) for 12 blocks)")
-    return Slim(stage_blocks=tuple(stage_blocks), keeping_ratio=keeping_ratio)
-  raise ValueError(f"reduction: unknown method {name!r}; expected one of {REDUCTIONS}")
 
 
 def normalize_images(images: jax.Array) -> jax.Array:

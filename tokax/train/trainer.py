@@ -44,12 +44,13 @@ import jax
 import ml_collections
 from absl import logging
 
+from tokax import reduction
 from tokax.data import offline, pipeline
 from tokax.train import evaluate, loop, objectives, optim, sharding
 from tokax.train import logging as metric_logging
 from tokax.train.batch_stream import PipelineStream
 from tokax.train.config_utils import steps
-from tokax.train.model import build_model, build_reduction
+from tokax.train.model import build_model
 from tokax.train.step import init_state, make_train_step
 
 
@@ -73,14 +74,12 @@ class TrainResult:
 
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int):
   """The model described by config.model (a ViT, or a T2T-ViT with model.name="t2t_vit") and config.reduction."""
-  m, red = config.model, config.reduction
+  m = config.model
   extra = {key: m[key] for key in ("name", "tokens_type", "mlp_ratio", "distilled") if key in m}
-  reduction_extra = {key: red[key] for key in ("activate_layers", "stage_blocks", "keeping_ratio") if key in red}
   return build_model(
       variant=m.variant, image_size=m.image_size, num_classes=num_classes, pool=m.pool,
       drop_path=m.drop_path, dtype=m.dtype, width=m.width, depth=m.depth, num_heads=m.num_heads,
-      mlp_dim=m.mlp_dim, reduction=build_reduction(red.name, r=red.r, prop_attn=red.prop_attn, **reduction_extra),
-      **extra)
+      mlp_dim=m.mlp_dim, reduction=reduction.build(config.reduction, calibration=False), **extra)
 
 
 def uses_pipeline(config: ml_collections.ConfigDict) -> bool:
