@@ -354,9 +354,9 @@ def reduction_label(reduction: Any) -> str:
   """A short strength label for a trained run's reduction: "r=8", "keep 0.5 x 4 stages", "-" (none)."""
   if reduction is None:
     return "-"
-  stages = getattr(reduction, "stage_blocks", None)
-  if stages is not None:  # Slim
-    return f"keep {reduction.keeping_ratio} x {len(stages)} stages"
+  if hasattr(reduction, "keeping_ratio"):  # Slim
+    stages = reduction.stage_blocks
+    return f"keep {reduction.keeping_ratio}" + (f" x {len(stages)} stages" if stages else " x 4 stages")
   r = getattr(reduction, "r", None)
   return f"r={r}" if r is not None else type(reduction).__name__
 
