@@ -48,7 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.lr = 2e-4  # SiT: lr 2e-4, no warmup
   if arg.dense:
     return config
-  config.reduction = dict(name="slim", r=0, prop_attn=False, stage_blocks=stage_blocks, keeping_ratio=0.5)
+  del config.reduction  # the base's string "none": a dict instead, so --config.reduction.keeping_ratio=... works
+  config.reduction = dict(name="slim", stage_blocks=stage_blocks, keeping_ratio=0.5)
   # The teacher: the run in teacher_workdir (rebuilt from its config.json: the `dense` mode of this file, or
   # cluttered_digits_vit.py with gpu), or a timm file teacher_checkpoint for the model of teacher_config.
   config.distill = dict(kind="frd", lambda_token=2.0, lambda_logits=2.0, tau=1.0, teacher_workdir="",

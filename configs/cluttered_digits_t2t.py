@@ -50,7 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mlp_ratio=unset(float))
   if arg.tokens_type:
     config.model.tokens_type = arg.tokens_type
-  config.reduction = dict(name="none", r=0, prop_attn=False)  # trained dense; ToMe is applied at test
+  # A tokax.reduction.build spec; a string, so --config.reduction=tome:16 (or evit:0.7, ...) overrides it.
+  config.reduction = "none"  # trained dense; ToMe is applied at test.
 
   config.batch_size = 64
   config.total_steps = 1200

@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
       name="vit", num_classes=optional_int(), variant=arg.variant, image_size=32, pool="gap", drop_path=0.0,
       dtype="float32", width=128, depth=4, num_heads=2, mlp_dim=512)
-  config.reduction = dict(name="none", r=0, prop_attn=False)
+  # A tokax.reduction.build spec; a string, so --config.reduction=tome:16 (or evit:0.7, ...) overrides it.
+  config.reduction = "none"
 
   config.batch_size = 32
   config.total_steps = 400

@@ -41,7 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
       name="vit", num_classes=optional_int(), variant=arg.variant, image_size=size, pool="gap", drop_path=0.1,
       dtype="float32", width=192, depth=6, num_heads=3, mlp_dim=768)
-  config.reduction = dict(name="none", r=0, prop_attn=False)
+  # A tokax.reduction.build spec; a string, so --config.reduction=tome:16 (or evit:0.7, ...) overrides it.
+  config.reduction = "none"
 
   config.batch_size = 64
   config.total_steps = ml_collections.config_dict.placeholder(int)

@@ -8,7 +8,7 @@ import pytest
 
 from tokax.bench import sweep
 from tokax.models import ViT
-from tokax.reduction import DToMeCalibration
+from tokax.reduction import DToMeCalibration, build, calibrate_dtome
 from tokax.train import config_utils
 
 IMAGE = (32, 32, 3)
@@ -24,7 +24,7 @@ def tiny():
 @pytest.mark.parametrize("method,strength", [("tome", 2), ("mctf", 3), ("evit", 0.5), ("slim", 0.5), ("pitome", 0.8)])
 def test_bounds_keep_the_methods_token_counts(tiny, method, strength):
   model, params, _ = tiny
-  reduced = model.clone(reduction=sweep.block_reduction(method, strength, depth=3))
+  reduced = model.clone(reduction=build(sweep.method_spec(method, strength)))
   params, _ = sweep.params_for(reduced, params, IMAGE)
   counts = sweep.layer_token_counts(reduced, params, IMAGE)
   assert counts[-1] < 17
@@ -38,11 +38,23 @@ def test_calibrated_dtome_merges_r_per_block_on_its_calibration_batch(tiny):
   Exact for the first merging block only (later blocks see batch-level vs per-image merged tokens).
   """
   model, params, images = tiny
-  dtome = sweep.calibrate_dtome(model, params, [images], DToMeCalibration(r=(3, 0, 0)))
+  dtome = calibrate_dtome(model, params, [images], DToMeCalibration(r=(3, 0, 0)))
   assert dtome.thresholds[1:] == (float("inf"),) * 2
   _, inter = model.clone(reduction=dtome).apply(params, images, return_intermediates=True)
   valid = np.asarray(inter["mask"]).sum(-1)
   assert valid.mean() == 17 - 3 and valid.min() < valid.max()  # per-image counts differ, the batch total is exact
+
+
+def test_method_specs_come_from_the_registry():
+  assert sweep.method_spec("tome", 8) == {"name": "tome", "r": 8}
+  assert sweep.method_spec("tome_noprop", 8) == {"name": "tome", "r": 8, "prop_attn": False}
+  assert sweep.method_spec("evit", 0.7) == {"name": "evit", "keep_rate": 0.7}
+  assert sweep.method_spec("fastervlm", 0.5) == {"name": "fastervlm", "ratio": 0.5}
+  with pytest.raises(ValueError, match="unknown method 'tomme'"):
+    sweep.method_spec("tomme", 8)
+  with pytest.raises(ValueError, match="no prop_attn"):
+    sweep.method_spec("divprune_noprop", 0.5)
+  assert sorted(["evit", "tome_noprop", "dct", "tome"], key=sweep.method_order) == ["tome", "tome_noprop", "evit", "dct"]
 
 
 def test_target_checks_name_the_rows_that_miss():

@@ -73,17 +73,25 @@ def test_cli_writes_table_and_json(tmp_path, capsys):
   out = tmp_path / "bench.json"
   rows = throughput.main(["--variant", "Ti/16", "--image-size", "32", "--num-classes", "10", "--batch", "2",
                           "--dtype", "float32", "--attention", "xla", "--reduction", "none",
-                          "--reduction", "tome:1", "--warmup", "1", "--repeats", "2", "--out", str(out)])
-  assert [row["reduction"] for row in rows] == ["none", "tome:1"]
+                          "--reduction", "tome:1", "--reduction", "dtome:1", "--warmup", "1", "--repeats", "2",
+                          "--out", str(out)])
+  assert [row["reduction"] for row in rows] == ["none", "tome:1", "dtome:1"]  # dtome: calibrated on random batches
   assert rows[1]["gflops_per_image"] < rows[0]["gflops_per_image"]
   assert json.loads(out.read_text()) == rows
   table = (tmp_path / "bench.md").read_text()
   assert "| tokax (xla) | tome:1 |" in table and "| tokax (xla) | tome:1 |" in capsys.readouterr().out
 
 
-def test_cli_rejects_bad_reduction():
-  with pytest.raises(ValueError, match="tome:<r>"):
-    throughput.parse_args(["--reduction", "tome:x"])
+@pytest.mark.parametrize("spec,match", [("tome:x", "ToMe.r"), ("tomee:16", "unknown method 'tomee'"),
+                                        ("divprune:0.5", "post-encoder"), ("evit:1.5", "EViT.keep_rate")])
+def test_cli_rejects_bad_reduction(spec, match):
+  with pytest.raises(ValueError, match=match):
+    throughput.parse_args(["--reduction", spec])
+
+
+def test_cli_takes_any_block_method_of_the_registry():
+  args = throughput.parse_args(["--reduction", "evit:0.7", "--reduction", "dtome:2", "--reduction", "mctf:4"])
+  assert args.reduction == ["evit:0.7", "dtome:2", "mctf:4"]
 
 
 def test_timm_model_name():

@@ -382,7 +382,8 @@ def test_layers_outside_the_model_and_missing_class_token(tiny):
 
 def test_list_layers_are_hashable():
   r = EViT(layers=[3, 6, 9])
-  assert r.layers == (3, 6, 9) and hash(r) == hash(EViT())
+  assert r.layers == (3, 6, 9) and hash(r) == hash(EViT(layers=(3, 6, 9)))
+  assert EViT().pruning_layers(12) == (3, 6, 9)  # layers=None: the quarter points of the depth
   assert r.placement == "mid" and r.scores == ("cls",) and r.prop_attn is False
 
 

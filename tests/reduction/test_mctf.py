@@ -11,7 +11,7 @@ import pytest
 from golden.weights import random_state_dict
 from tokax.interop.timm import convert_state_dict, export_state_dict
 from tokax.models import ViT
-from tokax.reduction import Tokens, apply_plan, source_matrix
+from tokax.reduction import PreReduction, Tokens, apply_plan, source_matrix
 from tokax.reduction.mctf import (MCTF, attention_received, bidirectional_fusion_plan, fusion_weights, layer_r,
                                   mctf_fuse, merge_attention, multi_criteria_scores)
 
@@ -310,7 +310,7 @@ def test_distilled_model_keeps_cls_and_dist_alone():
   np.testing.assert_array_equal(assign[:, :2], [[0, 1], [0, 1]])
   assert (assign[:, 2:] > 1).all()
   np.testing.assert_array_equal(np.asarray(inter["size"])[:, :2], 1.0)
-  assert list(np.asarray(inter["num_tokens"])) == list(model.reduction.token_counts(18, 4, num_protected=2))
+  assert list(np.asarray(inter["num_tokens"])) == list(model.reduction.token_counts(18, 4, num_prefix=2))
 
 
 def test_gradients_are_finite():
@@ -345,5 +345,4 @@ def test_protocol_and_normalised_fields():
   assert (m.r, m.activate_layers, m.bidirection, m.pooling_type, m.tau_info) == (8, (3, 6, 9), True, 0, 20.0)
   assert m.placement == "pre" and m.scores == () and m.prop_attn
   assert m.attention_layer(layer=3, depth=12) and not m.attention_layer(layer=4, depth=12)
-  with pytest.raises(TypeError, match="reduce_with_attention"):
-    m.reduce(Tokens.create(jnp.zeros((1, 3, 4))), {}, layer=0, depth=12)
+  assert isinstance(m, PreReduction) and not hasattr(m, "reduce")  # the block calls reduce_with_attention

@@ -21,7 +21,7 @@ import pytest
 from golden.weights import random_state_dict
 from tokax.interop.timm import convert_state_dict, export_state_dict
 from tokax.models import ViT
-from tokax.reduction import Reduction, Tokens, apply_plan, plan_matrix, source_matrix
+from tokax.reduction import MidReduction, Tokens, apply_plan, plan_matrix, source_matrix
 from tokax.reduction.pitome import PiToMe, energy_scores, layer_margin, merge_count, pitome_plan
 
 MODELS = {  # golden name -> (tokax ViT kwargs, PiToMe mode order)
@@ -323,7 +323,7 @@ def test_schedules_and_explicit_modes():
   assert [merge_count(196, r) for r in (0.9, 0.925, 0.95, 0.975, 0.5)] == [19, 14, 9, 4, 98]
   assert hash(PiToMe(ratio=0.9)) == hash(PiToMe(ratio=0.9))  # usable as a static Flax field
   assert not PiToMe().prop_attn and PiToMe().placement == "mid" and PiToMe().scores == ()
-  assert isinstance(PiToMe(), Reduction)
+  assert isinstance(PiToMe(), MidReduction)
 
 
 def test_reduce_per_image_plans_in_a_batch():

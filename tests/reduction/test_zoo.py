@@ -1,4 +1,8 @@
-"""Every block method on one small ViT: jax.export round trip, visualisation, degenerate inputs."""
+"""Every method on one small ViT: the registry contract (over tokax.reduction.METHODS, here REGISTRY, so a new method is
+tested without edits), jax.export round trip, visualisation, degenerate inputs."""
+import dataclasses
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +11,9 @@ import skimage.data
 import skimage.transform
 
 from tokax.models import ViT
-from tokax.reduction import EViT, MCTF, PiToMe, Slim, ToMe
+from tokax.reduction import PLACEMENTS, EViT, MCTF, PiToMe, Slim, ToMe, Tokens, build, calibrate_dtome
+from tokax.reduction.base import PROTOCOLS, Method
+from tokax.reduction.registry import METHODS as REGISTRY, fields_of
 from tokax.reduction.dtome import DToMe
 from tokax.reduction.visualize import draw_merges
 
@@ -83,3 +89,150 @@ def test_amounts_beyond_the_tokens_are_clipped(setup, method):
   logits, inter = reduced.apply(params, images, return_intermediates=True)
   counts = np.asarray(inter["num_tokens"])
   assert np.isfinite(np.asarray(logits)).all() and counts.min() >= 2 and np.all(np.diff(counts) <= 0)
+
+
+# --- the registry contract, for every entry of REGISTRY ------------------------------------------------
+
+TINY = dict(variant="Ti/4", width=32, depth=4, num_heads=2, mlp_dim=64, image_size=32, num_classes=10)
+NUM_TOKENS = 65  # 8 x 8 patches + cls
+
+
+def two_strengths(cls):
+  """Two valid strengths: counts for an int strength field, kept fractions otherwise."""
+  default = next(f.default for f in dataclasses.fields(cls) if f.name == cls.strength_field)
+  if isinstance(default, int) and not isinstance(default, bool):
+    return (2, 8)
+  return (0.9, 0.6)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = ViT(**TINY)
+  images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+  return model, model.init(jax.random.key(0), images), images
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_class_states_its_contract(name):
+  cls = REGISTRY[name]
+  assert isinstance(cls(), Method)
+  assert cls.placement in PLACEMENTS and isinstance(cls.scores, tuple)
+  assert cls.strength_field in fields_of(cls), f"{name}: strength_field must name a field"
+  for fact in ("placement", "scores", "strength_field", "needs_calibration", "variable_tokens"):
+    assert fact not in fields_of(cls), f"{name}.{fact} must be a ClassVar, not a field"
+  assert isinstance(cls(), PROTOCOLS[cls.placement])
+  for other, protocol in PROTOCOLS.items():  # no method carries the hooks of another placement
+    assert other == cls.placement or not isinstance(cls(), protocol), (name, other)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_short_string_equals_the_dict_and_sets_the_strength(name):
+  cls = REGISTRY[name]
+  for strength in two_strengths(cls):
+    built = build(f"{name}:{strength}")
+    assert built == build(dict(name=name, **{cls.strength_field: strength})) == cls(**{cls.strength_field: strength})
+    assert getattr(built, cls.strength_field) == strength
+  assert build(name) == cls()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_bad_names_fields_and_strengths_fail_naming_them(name):
+  cls = REGISTRY[name]
+  with pytest.raises(ValueError, match=f"unknown fields \\['bogus'\\]; {cls.__name__} has fields"):
+    build(dict(name=name, bogus=1))
+  for bad in (-1, 1.5):
+    with pytest.raises(ValueError, match=re.escape(f"{cls.__name__}.{cls.strength_field}")):
+      build(f"{name}:{bad}")
+
+
+def test_unknown_name_lists_the_registry_and_none_means_dense():
+  with pytest.raises(ValueError, match="unknown method 'tomee'.*'tome'"):
+    build("tomee:16")
+  with pytest.raises(ValueError, match="has no 'name'"):
+    build(dict(r=16))
+  with pytest.raises(ValueError, match="takes no fields"):
+    build(dict(name="none", r=0))
+  assert build(None) is build("none") is build(dict(name="none")) is None
+  assert build("tome:16,-1") == ToMe(r=(16, -1))
+  assert build("evit:0.7,fuse_token=False,layers=(1, 2)") == EViT(keep_rate=0.7, fuse_token=False, layers=(1, 2))
+  with pytest.raises(ValueError, match="needs calibration"):
+    build("dtome:4", calibration=False)
+
+
+def test_config_dicts_build_like_dicts():
+  import ml_collections
+
+  config = ml_collections.ConfigDict(dict(reduction=dict(name="mctf", r=4, activate_layers=(1, 2))))
+  assert build(config.reduction) == MCTF(r=4, activate_layers=(1, 2))
+
+
+def _block_counts(model, params, images):
+  params = model.init(jax.random.key(0), images) if params is None else params
+  _, inter = model.apply(params, images, return_intermediates=True)
+  return tuple(int(n) for n in inter["num_tokens"]), params
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in REGISTRY.items() if c.placement != "post"))
+def test_token_counts_equal_the_forward(tiny, name):
+  model, params, images = tiny
+  cls = REGISTRY[name]
+  counts = []
+  for strength in two_strengths(cls):
+    method = build(f"{name}:{strength}")
+    reduced = model.clone(reduction=method)
+    got, reduced_params = _block_counts(reduced, None if cls.placement == "end" else params, images)
+    assert got == method.token_counts(NUM_TOKENS, TINY["depth"], 1), strength
+    counts.append(got)
+    if cls.needs_calibration:
+      calibrated = calibrate_dtome(model, params, [images], method)
+      assert _block_counts(model.clone(reduction=calibrated), params, images)[0] == calibrated.token_counts(
+          NUM_TOKENS, TINY["depth"], 1)
+  if not cls.variable_tokens:
+    assert counts[0] != counts[1] and counts[1][-1] < NUM_TOKENS  # the strength does something
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in REGISTRY.items() if c.placement == "post"))
+def test_post_reducers_report_their_output_tokens(name):
+  cls = REGISTRY[name]
+  x = jax.random.normal(jax.random.key(0), (2, NUM_TOKENS, 16))
+  cls_row = jax.nn.softmax(jax.random.normal(jax.random.key(1), (2, NUM_TOKENS)), axis=-1)
+  outs = []
+  for strength in two_strengths(cls):
+    reducer = build(f"{name}:{strength}")
+    out = reducer(Tokens.create(x), {"cls": cls_row})  # one call signature for every post reducer
+    assert out.num_tokens == reducer.output_tokens(NUM_TOKENS, 1) < NUM_TOKENS
+    outs.append(out.num_tokens)
+  assert outs[0] != outs[1]
+  model = ViT(**TINY, reduction=build(name))
+  with pytest.raises(ValueError, match="post-encoder"):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Spy:
+  """A block method that records which hooks the block calls, then delegates to `inner`."""
+  inner: object
+
+  def __getattr__(self, name):
+    if name == "inner":
+      raise AttributeError(name)
+    value = getattr(self.inner, name)
+    if name not in ("reduce", "attention_layer", "reduce_with_attention", "module"):
+      return value
+
+    def hook(*args, **kwargs):
+      CALLS.add(name)
+      return value(*args, **kwargs)
+    return hook
+
+
+CALLS: set = set()
+HOOKS = {"mid": {"reduce"}, "pre": {"attention_layer", "reduce_with_attention"}, "end": {"module"}}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in REGISTRY.items() if c.placement != "post"))
+def test_the_block_calls_the_hooks_of_the_placement(tiny, name):
+  model, _, images = tiny
+  CALLS.clear()
+  model.clone(reduction=Spy(build(name))).init(jax.random.key(0), images)
+  assert CALLS == HOOKS[REGISTRY[name].placement]

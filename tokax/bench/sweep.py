@@ -9,6 +9,12 @@ does not count cuDNN's custom calls), images/s of the configured forward (median
 rotating random batches), top-1 on the eval split when the config names one, the speed-up over
 dense and the speed-up that the GFLOPs predict.
 
+Methods: config.methods (and config.post_methods, read the same way) map a registry name
+(tokax.reduction.METHODS), or "<name>_noprop" for the method without proportional attention, to
+its strengths: values of the class's strength_field (tome r, evit keep_rate, ...). The method's
+placement decides between block rows and post-encoder rows; a method that needs calibration
+(dtome) is calibrated on the calibration split (random batches without a checkpoint).
+
 Where the time goes (rows of the configured "overhead" strengths): the same per-block token
 counts are also run with the plan replaced by slicing the token array ("bound" models, bench
 only), once with the attention scores the method asks for and once without. Then
@@ -44,52 +50,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokax.bench import throughput
-from tokax.models.vit import Attention, Block, ViT
-from tokax.reduction import (DCT, EViT, MCTF, DivPrune, DToMe, DToMeCalibration, PiToMe, Slim, ThresholdState, ToDRE,
-                             ToMe, Tokens, calibrate_thresholds, cls_select, r_schedule)
+from tokax.models.vit import Block, ViT
+from tokax.reduction import METHODS, Tokens, build, calibrate_dtome
 from tokax.reduction.base import layer_scores
 
-BLOCK_METHODS = ("tome", "tome_noprop", "pitome", "mctf", "evit", "dtome", "slim")
-POST_METHODS = ("divprune", "todre", "dct", "fastervlm")
+NOPROP = "_noprop"  # "<method>_noprop": the method with prop_attn=False (e.g. tome_noprop)
 
 
 # --- methods at a strength ---------------------------------------------------------------------
 
 
-def evit_layers(depth: int) -> tuple[int, ...]:
-  """EViT's keep layers (3, 6, 9) of a 12-block ViT, scaled to `depth`."""
-  return tuple(sorted({min(depth - 1, max(0, round(depth * f))) for f in (0.25, 0.5, 0.75)}))
+def method_spec(method: str, strength: Any) -> dict[str, Any]:
+  """The registry spec of a sweep method at `strength`: METHODS[method] with its strength_field set.
 
-
-def slim_stages(depth: int) -> tuple[int, ...]:
-  """Four stages of (nearly) equal length summing to `depth` (fewer if depth < 4)."""
-  stages = min(4, depth)
-  base, extra = divmod(depth, stages)
-  return tuple(base + (i < extra) for i in range(stages))
-
-
-def block_reduction(method: str, strength: float, *, depth: int) -> Any:
-  """The reduction `method` at `strength` for a ViT of `depth` blocks (DToMe: its calibration).
-
-  Strengths: tome, tome_noprop (ToMe without proportional attention), mctf and dtome: tokens merged
-  per block (r); pitome: fraction kept per block; evit: keep rate at evit_layers(depth); slim: SiT
-  keeping ratio per stage (slim_stages(depth)).
+  A method is a registry name (tokax.reduction.METHODS), or "<name>_noprop" for a method with a
+  prop_attn field run without proportional attention ("tome_noprop").
   """
-  if method == "tome":
-    return ToMe(r=int(strength))
-  if method == "tome_noprop":
-    return ToMe(r=int(strength), prop_attn=False)
-  if method == "mctf":
-    return MCTF(r=int(strength))
-  if method == "pitome":
-    return PiToMe(ratio=float(strength))
-  if method == "evit":
-    return EViT(keep_rate=float(strength), layers=evit_layers(depth))
-  if method == "slim":
-    return Slim(stage_blocks=slim_stages(depth), keeping_ratio=float(strength))
-  if method == "dtome":
-    return DToMeCalibration(r=r_schedule(depth, int(strength) * depth))
-  raise ValueError(f"sweep: unknown block method {method!r}; expected one of {BLOCK_METHODS}")
+  name, noprop = (method[:-len(NOPROP)], True) if method.endswith(NOPROP) else (method, False)
+  if name not in METHODS:
+    raise ValueError(f"sweep config: unknown method {method!r}; expected a registry name {sorted(METHODS)}, "
+                     f"optionally with the suffix {NOPROP!r}")
+  cls = METHODS[name]
+  spec = {"name": name, cls.strength_field: strength}
+  if noprop:
+    if "prop_attn" not in {f.name for f in dataclasses.fields(cls)}:
+      raise ValueError(f"sweep config: {method!r}: {cls.__name__} has no prop_attn field to turn off")
+    spec["prop_attn"] = False
+  return spec
+
+
+def method_order(method: str) -> int:
+  """Registry order (ToMe first), so a sweep cut short keeps the ToMe rows."""
+  names = list(METHODS)
+  name = method[:-len(NOPROP)] if method.endswith(NOPROP) else method
+  return 2 * names.index(name) + method.endswith(NOPROP) if name in names else 2 * len(names)
 
 
 def with_matching(reduction: Any, implementation: str) -> Any:
@@ -97,58 +91,6 @@ def with_matching(reduction: Any, implementation: str) -> Any:
   if any(f.name == "matching" for f in dataclasses.fields(reduction)):
     return dataclasses.replace(reduction, matching=implementation)
   return reduction
-
-
-def post_reduction(method: str, strength: float) -> Any:
-  """Post-encoder reducer at `strength` = fraction of the patch tokens kept (dct: of each grid side)."""
-  if method == "divprune":
-    return DivPrune(ratio=float(strength))
-  if method == "todre":
-    return ToDRE(ratio=float(strength))
-  if method == "dct":
-    return DCT(ratio=float(strength))
-  if method == "fastervlm":
-    return FasterVLM(ratio=float(strength))
-  raise ValueError(f"sweep: unknown post-encoder method {method!r}; expected one of {POST_METHODS}")
-
-
-@dataclasses.dataclass(frozen=True)
-class FasterVLM:
-  """FasterVLM's post-encoder selection: the top `ratio` of patch tokens by last-layer [CLS] attention."""
-  ratio: float
-
-  def __call__(self, tokens: Tokens, metrics: dict[str, jax.Array]) -> Tokens:
-    keep = max(1, int((tokens.num_tokens - tokens.num_prefix) * self.ratio))
-    return cls_select(tokens, metrics["cls"], keep)
-
-
-def _block_call(module: Any, method: str) -> bool:
-  return method == "__call__" and isinstance(module, (Block, Attention))
-
-
-def calibrate_dtome(model: ViT, params: Any, batches: Iterable[jax.Array], calibration: DToMeCalibration) -> DToMe:
-  """DToMe with thresholds calibrated by running `model` with `calibration` over `batches` (B, H, W, 3).
-
-  DyMU's recipe: each batch's batch-level merge gives per-layer thresholds, averaged over batches.
-  """
-  depth = model.arch.depth
-  calib = model.clone(reduction=calibration)
-
-  @jax.jit
-  def update(state: ThresholdState, images: jax.Array) -> ThresholdState:
-    _, inter = calib.apply(params, images, capture_intermediates=_block_call, mutable=["intermediates"])
-    blocks = [inter["intermediates"][f"blocks_{i}"] for i in range(depth)]
-    keys = [b["attn"]["__call__"][0][1]["keys"] for b in blocks]
-    masks = [None] + [b["__call__"][0].mask for b in blocks[:-1]]
-    return calibrate_thresholds(state, keys, masks, r=calibration.r, has_cls=model.class_token,
-                                has_dist=model.distilled, max_r=calibration.max_r)
-
-  state, seen = ThresholdState.create(depth), 0
-  for images in batches:
-    state, seen = update(state, images), seen + 1
-  if not seen:
-    raise ValueError("calibrate_dtome: got no calibration batches")
-  return DToMe.from_state(state, max_r=calibration.max_r, prop_attn=calibration.prop_attn)
 
 
 # --- the same token counts with no plan (bench only) ---------------------------------------------
@@ -182,6 +124,10 @@ class ScheduleBound:
 
   def layer_scores(self, *, layer: int, depth: int) -> tuple[str, ...]:
     return self.layer_scores_[layer] if self.layer_scores_ else ()
+
+  def token_counts(self, num_tokens: int, depth: int, num_prefix: int = 1) -> tuple[int, ...]:
+    del num_tokens, depth, num_prefix
+    return self.counts
 
   def _before(self, layer: int) -> int:
     return self.counts[layer - 1] if layer else self.num_tokens
@@ -221,7 +167,7 @@ def bounds(model: ViT, counts: tuple[int, ...], num_tokens: int) -> tuple[ViT, V
   reduction = model.reduction
   placement = reduction.placement
   prop_attn = bool(getattr(reduction, "prop_attn", False))
-  if isinstance(reduction, DToMe):  # masked slots: the count never changes, the bound is the dense model
+  if reduction.variable_tokens:  # masked slots: the count never changes, the bound is the dense model
     return model.clone(reduction=None), model.clone(reduction=None)
   depth = len(counts)
   scores = tuple(layer_scores(reduction, layer=i, depth=depth) for i in range(depth)) if placement == "mid" else ()
@@ -290,7 +236,7 @@ def block_row(model: ViT, params: Any, settings: Settings, *, method: str, stren
   row = {"method": method, "strength": strength, "tokens": counts[-1], "layer_tokens": list(counts),
          "gflops_per_image": forward_gflops(model, params, settings.batch_shape, settings.dtype),
          "images_per_s": timing["images_per_s"], "median_ms": timing["median_ms"], "trained": trained}
-  if isinstance(model.reduction, DToMe):
+  if model.reduction is not None and model.reduction.variable_tokens:
     if token_images is None:
       token_images = throughput.random_batches(settings.batch_shape, settings.dtype, count=1, seed=1)[0]
     row["tokens"] = mean_valid_tokens(model, params, token_images)
@@ -320,8 +266,7 @@ def post_row(reducer: Any, settings: Settings, *, method: str, strength: Any, wi
   kx, ks = jax.random.split(jax.random.key(2))
   x = jax.random.normal(kx, (batch, num_tokens, width), jnp.float32).astype(settings.dtype)
   cls = jax.nn.softmax(jax.random.normal(ks, (batch, num_tokens), jnp.float32), axis=-1)
-  forward = jax.jit(lambda x, cls: reducer(Tokens.create(x), {"cls": cls}) if method in ("todre", "fastervlm")
-                    else reducer(Tokens.create(x)))
+  forward = jax.jit(lambda x, cls: reducer(Tokens.create(x), {"cls": cls}))
   out = jax.block_until_ready(forward(x, cls))
   times = []
   for _ in range(settings.repeats):
@@ -416,8 +361,9 @@ def reduction_label(reduction: Any) -> str:
   """A short strength label for a trained run's reduction: "r=8", "keep 0.5 x 4 stages", "-" (none)."""
   if reduction is None:
     return "-"
-  if isinstance(reduction, Slim):
-    return f"keep {reduction.keeping_ratio} x {len(reduction.stage_blocks)} stages"
+  if hasattr(reduction, "keeping_ratio"):  # Slim
+    stages = reduction.stage_blocks
+    return f"keep {reduction.keeping_ratio}" + (f" x {len(stages)} stages" if stages else " x 4 stages")
   r = getattr(reduction, "r", None)
   return f"r={r}" if r is not None else type(reduction).__name__
 
@@ -507,14 +453,21 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   for row in trained_rows(config, setup, settings, dense, predict, labels):
     rows.append(row)
     save()
-  # BLOCK_METHODS order (ToMe first), not the ConfigDict's sorted keys: a sweep cut short keeps the ToMe rows.
-  order = lambda method: BLOCK_METHODS.index(method) if method in BLOCK_METHODS else len(BLOCK_METHODS)
-  for method, values in sorted(config.methods.items(), key=lambda item: order(item[0])):
+  num_tokens = layer_token_counts(model, params, image_shape)[0]
+  methods = {**config.methods, **config.get("post_methods", {})}  # post_methods: the same names, kept apart for reading
+  for method in methods:  # a mistyped name fails before anything is measured
+    method_spec(method, None)
+  for method, values in sorted(methods.items(), key=lambda item: method_order(item[0])):
     strengths = _strengths(values)
     timed_overhead = _overhead_strengths(strengths, config.overhead)
     for strength in strengths:
-      reduction = block_reduction(method, strength, depth=depth)
-      if isinstance(reduction, DToMeCalibration):
+      reduction = build(method_spec(method, strength))
+      if reduction.placement == "post":
+        post_rows.append(post_row(reduction, settings, method=method, strength=strength, width=model.arch.width,
+                                  num_tokens=num_tokens, dense_ms=dense["median_ms"]))
+        save()
+        continue
+      if reduction.needs_calibration:
         reduction = calibrate_dtome(model, params, calibration_batches(), reduction)
       reduction = with_matching(reduction, config.get("matching", "xla"))
       reduced = model.clone(reduction=reduction)
@@ -526,11 +479,6 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       save()
       logging.info("%s %s: %s", method, strength, row)
 
-  num_tokens = layer_token_counts(model, params, image_shape)[0]
-  for method, values in config.post_methods.items():
-    for strength in _strengths(values):
-      post_rows.append(post_row(post_reduction(method, strength), settings, method=method, strength=strength,
-                                width=model.arch.width, num_tokens=num_tokens, dense_ms=dense["median_ms"]))
   save()
   plot(rows, os.path.join(workdir, "sweep.png"), title=caption)
   return result

@@ -169,22 +169,30 @@ def _import_timm():
 # --- command line ---------------------------------------------------------------------------
 
 
-def parse_reduction(spec: str):
-  """"none" -> None; "tome:16" -> ToMe(r=16); "tome:16,-1" -> ToMe(r=(16, -1))."""
-  from tokax.reduction import ToMe
+def block_reduction(spec: str, model: Any, params: Any) -> Any:
+  """--reduction SPEC as a block reduction of `model` (tokax.reduction.build); a method that needs
+  calibration (dtome) is calibrated on random batches of the timed shape (speed only)."""
+  from tokax.reduction import build, calibrate_dtome
 
-  name, _, value = spec.partition(":")
-  if name == "none" and not value:
-    return None
-  parts = value.split(",")
+  reduction = build(spec)
+  if reduction is not None and reduction.needs_calibration:
+    image = (model.image_size, model.image_size, 3)
+    batches = random_batches((8, *image), jnp.float32, count=2, seed=3)
+    reduction = calibrate_dtome(model, params, [b.astype(model.dtype) for b in batches], reduction)
+  return reduction
+
+
+def check_reduction(spec: str) -> None:
+  """--reduction takes any tokax.reduction.build spec of a block method (a ViT forward is timed)."""
+  from tokax.reduction import build
+
   try:
-    if name == "tome" and len(parts) == 1:
-      return ToMe(r=int(parts[0]))
-    if name == "tome" and len(parts) == 2:
-      return ToMe(r=(int(parts[0]), float(parts[1])))
-  except ValueError:
-    pass
-  raise ValueError(f"--reduction: expected 'none', 'tome:<r>' or 'tome:<r>,<inflection>'; got {spec!r}")
+    reduction = build(spec)
+  except ValueError as e:
+    raise ValueError(f"--reduction {spec!r}: {e}") from None
+  if reduction is not None and reduction.placement == "post":
+    raise ValueError(f"--reduction {spec!r}: a post-encoder reducer leaves the ViT forward unchanged; time it "
+                     "with python -m tokax.bench.sweep (post_methods)")
 
 
 def _tokax_rows(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
@@ -198,7 +206,7 @@ def _tokax_rows(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
   params = jax.jit(base.init)(jax.random.key(0), jnp.zeros((1, *shape[1:]), dtype))
   params = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
   for spec in args.reduction:
-    model = base.clone(reduction=parse_reduction(spec))
+    model = base.clone(reduction=block_reduction(spec, base, params))
     result = measure(lambda p, x, m=model: m.apply(p, x), params, shape, dtype, warmup=args.warmup, repeats=args.repeats)
     result["gflops_per_image"] = vit_forward_gflops(model, params, shape, dtype)  # the compiled count misses GPU GEMMs
     yield {"impl": f"tokax ({args.attention})", "reduction": spec, **result}
@@ -206,6 +214,8 @@ def _tokax_rows(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
 def _timm_rows(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
   import torch
+
+  from tokax.reduction import build
 
   timm = _import_timm()
   device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -229,8 +239,8 @@ def _timm_rows(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
   # as in its own benchmark; its per-call Python schedule makes torch.compile re-trace.
   variants = [("timm", "none", None, args.torch_compile)]
   if tome is not None:
-    variants += [("timm + official ToMe", spec, parse_reduction(spec).r, False)
-                 for spec in args.reduction if spec != "none"]
+    tome_specs = [spec for spec in args.reduction if type(build(spec)).__name__ == "ToMe"]
+    variants += [("timm + official ToMe", spec, build(spec).r, False) for spec in tome_specs]
   for impl, spec, r, compile_it in variants:
     modes = {"eager": build(r)}
     if compile_it:
@@ -264,7 +274,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
   parser.add_argument("--gelu", default="exact", choices=["exact", "tanh"],
                       help="exact: timm's erf GELU; tanh: big_vision's, which XLA fuses into the matmul")
-  parser.add_argument("--reduction", action="append", help="'none' or 'tome:<r>'; repeat for several rows (default: none)")
+  parser.add_argument("--reduction", action="append",
+                      help="a tokax.reduction.build spec of a block method: 'none', 'tome:16', 'tome:16,-1', 'evit:0.7', "
+                           "'pitome:0.9', 'mctf:16', 'dtome:8', 'slim:0.5', ...; repeat for several rows (default: none)")
   parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--timm", action="store_true", help="also time the timm model (eager and torch.compile)")
@@ -276,7 +288,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   args.reduction = args.reduction or ["none"]
   for spec in args.reduction:
-    parse_reduction(spec)
+    check_reduction(spec)
   if args.tome_official and not args.timm:
     parser.error("--tome-official needs --timm")
   return args

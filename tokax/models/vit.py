@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from tokax import kernels
 from tokax.models.partitioning import constrain_batch
-from tokax.reduction.base import PLACEMENTS, layer_scores
+from tokax.reduction.base import check_block_reduction, layer_scores
 from tokax.reduction.tokens import Tokens
 
 Array = jax.Array
@@ -126,11 +126,7 @@ class Attention(nn.Module):
 
 def check_encoder_inputs(owner: str, images: Array, *, image_size: int, reduction: Any, attention: str | None) -> None:
   """The checks every ViT-family encoder makes: a block reduction, a known attention, (B, S, S, 3) float images."""
-  placement = getattr(reduction, "placement", None)
-  if reduction is not None and placement not in PLACEMENTS:
-    raise ValueError(
-        f"{owner}.reduction: {type(reduction).__name__} has placement {placement!r}, not a block placement "
-        f"{PLACEMENTS}; post-encoder reducers (DivPrune, ToDRE, DCT) act on an encoder's output: reducer(tokens)")
+  check_block_reduction(reduction, owner)
   if attention not in (None, *kernels.IMPLEMENTATIONS):
     raise ValueError(f"{owner}.attention: expected one of {kernels.IMPLEMENTATIONS} or None; got {attention!r}")
   want = (image_size, image_size, 3)
@@ -226,7 +222,8 @@ class ViT(nn.Module):
     attention: kernels.attention implementation: "xla", "cudnn", or None/"auto".
     gelu_approximate: tanh GELU (big_vision's default, lets XLA fuse it into the matmul) instead
       of timm's exact erf GELU.
-    reduction: a reduction method (tokax.reduction.ToMe(...)), or None for the dense model.
+    reduction: a block reduction method (tokax.reduction.build("tome:16") or ToMe(r=16)), or None
+      for the dense model.
   """
   variant: str = "S/16"
   width: int | None = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -153,7 +154,7 @@ def _square_grid(num_tokens: int) -> Pair:
 
 @dataclasses.dataclass(frozen=True)
 class DCT:
-  """Fourier-VLM's compressor as a post-encoder reducer: `DCT(keep=12)(tokens) -> Tokens`.
+  """Fourier-VLM's compressor as a post-encoder reducer: `DCT(keep=12)(tokens, metrics) -> Tokens`.
 
   Prefix tokens (has_cls / has_dist) pass through; the others form the row-major grid.
 
@@ -164,10 +165,15 @@ class DCT:
       integration; 0.5 is LLaVA-1.5's reserve=12 on its 24x24 grid.
     grid: (H, W) of the grid tokens; None for a square grid inferred from the token count.
   """
+  placement: ClassVar[str] = "post"
+  scores: ClassVar[tuple[str, ...]] = ()
+  strength_field: ClassVar[str] = "ratio"
+  needs_calibration: ClassVar[bool] = False
+  variable_tokens: ClassVar[bool] = False
+
   keep: int | Pair | None = None
   ratio: float = 0.5
   grid: Pair | None = None
-  prop_attn: bool = False
 
   def __post_init__(self):
     if self.keep is not None:
@@ -176,14 +182,6 @@ class DCT:
       object.__setattr__(self, "grid", _pair(self.grid, "DCT.grid"))
     if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio <= 1.0:
       raise ValueError(f"DCT.ratio: the fraction of each grid side kept must be in (0, 1]; got {self.ratio!r}")
-
-  @property
-  def placement(self) -> str:
-    return "post"
-
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ()
 
   def _check(self, tokens: Tokens) -> None:
     if tokens.mask is not None:
@@ -199,6 +197,11 @@ class DCT:
                        "after the prefix")
     keep = self.keep if self.keep is not None else keep_from_ratio(grid, self.ratio)
     return grid, clip_keep(grid, keep)
+
+  def output_tokens(self, num_tokens: int, num_prefix: int = 1) -> int:
+    """Tokens out for num_tokens in: the prefix, then the rh * rw kept grid tokens."""
+    _, (rh, rw) = self.resolve(num_tokens - num_prefix)
+    return num_prefix + rh * rw
 
   def plan(self, tokens: Tokens, metrics: dict[str, Array] | None = None) -> DensePlan:
     self._check(tokens)

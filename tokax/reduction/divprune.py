@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -245,7 +246,7 @@ def todre(tokens: Tokens, pivot_score: Array, ratio: float = 0.1, *, num_keep: i
 
 @dataclasses.dataclass(frozen=True)
 class DivPrune:
-  """DivPrune as a post-encoder reducer: `DivPrune()(tokens) -> Tokens`.
+  """DivPrune as a post-encoder reducer: `DivPrune()(tokens, metrics) -> Tokens` (metrics unused).
 
   Prefix tokens (has_cls / has_dist) are kept and excluded from the selection; the count kept
   among the others is num_keep when given (clipped to what exists), else keep_count(ratio, N).
@@ -254,22 +255,23 @@ class DivPrune:
     ratio: fraction of the non-prefix tokens kept, in (0, 1]; default 0.098 (the paper's setting).
     num_keep: an explicit count instead of ratio.
   """
+  placement: ClassVar[str] = "post"
+  scores: ClassVar[tuple[str, ...]] = ()
+  strength_field: ClassVar[str] = "ratio"
+  needs_calibration: ClassVar[bool] = False
+  variable_tokens: ClassVar[bool] = False
+
   ratio: float = 0.098
   num_keep: int | None = None
-  prop_attn: bool = False
 
   def __post_init__(self):
     _check_ratio(self.ratio, "DivPrune.ratio")
     if self.num_keep is not None:
       _check_num_keep(self.num_keep, "DivPrune.num_keep")
 
-  @property
-  def placement(self) -> str:
-    return "post"
-
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ()
+  def output_tokens(self, num_tokens: int, num_prefix: int = 1) -> int:
+    """Tokens out for num_tokens in: the prefix plus the kept ones."""
+    return num_prefix + self.kept(num_tokens - num_prefix)
 
   def kept(self, num_candidates: int) -> int:
     """Tokens kept among num_candidates (static)."""
@@ -298,10 +300,15 @@ class ToDRE:
     num_keep: an explicit count instead of ratio.
     mode: "max_sum" (v2) or "k_center" (v1).
   """
+  placement: ClassVar[str] = "post"
+  scores: ClassVar[tuple[str, ...]] = ("cls",)
+  strength_field: ClassVar[str] = "ratio"
+  needs_calibration: ClassVar[bool] = False
+  variable_tokens: ClassVar[bool] = False
+
   ratio: float = 0.1
   num_keep: int | None = None
   mode: str = "max_sum"
-  prop_attn: bool = False
 
   def __post_init__(self):
     _check_ratio(self.ratio, "ToDRE.ratio")
@@ -310,13 +317,9 @@ class ToDRE:
     if self.mode not in TODRE_MODES:
       raise ValueError(f"ToDRE.mode: expected one of {TODRE_MODES}; got {self.mode!r}")
 
-  @property
-  def placement(self) -> str:
-    return "post"
-
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ("cls",)
+  def output_tokens(self, num_tokens: int, num_prefix: int = 1) -> int:
+    """Tokens out for num_tokens in: the prefix plus the kept ones."""
+    return num_prefix + self.kept(num_tokens - num_prefix)
 
   def kept(self, num_candidates: int) -> int:
     """Tokens kept among num_candidates (static)."""
@@ -324,7 +327,7 @@ class ToDRE:
       return min(int(self.num_keep), num_candidates)
     return keep_count(self.ratio, num_candidates, field="ToDRE.ratio")
 
-  def plan(self, tokens: Tokens, metrics: dict[str, Array]) -> SelectPlan:
+  def plan(self, tokens: Tokens, metrics: dict[str, Array] | None = None) -> SelectPlan:
     """metrics["cls"]: (B, N) pivot score over all tokens, e.g. the [CLS] attention row."""
     if metrics is None or "cls" not in metrics:
       raise ValueError('ToDRE: metrics["cls"] (B, N) is required: the pivot is its argmax '
@@ -334,5 +337,5 @@ class ToDRE:
     return todre_plan(tokens.x, metrics["cls"], self.kept(tokens.num_tokens - num_prefix), mode=self.mode,
                       num_prefix=num_prefix)
 
-  def __call__(self, tokens: Tokens, metrics: dict[str, Array]) -> Tokens:
+  def __call__(self, tokens: Tokens, metrics: dict[str, Array] | None = None) -> Tokens:
     return apply_plan(tokens, self.plan(tokens, metrics))

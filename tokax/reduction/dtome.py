@@ -50,7 +50,8 @@ Deliberate differences from the official code, none of which changes a result on
   not taken with timm's default fused attention); tokax adds it to the logits, like the fused
   branch and the open_clip block.
 
-Usage (a ViT; tokax.models.vit.Block / Attention are the modules whose outputs are read):
+Usage: `calibrate_dtome(model, params, batches, DToMeCalibration(r=8))` runs the steps below.
+By hand (a ViT; tokax.models.vit.Block / Attention are the modules whose outputs are read):
 
   calib = model.clone(reduction=DToMeCalibration(r=r_schedule(12, r_total=120)))
   read = lambda mdl, method: method == "__call__" and isinstance(mdl, (Block, Attention))
@@ -67,7 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence, Union
+from typing import Any, ClassVar, Iterable, Sequence, Union
 
 import flax.struct
 import jax
@@ -301,6 +302,12 @@ class DToMe:
     matching: how A tokens find their B partner: "xla", "pallas" (kernels.matching) or "auto".
     interpret: run the Pallas matching kernel in interpret mode (how the CPU runs it).
   """
+  placement: ClassVar[str] = "mid"
+  scores: ClassVar[tuple[str, ...]] = ()
+  strength_field: ClassVar[str] = "thresholds"
+  needs_calibration: ClassVar[bool] = False
+  variable_tokens: ClassVar[bool] = True
+
   thresholds: tuple[float, ...]
   max_r: MaxR = None
   prop_attn: bool = True
@@ -326,13 +333,10 @@ class DToMe:
                                                                          jax.device_get(state.counts))]
     return cls(thresholds=tuple(thresholds), **kwargs)
 
-  @property
-  def placement(self) -> str:
-    return "mid"
-
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ()
+  def token_counts(self, num_tokens: int, depth: int, num_prefix: int = 1) -> tuple[int, ...]:
+    """(depth,) token slots after each block: always N (the valid tokens, at most N, are marked by the mask)."""
+    del num_prefix
+    return (num_tokens,) * depth
 
   def reduce(self, tokens: Tokens, metrics: dict[str, Array], *, layer: int, depth: int) -> Tokens:
     if len(self.thresholds) != depth:
@@ -354,8 +358,12 @@ class DToMeCalibration:
   Run the model with this reduction on calibration batches, read each block's keys and input
   mask, and fold them into the running thresholds with `calibrate_thresholds` (see its doc).
 
+  The registry's "dtome" entry: `build("dtome:8")` is DToMeCalibration(r=8), which
+  `calibrate_dtome(model, params, batches, calibration)` turns into DToMe (needs_calibration).
+
   Attributes:
-    r: per-layer merge targets, e.g. r_schedule(depth, r_total, "constant").
+    r: merge targets: an int for the same target in every block (r_schedule(depth, r * depth)),
+      or per-layer targets, e.g. r_schedule(depth, r_total, "linear").
     max_r: per-image cap, as DToMe.max_r.
     prop_attn: proportional attention.
     size_eps: the official batch-level merge divides the summed features by (size + 1e-4), not
@@ -363,7 +371,13 @@ class DToMeCalibration:
     merge: "auto", "scatter" or "matmul" (see apply_plan).
     matching, interpret: as DToMe.
   """
-  r: tuple[int, ...]
+  placement: ClassVar[str] = "mid"
+  scores: ClassVar[tuple[str, ...]] = ()
+  strength_field: ClassVar[str] = "r"
+  needs_calibration: ClassVar[bool] = True
+  variable_tokens: ClassVar[bool] = True
+
+  r: int | tuple[int, ...] = 8
   max_r: MaxR = None
   prop_attn: bool = True
   size_eps: float = SIZE_EPS
@@ -373,28 +387,40 @@ class DToMeCalibration:
 
   def __post_init__(self):
     check_matching(self.matching, "DToMeCalibration")
-    r = tuple(self.r) if not isinstance(self.r, int) else None
-    if r is None or not r or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in r):
-      raise ValueError(f"DToMeCalibration.r: expected a per-layer tuple of ints >= 0 (see r_schedule); got {self.r!r}")
+    scalar = isinstance(self.r, int) and not isinstance(self.r, bool)
+    try:
+      r = (self.r,) if scalar else tuple(self.r)
+    except TypeError:
+      r = ()
+    if not r or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in r):
+      raise ValueError(f"DToMeCalibration.r: expected tokens merged per block, an int >= 0 or a per-layer tuple of "
+                       f"them (see r_schedule); got {self.r!r}")
+    r = r[0] if scalar else r
     if not self.size_eps >= 0:
       raise ValueError(f"DToMeCalibration.size_eps: expected >= 0; got {self.size_eps!r}")
     object.__setattr__(self, "r", r)
     object.__setattr__(self, "max_r", _check_max_r(self.max_r, "DToMeCalibration.max_r"))
 
-  @property
-  def placement(self) -> str:
-    return "mid"
+  def layer_r(self, depth: int) -> tuple[int, ...]:
+    """(depth,) merge target of every block."""
+    if isinstance(self.r, int):
+      return r_schedule(depth, self.r * depth)
+    if len(self.r) != depth:
+      raise ValueError(f"DToMeCalibration.r: {len(self.r)} values for a depth-{depth} model; give one per block "
+                       "or an int for every block")
+    return self.r
 
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ()
+  def token_counts(self, num_tokens: int, depth: int, num_prefix: int = 1) -> tuple[int, ...]:
+    """(depth,) token slots after each block: always N (merged-away slots are masked)."""
+    del num_prefix
+    self.layer_r(depth)
+    return (num_tokens,) * depth
 
   def reduce(self, tokens: Tokens, metrics: dict[str, Array], *, layer: int, depth: int) -> Tokens:
-    if len(self.r) != depth:
-      raise ValueError(f"DToMeCalibration.r: {len(self.r)} values for a depth-{depth} model; give one per block")
-    if self.r[layer] == 0:
+    r = self.layer_r(depth)[layer]
+    if r == 0:
       return tokens
-    plan, _, merged = batch_level_plan(metrics["keys"], tokens.mask, self.r[layer], has_cls=tokens.has_cls,
+    plan, _, merged = batch_level_plan(metrics["keys"], tokens.mask, r, has_cls=tokens.has_cls,
                                        has_dist=tokens.has_dist,
                                        max_r=_per_layer(self.max_r, depth, "DToMeCalibration.max_r")[layer],
                                        matching_implementation=self.matching, interpret=self.interpret)
@@ -458,3 +484,38 @@ def calibrate_thresholds(state: ThresholdState | None, keys: Sequence[Array], ma
   mean = jnp.where(state.counts == 0, theta, (state.thresholds * n + theta) / (n + 1.0))
   return ThresholdState(thresholds=jnp.where(merged, mean, state.thresholds),
                         counts=state.counts + merged.astype(jnp.int32))
+
+
+def _is_block_call(module: Any, method: str) -> bool:
+  """capture_intermediates filter: the __call__ of a block ("blocks_i") or of its attention ("attn")."""
+  return method == "__call__" and (module.name or "").startswith(("blocks_", "attn"))
+
+
+def calibrate_dtome(model: Any, params: Any, batches: Iterable[Array], calibration: DToMeCalibration) -> DToMe:
+  """DToMe with thresholds calibrated by running `model` with `calibration` over `batches` (B, H, W, 3).
+
+  DyMU's recipe: each batch's batch-level merge gives per-layer thresholds, averaged over batches.
+  `model` is duck-typed (tokax.models.ViT or T2TViT: `clone(reduction=)`, `arch.depth`,
+  `class_token`, `distilled`, blocks named "blocks_i" with an "attn" child returning metrics["keys"]).
+  """
+  depth = model.arch.depth
+  r = calibration.layer_r(depth)
+  calib = model.clone(reduction=calibration)
+  has_cls, has_dist = bool(getattr(model, "class_token", True)), bool(getattr(model, "distilled", False))
+
+  @jax.jit
+  def update(state: ThresholdState, images: Array) -> ThresholdState:
+    _, inter = calib.apply(params, images, capture_intermediates=_is_block_call, mutable=["intermediates"])
+    blocks = [inter["intermediates"][f"blocks_{i}"] for i in range(depth)]
+    keys = [b["attn"]["__call__"][0][1]["keys"] for b in blocks]
+    masks = [None] + [b["__call__"][0].mask for b in blocks[:-1]]
+    return calibrate_thresholds(state, keys, masks, r=r, has_cls=has_cls, has_dist=has_dist,
+                                max_r=calibration.max_r)
+
+  state, seen = ThresholdState.create(depth), 0
+  for images in batches:
+    state, seen = update(state, images), seen + 1
+  if not seen:
+    raise ValueError("calibrate_dtome: got no calibration batches")
+  return DToMe.from_state(state, max_r=calibration.max_r, prop_attn=calibration.prop_attn,
+                          merge=calibration.merge, matching=calibration.matching, interpret=calibration.interpret)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +104,11 @@ def evit_plan(cls_attn: Array, num_keep: int, *, num_prefix: int = 1, fuse_token
   return DensePlan(matrix=jnp.concatenate([rows, fused[:, None, :]], axis=1))
 
 
+def default_layers(depth: int) -> tuple[int, ...]:
+  """EViT's pruning blocks (3, 6, 9) of a 12-block ViT, scaled to `depth`: round(depth * (1/4, 1/2, 3/4))."""
+  return tuple(sorted({min(depth - 1, max(0, round(depth * f))) for f in (0.25, 0.5, 0.75)}))
+
+
 def _check_real(value, field: str, fix: str) -> float:
   if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
     raise ValueError(f"{field}: expected a real number; got {value!r}. {fix}")
@@ -116,13 +122,20 @@ class EViT:
   Attributes:
     keep_rate: fraction of the patch tokens (incl. an earlier fused token) kept at each of `layers`,
       in (0, 1]; 1.0 is the identity. The official DeiT-S setting is 0.7 at blocks 3, 6, 9 (0-based).
-    layers: 0-based blocks that prune. A list is accepted and stored as a tuple.
+    layers: 0-based blocks that prune. A list is accepted and stored as a tuple. None (default): the
+      paper's quarter points of the model's depth, default_layers(depth): (3, 6, 9) at depth 12.
     fuse_token: append one token fusing the dropped ones, weighted by their [CLS] attention.
     prop_attn: proportional attention (add log size to the key logits) once tokens are reduced.
       Not part of EViT (default False); available because fused tokens carry a size.
   """
+  placement: ClassVar[str] = "mid"
+  scores: ClassVar[tuple[str, ...]] = ("cls",)
+  strength_field: ClassVar[str] = "keep_rate"
+  needs_calibration: ClassVar[bool] = False
+  variable_tokens: ClassVar[bool] = False
+
   keep_rate: float = 0.7
-  layers: tuple[int, ...] = (3, 6, 9)
+  layers: tuple[int, ...] | None = None
   fuse_token: bool = True
   prop_attn: bool = False
 
@@ -131,6 +144,12 @@ class EViT:
     if not 0.0 < rate <= 1.0:
       raise ValueError(f"EViT.keep_rate: must be in (0, 1] (the official code asserts 0 < keep_rate <= 1); "
                        f"got {self.keep_rate!r}. Use 1.0 for no pruning")
+    for field in ("fuse_token", "prop_attn"):
+      if not isinstance(getattr(self, field), bool):
+        raise ValueError(f"EViT.{field}: expected a bool; got {getattr(self, field)!r}")
+    object.__setattr__(self, "keep_rate", rate)
+    if self.layers is None:
+      return
     layers = self.layers
     if isinstance(layers, (int, numbers.Integral)) and not isinstance(layers, bool):
       layers = (layers,)
@@ -142,32 +161,25 @@ class EViT:
       raise ValueError(f"EViT.layers: expected non-negative int block indices (0-based); got {self.layers!r}")
     if len(set(layers)) != len(layers):
       raise ValueError(f"EViT.layers: duplicate block indices in {self.layers!r}; list each block once")
-    for field in ("fuse_token", "prop_attn"):
-      if not isinstance(getattr(self, field), bool):
-        raise ValueError(f"EViT.{field}: expected a bool; got {getattr(self, field)!r}")
-    object.__setattr__(self, "keep_rate", rate)
     object.__setattr__(self, "layers", tuple(int(l) for l in layers))
 
-  @property
-  def placement(self) -> str:
-    return "mid"
-
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ("cls",)
-
-  def layer_scores(self, *, layer: int, depth: int) -> tuple[str, ...]:
-    """Scores block `layer` needs: the [CLS] row only in `layers`, so other blocks keep flash attention."""
-    self.layer_keep_rates(depth)  # checks that every layer exists
-    return ("cls",) if layer in self.layers else ()
-
-  def layer_keep_rates(self, depth: int) -> tuple[float, ...]:
-    """(depth,) keep rate of every block: keep_rate at `layers`, 1.0 elsewhere."""
-    outside = [l for l in self.layers if l >= depth]
+  def pruning_layers(self, depth: int) -> tuple[int, ...]:
+    """The blocks that prune in a depth-`depth` model: `layers`, or default_layers(depth) for None."""
+    layers = default_layers(depth) if self.layers is None else self.layers
+    outside = [l for l in layers if l >= depth]
     if outside:
       raise ValueError(f"EViT.layers: blocks {outside} do not exist in a depth-{depth} model; "
-                       f"use indices in [0, {depth})")
-    return tuple(self.keep_rate if i in self.layers else 1.0 for i in range(depth))
+                       f"use indices in [0, {depth}) or layers=None for the paper's quarter points")
+    return layers
+
+  def layer_scores(self, *, layer: int, depth: int) -> tuple[str, ...]:
+    """Scores block `layer` needs: the [CLS] row only in its pruning blocks, so others keep flash attention."""
+    return ("cls",) if layer in self.pruning_layers(depth) else ()
+
+  def layer_keep_rates(self, depth: int) -> tuple[float, ...]:
+    """(depth,) keep rate of every block: keep_rate at the pruning blocks, 1.0 elsewhere."""
+    layers = self.pruning_layers(depth)
+    return tuple(self.keep_rate if i in layers else 1.0 for i in range(depth))
 
   def token_counts(self, num_tokens: int, depth: int, num_prefix: int = 1) -> tuple[int, ...]:
     """Token count after every block for N = num_tokens input tokens (static, no tracing)."""

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -308,6 +308,12 @@ class MCTF:
   Student and teacher branches with different r are separate static reductions:
   `dataclasses.replace(m, r=8)`; see the module docstring.
   """
+  placement: ClassVar[str] = "pre"
+  scores: ClassVar[tuple[str, ...]] = ()
+  strength_field: ClassVar[str] = "r"
+  needs_calibration: ClassVar[bool] = False
+  variable_tokens: ClassVar[bool] = False
+
   r: int | float = 16
   activate_layers: tuple[int, ...] | None = None
   tau_sim: float = 1.0
@@ -363,26 +369,18 @@ class MCTF:
     """MCTF-Fast: 35% of the unprotected tokens on layers 3, 6 and 9."""
     return cls(**{"r": 0.35, "activate_layers": (3, 6, 9), **overrides})
 
-  @property
-  def placement(self) -> str:
-    return "pre"
-
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ()
-
   def attention_layer(self, *, layer: int, depth: int) -> bool:
     """Whether this layer fuses (static)."""
     if self.activate_layers is not None and self.activate_layers and self.activate_layers[-1] >= depth:
       raise ValueError(f"MCTF.activate_layers: {self.activate_layers} names a layer >= the model depth {depth}")
     return self.activate_layers is None or layer in self.activate_layers
 
-  def token_counts(self, num_tokens: int, depth: int, num_protected: int = 1) -> tuple[int, ...]:
+  def token_counts(self, num_tokens: int, depth: int, num_prefix: int = 1) -> tuple[int, ...]:
     """Token count after each of the depth layers for N = num_tokens at the input (static)."""
     counts = []
     for layer in range(depth):
       if self.attention_layer(layer=layer, depth=depth):
-        num_tokens -= layer_r(self.r, num_tokens, num_protected)
+        num_tokens -= layer_r(self.r, num_tokens, num_prefix)
       counts.append(num_tokens)
     return tuple(counts)
 
@@ -396,6 +394,3 @@ class MCTF:
     r = layer_r(self.r, tokens.num_tokens, tokens.num_prefix)
     return mctf_fuse(tokens, probs, r, tau_sim=self.tau_sim, tau_info=self.tau_info, tau_size=self.tau_size,
                      bidirection=self.bidirection, pooling_type=self.pooling_type, merge=self.merge)
-
-  def reduce(self, tokens: Tokens, metrics: dict[str, Array], *, layer: int, depth: int) -> Tokens:
-    raise TypeError("MCTF has placement 'pre': the block calls reduce_with_attention, not reduce")

@@ -46,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Sequence, Union
+from typing import ClassVar, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -255,6 +255,12 @@ class PiToMe:
     matching: how A tokens find their B partner: "xla", "pallas" (kernels.matching) or "auto".
     interpret: run the Pallas matching kernel in interpret mode (how the CPU runs it).
   """
+  placement: ClassVar[str] = "mid"
+  scores: ClassVar[tuple[str, ...]] = ()
+  strength_field: ClassVar[str] = "ratio"
+  needs_calibration: ClassVar[bool] = False
+  variable_tokens: ClassVar[bool] = False
+
   ratio: RatioSpec = 0.9
   m0: float = 0.75
   alpha: float = 1.0
@@ -288,14 +294,6 @@ class PiToMe:
       if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"PiToMe.mode: a per-layer tuple must hold only {MODES}; got {self.mode!r}")
       object.__setattr__(self, "mode", modes)
-
-  @property
-  def placement(self) -> str:
-    return "mid"
-
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ()
 
   def layer_ratios(self, depth: int) -> tuple[float, ...]:
     """Per-layer kept fraction."""

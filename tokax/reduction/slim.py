@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -76,6 +76,13 @@ def slim_count(num_patches: int, stage: int, keeping_ratio: float, available: in
   if available < 1:
     raise ValueError(f"TokenSlimming: no patch tokens to slim (got {available} after the prefix)")
   return min(available, max(1, int(num_patches * check_keeping_ratio(keeping_ratio) ** stage)))
+
+
+def default_stages(depth: int) -> tuple[int, ...]:
+  """Four stages of (nearly) equal length summing to `depth` (fewer if depth < 4): 12 -> (3, 3, 3, 3)."""
+  stages = min(4, depth)
+  base, extra = divmod(depth, stages)
+  return tuple(base + (i < extra) for i in range(stages))
 
 
 def slim_layers(stage_blocks: Sequence[int]) -> tuple[int, ...]:
@@ -241,18 +248,27 @@ class Slim:
 
   Attributes:
     stage_blocks: blocks per stage; they must sum to the depth. SiT-T (1, 1, 1, 11), SiT-XS
-      (1, 1, 1, 13), SiT-S (9, 3, 2, 2), SiT-M (10, 4, 3, 3), SiT-L (10, 4, 3, 7).
+      (1, 1, 1, 13), SiT-S (9, 3, 2, 2), SiT-M (10, 4, 3, 3), SiT-L (10, 4, 3, 7). None (default):
+      four stages of near-equal length summing to the model's depth, default_stages(depth).
     keeping_ratio: stage s keeps int(N0 * keeping_ratio ** s) patch tokens (official 0.5).
     num_patches: N0 of that schedule, or None for the model's original patch-token count.
     hidden_ratio: weight-net hidden width over C (official 0.5).
   """
-  stage_blocks: tuple[int, ...]
+  placement: ClassVar[str] = "end"
+  scores: ClassVar[tuple[str, ...]] = ()
+  strength_field: ClassVar[str] = "keeping_ratio"
+  needs_calibration: ClassVar[bool] = False
+  variable_tokens: ClassVar[bool] = False
+  prop_attn: ClassVar[bool] = False  # slimmed tokens carry soft sizes; SiT's attention does not use them
+
+  stage_blocks: tuple[int, ...] | None = None
   keeping_ratio: float = 0.5
   num_patches: int | None = None
   hidden_ratio: float = 0.5
 
   def __post_init__(self):
-    object.__setattr__(self, "stage_blocks", check_stage_blocks(self.stage_blocks, "Slim.stage_blocks"))
+    if self.stage_blocks is not None:
+      object.__setattr__(self, "stage_blocks", check_stage_blocks(self.stage_blocks, "Slim.stage_blocks"))
     object.__setattr__(self, "keeping_ratio", check_keeping_ratio(self.keeping_ratio, "Slim.keeping_ratio"))
     if self.num_patches is not None and (isinstance(self.num_patches, bool)
                                          or not isinstance(self.num_patches, (int, np.integer))
@@ -264,30 +280,26 @@ class Slim:
       raise ValueError(f"Slim.hidden_ratio: the weight-net width over C must be > 0 (official 0.5); got "
                        f"{self.hidden_ratio!r}")
 
-  @property
-  def prop_attn(self) -> bool:
-    return False
-
-  @property
-  def placement(self) -> str:
-    return "end"
-
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ()
-
-  def check_depth(self, depth: int) -> None:
+  def stages(self, depth: int) -> tuple[int, ...]:
+    """Blocks per stage in a depth-`depth` model: stage_blocks, or default_stages(depth) for None."""
+    if self.stage_blocks is None:
+      return default_stages(depth)
     total = sum(self.stage_blocks)
     if total != depth:
       raise ValueError(f"Slim.stage_blocks: {self.stage_blocks} has {total} blocks but the model has depth {depth}; "
-                       f"the stage lengths must add up to the depth (e.g. {(depth,)} for no slimming)")
+                       f"the stage lengths must add up to the depth (e.g. {(depth,)} for no slimming), or pass "
+                       "None for four near-equal stages")
+    return self.stage_blocks
+
+  def check_depth(self, depth: int) -> None:
+    self.stages(depth)
 
   def stage_after(self, *, layer: int, depth: int) -> int | None:
     """The stage (1-based) that starts after block `layer`, if the block ends a stage (not the last); else None."""
-    self.check_depth(depth)
+    stages = self.stages(depth)
     if not 0 <= layer < depth:
       raise ValueError(f"Slim: layer {layer} is outside a model of depth {depth}")
-    layers = slim_layers(self.stage_blocks)
+    layers = slim_layers(stages)
     return layers.index(layer) + 1 if layer in layers else None
 
   def layer_counts(self, depth: int, num_patches: int) -> tuple[int, ...]:
@@ -299,6 +311,10 @@ class Slim:
         n = slim_count(self.num_patches or num_patches, stage, self.keeping_ratio, n)
       counts.append(n)
     return tuple(counts)
+
+  def token_counts(self, num_tokens: int, depth: int, num_prefix: int = 1) -> tuple[int, ...]:
+    """(depth,) tokens after each block (prefix included) for N = num_tokens input tokens."""
+    return tuple(num_prefix + n for n in self.layer_counts(depth, num_tokens - num_prefix))
 
   def module(self, *, layer: int, depth: int, name: str = "slim") -> TokenSlimming | None:
     """The slimming module after block `layer`, or None. Call it inside the block's compact method."""
@@ -314,7 +330,3 @@ class Slim:
     if self.layer_counts(depth, num_patches)[layer] >= num_patches:
       return None
     return ReverseSlim(num_out=num_patches, name=name)
-
-  def reduce(self, tokens: Tokens, metrics: dict[str, Array], *, layer: int, depth: int) -> Tokens:
-    raise TypeError("Slim has placement 'end': it holds parameters, so blocks call "
-                    "Slim.module(layer=..., depth=...)(tokens) instead of reduce()")

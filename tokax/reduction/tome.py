@@ -10,7 +10,7 @@ valid inputs:
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Union
+from typing import ClassVar, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +104,12 @@ class ToMe:
       kernels.matching kernel) or "auto"; the plan is the same.
     interpret: run the Pallas matching kernel in interpret mode (how the CPU runs it).
   """
+  placement: ClassVar[str] = "mid"
+  scores: ClassVar[tuple[str, ...]] = ()
+  strength_field: ClassVar[str] = "r"
+  needs_calibration: ClassVar[bool] = False
+  variable_tokens: ClassVar[bool] = False
+
   r: RSpec = 0
   prop_attn: bool = True
   inflection: float = 0.0
@@ -133,17 +139,13 @@ class ToMe:
     object.__setattr__(self, "inflection", float(inflection))
     object.__setattr__(self, "per_layer", None if per_layer is None else tuple(int(v) for v in per_layer))
 
-  @property
-  def placement(self) -> str:
-    return "mid"
-
-  @property
-  def scores(self) -> tuple[str, ...]:
-    return ()
-
   def layer_r(self, depth: int) -> tuple[int, ...]:
     """Merge count of every layer before clipping: ToMe's parse_r."""
     return schedule.parse_r(depth, self.r, self.inflection, self.per_layer)
+
+  def token_counts(self, num_tokens: int, depth: int, num_prefix: int = 1) -> tuple[int, ...]:
+    """(depth,) tokens after each block for N = num_tokens input tokens, num_prefix of them protected."""
+    return schedule.token_counts(num_tokens, num_prefix, self.layer_r(depth))
 
   def reduce(self, tokens: Tokens, metrics: dict[str, Array], *, layer: int, depth: int) -> Tokens:
     plan = bipartite_matching_plan(

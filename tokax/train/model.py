@@ -2,8 +2,8 @@
 
 build_model looks the class up by name (MODELS) and passes the other fields through unchanged
 (lists become tuples, dtype names become dtypes, as config.json stores them); a field the class
-does not have is an error naming the class and its fields. build_reduction makes the reduction
-method of config.reduction (the one call site is tokax.train.tasks.classifier).
+does not have is an error naming the class and its fields. The reduction comes from
+tokax.reduction.build(config.reduction) (in tokax.train.tasks.classifier).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import jax.numpy as jnp
 
 from tokax.models.t2t_vit import T2TViT
 from tokax.models.vit import ViT
-from tokax.reduction import MCTF, Slim, ToMe
 
 MODELS: dict[str, type[nn.Module]] = {"vit": ViT, "t2t_vit": T2TViT}
 _DTYPE_FIELDS = ("dtype", "param_dtype")
@@ -52,30 +51,6 @@ def build_model(name: str = "vit", /, **fields: Any) -> nn.Module:
   if name not in MODELS:
     raise ValueError(f"config.model.name: unknown model {name!r}; expected one of {sorted(MODELS)}")
   return from_fields(MODELS[name], fields)
-
-
-REDUCTIONS = ("none", "tome", "mctf", "slim")
-
-
-def build_reduction(name: str, *, r: int | float = 0, prop_attn: bool = True,
-                    activate_layers: tuple[int, ...] | None = None, stage_blocks: tuple[int, ...] | None = None,
-                    keeping_ratio: float = 0.5) -> Any:
-  """A reduction method by name: "none" (dense), "tome" (ToMe merging r tokens per layer), "mctf"
-  (MCTF fusing r per layer in activate_layers, None: all) or "slim" (SiT's token slimming with
-  stage_blocks and keeping_ratio)."""
-  if name in ("", "none"):
-    return None
-  if name == "tome":
-    return ToMe(r=r, prop_attn=prop_attn)
-  if name == "mctf":
-    layers = None if activate_layers is None else tuple(activate_layers)
-    return MCTF(r=r, prop_attn=prop_attn, activate_layers=layers)
-  if name == "slim":
-    if not stage_blocks:
-      raise ValueError("reduction.stage_blocks: 'slim' needs the blocks of each stage, summing to the depth "
-                       "(e.g. (1, 1, 1, 9) for 12 blocks)")
-    return Slim(stage_blocks=tuple(stage_blocks), keeping_ratio=keeping_ratio)
-  raise ValueError(f"reduction: unknown method {name!r}; expected one of {REDUCTIONS}")
 
 
 def normalize_images(images: jax.Array) -> jax.Array:

@@ -115,7 +115,7 @@ def reverse_modules(model: ViT) -> dict[int, ReverseSlim]:
   block i, else Identity (absent here).
   """
   if not isinstance(model.reduction, Slim):
-    raise ValueError(f"SiT training: the student's reduction must be Slim (config.reduction.name='slim'); got "
+    raise ValueError(f"SiT training: the student's reduction must be Slim (config.reduction = dict(name='slim', ...)); got "
                      f"{type(model.reduction).__name__}")
   depth, num_patches = model.arch.depth, (model.image_size // model.arch.patch_size) ** 2
   modules = {}
@@ -213,7 +213,7 @@ def mctf_consistency(model: ViT, teacher_r: Sequence[int | float], *, weights: S
   loss_teacher, loss_consistency, confidence_pass, teacher_index.
   """
   if not isinstance(model.reduction, MCTF):
-    raise ValueError(f"MCTF consistency: the student's reduction must be MCTF (config.reduction.name='mctf'); "
+    raise ValueError(f"MCTF consistency: the student's reduction must be MCTF (config.reduction = dict(name='mctf', ...)); "
                      f"got {type(model.reduction).__name__}")
   if model.pool != "cls":
     raise ValueError("MCTF consistency compares the final class tokens: the model needs pool='cls'")

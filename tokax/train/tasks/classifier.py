@@ -33,10 +33,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from tokax import reduction
 from tokax.data import offline, pipeline
 from tokax.train import evaluate, objectives, optim, sharding
 from tokax.train.config_utils import durations_from_config, load_config_file, steps
-from tokax.train.model import build_model, build_reduction
+from tokax.train.model import build_model
 from tokax.train.step import init_state, make_train_step
 from tokax.train.tasks import base
 
@@ -145,10 +146,9 @@ def num_classes_of(config: ml_collections.ConfigDict, train_source: pipeline.Sou
 
 # --- model and optimizer --------------------------------------------------------------------------
 
-def reduction_from_config(spec: ml_collections.ConfigDict) -> Any:
+def reduction_from_config(spec: Any) -> Any:
   """The reduction method of config.reduction (None for "none"): the one place a reduction is built."""
-  extra = {key: spec[key] for key in ("activate_layers", "stage_blocks", "keeping_ratio") if key in spec}
-  return build_reduction(spec.name, r=spec.get("r", 0), prop_attn=spec.get("prop_attn", True), **extra)
+  return reduction.build(spec, calibration=False)
 
 
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int):

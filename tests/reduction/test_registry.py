@@ -1,0 +1,60 @@
+"""Registry methods train from a config through the one trainer, and every shipped config's reduction builds."""
+import glob
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from tokax import reduction
+from tokax.train import run as training
+from tokax.train.tasks import classifier
+from tokax.train.config_utils import load_config_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEPTH = 3
+
+
+def _tiny_config(spec):
+  config = load_config_file(os.path.join(REPO, "configs", "digits_vit.py:runlocal"))
+  config.model.depth = DEPTH
+  config.progress_bar = False
+  if isinstance(spec, str):  # as --config.reduction=evit:0.7 would set it
+    config.reduction = spec
+  else:
+    del config.reduction
+    config.reduction = spec
+  return config
+
+
+@pytest.mark.parametrize("spec", [dict(name="evit", keep_rate=0.7), dict(name="pitome", ratio=0.8), "tome:4"])
+def test_a_registry_method_trains_from_the_config(tmp_path, spec):
+  result = training.train(_tiny_config(spec), str(tmp_path))
+  with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
+    losses = [row["train/loss"] for row in map(json.loads, f) if "train/loss" in row]
+  assert losses and all(math.isfinite(v) for v in losses)
+  assert math.isfinite(result.metrics["test/loss"])
+  method = result.model.reduction
+  assert method == reduction.build(spec)
+  images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  _, inter = result.model.apply(result.params, images, return_intermediates=True)
+  counts = tuple(int(n) for n in inter["num_tokens"])
+  assert counts == method.token_counts(65, DEPTH, 1) and counts[-1] < 65
+
+
+def test_dtome_says_why_it_does_not_train_from_a_config():
+  with pytest.raises(ValueError, match="'dtome' needs calibration.*calibrate_dtome"):
+    classifier.model_from_config(_tiny_config("dtome:4"), 10)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))))
+def test_every_config_reduction_builds(path):
+  for arg in ("", ":runlocal"):
+    config = load_config_file(path + arg)
+    if "reduction" in config:
+      reduction.build(config.reduction, calibration=False)
+    for method in list(config.get("methods", {})) + list(config.get("post_methods", {})):
+      from tokax.bench import sweep
+      sweep.method_spec(method, None)
