@@ -31,8 +31,7 @@ import os
 
 import ml_collections
 
-from tokax.train.config_utils import parse_arg
-from tokax.train.objectives import load_config_file
+from tokax.train.config_utils import load_config_file, parse_arg
 
 BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluttered_digits_vit.py")
 
@@ -47,9 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.distilled = True
   config.distill = dict(
       kind="hard", alpha=0.5,
-      teacher_config=base,
-      teacher_workdir="",      # a finished run of teacher_config
-      teacher_checkpoint="",   # or a timm / DeiT checkpoint file for teacher_config's model
+      teacher_workdir="",      # a finished tokax run (the `dense` mode), rebuilt from its config.json
+      teacher_checkpoint="",   # or a timm / DeiT checkpoint file ...
+      teacher_config="",       # ... for the model of this config file ("configs/x.py[:arg]")
       init_student=arg.gpu)    # DeiT trains the student from scratch; the short gpu run fine-tunes the teacher
   if arg.gpu and not arg.runlocal:
     config.total_steps = 600

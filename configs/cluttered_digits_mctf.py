@@ -31,8 +31,7 @@ import os
 
 import ml_collections
 
-from tokax.train.config_utils import parse_arg
-from tokax.train.objectives import load_config_file
+from tokax.train.config_utils import load_config_file, parse_arg
 
 BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluttered_digits_vit.py")
 
@@ -44,11 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.dense:
     return config
   if arg.runlocal:
-    start = BASE + ":gpu,runlocal" if arg.gpu else f"{os.path.abspath(__file__)}:dense,runlocal"
     reduction = dict(name="mctf", r=2, activate_layers=(0,))
     teacher_r = (0, 1)
   elif arg.gpu:
-    start = BASE + ":gpu"
     depth = config.model.depth
     reduction = dict(name="mctf", r=8, activate_layers=tuple(range(depth)))
     teacher_r = (0, 2, 4, 6)
@@ -56,7 +53,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.warmup_steps = 40
     config.lr = 3e-5  # MCTF: lr_times 0.03 of the base recipe's (1e-3)
   else:
-    start = BASE
     reduction = dict(name="mctf", r=24, activate_layers=(1, 2, 3))
     teacher_r = (0, 4, 8, 12)
     config.total_steps = 600
@@ -65,5 +61,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del config.reduction  # the base's string "none": a dict instead, so --config.reduction.r=... overrides a field
   config.reduction = reduction
   config.consistency = dict(teacher_r=teacher_r, weights=(1.0, 1.0, 3.0), threshold=0.4)
-  config.init_from = dict(config=start, workdir="")
+  config.init_from = dict(workdir="")  # the dense run (its config.json describes it)
   return config

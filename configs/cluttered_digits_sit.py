@@ -29,8 +29,7 @@ import os
 
 import ml_collections
 
-from tokax.train.config_utils import parse_arg
-from tokax.train.objectives import load_config_file
+from tokax.train.config_utils import load_config_file, parse_arg
 
 BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluttered_digits_vit.py")
 
@@ -39,14 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, runlocal=False, gpu=False, dense=False)
   flags = ",".join(name for name in ("gpu", "runlocal") if arg[name])
   config = load_config_file(BASE + (f":{flags}" if flags else ""))
-  teacher = f"{os.path.abspath(__file__)}:dense"
   stage_blocks = (3, 3, 3, 3) if arg.gpu else (1, 1, 1, 1)
   if arg.runlocal:  # two blocks, one slimming (gpu,runlocal: the dense gpu,runlocal run has two blocks already)
     config.model.depth = 2
-    teacher = BASE + ":gpu,runlocal" if arg.gpu else teacher + ",runlocal"
     stage_blocks = (1, 1)
   else:
-    teacher = BASE + (":gpu" if arg.gpu else "")
     config.total_steps = 600
     config.warmup_steps = 0
     config.lr = 2e-4  # SiT: lr 2e-4, no warmup
@@ -54,6 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return config
   del config.reduction  # the base's string "none": a dict instead, so --config.reduction.keeping_ratio=... works
   config.reduction = dict(name="slim", stage_blocks=stage_blocks, keeping_ratio=0.5)
-  config.distill = dict(kind="frd", lambda_token=2.0, lambda_logits=2.0, tau=1.0, teacher_config=teacher,
-                        teacher_workdir="", teacher_checkpoint="", init_student=True)
+  # The teacher: the run in teacher_workdir (rebuilt from its config.json: the `dense` mode of this file, or
+  # cluttered_digits_vit.py with gpu), or a timm file teacher_checkpoint for the model of teacher_config.
+  config.distill = dict(kind="frd", lambda_token=2.0, lambda_logits=2.0, tau=1.0, teacher_workdir="",
+                        teacher_checkpoint="", teacher_config="", init_student=True)
   return config

@@ -43,10 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Backbone overrides default to the preset's (None), typed so that --config.model.width=64 parses.
   unset = ml_collections.config_dict.placeholder
+  # T2TViT(**fields) (tokax.train.model.MODELS[name]); num_classes: the data's when unset.
   config.model = dict(
-      name="t2t_vit", variant=arg.variant, tokens_type=unset(str), image_size=arg.image_size,
-      pool="cls", drop_path=0.1, dtype="float32", width=unset(int), depth=unset(int), num_heads=unset(int),
-      mlp_dim=unset(int), mlp_ratio=unset(float))
+      name="t2t_vit", num_classes=unset(int), variant=arg.variant, tokens_type=unset(str), image_size=arg.image_size,
+      drop_path=0.1, dtype="float32", width=unset(int), depth=unset(int), num_heads=unset(int),
+      mlp_ratio=unset(float))
   if arg.tokens_type:
     config.model.tokens_type = arg.tokens_type
   # A tokax.reduction.build spec; a string, so --config.reduction=tome:16 (or evit:0.7, ...) overrides it.

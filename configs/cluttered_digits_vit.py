@@ -44,8 +44,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = dict(name="cluttered_digits", num_train=19_200, num_val=500, num_test=1000, seed=0)
   config.augment = dict(max_shift=4)
 
+  # ViT(**fields) (tokax.train.model.MODELS[name]); num_classes: the data's when unset.
   config.model = dict(
-      variant=variant, image_size=arg.image_size or 112, pool="cls", drop_path=0.0, dtype="float32",
+      name="vit", num_classes=ml_collections.config_dict.placeholder(int), variant=variant,
+      image_size=arg.image_size or 112, pool="cls", drop_path=0.0, dtype="float32",
       width=width, depth=depth, num_heads=heads, mlp_dim=4 * width)
   # A tokax.reduction.build spec; a string, so --config.reduction=tome:16 (or evit:0.7, ...) overrides it.
   config.reduction = "none"  # trained dense; ToMe is applied at test.

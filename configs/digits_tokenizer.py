@@ -2,7 +2,7 @@ r"""A visual tokenizer on scikit-learn's digits at 32 px: 8x8 tokens (stride 4),
 
   python -m tokax.train --config configs/digits_tokenizer.py:quantizer=fsq --workdir /tmp/tok_digits_fsq
   python -m tokax.train --config configs/digits_tokenizer.py:quantizer=kl,runlocal --workdir /tmp/tok_local
-  python -m tokax.tokenizers.evaluate --workdir /tmp/tok_digits_fsq --suites digits
+  python -m tokax.train.evaluate_tokenizer --workdir /tmp/tok_digits_fsq --suites digits
 
 Arguments (`:key=value,flag`): quantizer (vq, vq_ema, fsq, lfq or kl; default fsq), gan (add the
 PatchGAN hinge loss with the adaptive weight), runlocal (a few steps of a tiny model on a CPU).

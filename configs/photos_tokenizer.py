@@ -2,7 +2,7 @@ r"""A visual tokenizer on 64x64 crops of scikit-image's bundled photos: 8x8 toke
 
   python -m tokax.train --config configs/photos_tokenizer.py:quantizer=lfq --workdir /tmp/tok_photos_lfq
   python -m tokax.train --config configs/photos_tokenizer.py:quantizer=kl,runlocal --workdir /tmp/tok_local
-  python -m tokax.tokenizers.evaluate --workdir /tmp/tok_photos_lfq --workdir /tmp/tok_photos_kl
+  python -m tokax.train.evaluate_tokenizer --workdir /tmp/tok_photos_lfq --workdir /tmp/tok_photos_kl
 
 Training crops come from 10 photos; val (coffee) and test (astronaut, chelsea) photos are held
 out, as are the textures and text images that the evaluation uses (tokax.data.offline.PHOTO_SPLITS).

@@ -20,7 +20,9 @@ the fine-tuned runs go in as trained rows, measured first:
       --config.checkpoint.workdir=/tmp/cd_vit_gpu --config.trained.sit.workdir=/tmp/cd_sit_gpu \
       --config.trained.mctf.workdir=/tmp/cd_mctf_gpu --config.trained.deit.workdir=/tmp/cd_deit_gpu
 
-config.trained: name -> dict(config, workdir) of fine-tuning runs (an empty workdir skips the row).
+config.trained: name -> dict(workdir) of fine-tuning runs (an empty workdir skips the row; each run is
+rebuilt from its own config.json). With checkpoint.train=False the checkpoint's run is too (checkpoint.config
+then only says which config trained it).
 Arguments: gpu, runlocal (the trainer's runlocal model and data: a CPU smoke run; with gpu, the gpu
 configs' runlocal versions).
 """
@@ -54,10 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         dtome=[16, 32, 48], slim=[0.7, 0.5])
   config.overhead = "none"
   config.post_methods = dict()
-  config.trained = dict(
-      sit=dict(config="configs/cluttered_digits_sit.py" + suffix, workdir=""),
-      mctf=dict(config="configs/cluttered_digits_mctf.py" + suffix, workdir=""),
-      deit=dict(config="configs/cluttered_digits_deit_distill.py" + suffix, workdir=""))
+  # The fine-tunes of configs/cluttered_digits_{sit,mctf,deit_distill}.py (with the same flags).
+  config.trained = dict(sit=dict(workdir=""), mctf=dict(workdir=""), deit=dict(workdir=""))
   if arg.gpu:
     config.checkpoint.update(workdir="/tmp/cd_vit_gpu", train=False)
     config.dtype = "bfloat16"

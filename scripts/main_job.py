@@ -41,17 +41,18 @@ def main(argv: list[str]) -> None:
   from tokax.bench import tradeoff
   from tokax.reduction import ToMe
   from tokax.train import logging as metric_logging
-  from tokax.train import trainer
+  from tokax.train import run as training
+  from tokax.train.tasks import classifier
 
   metric_logging.quiet_orbax_info()
   config, workdir = _CONFIG.value, _WORKDIR.value
   timings = {}
   start = time.perf_counter()
-  result = trainer.train(config, workdir)
+  result = training.train(config, workdir)
   timings["train (data, training, val/test eval)"] = time.perf_counter() - start
 
   start = time.perf_counter()
-  test = trainer.load_split(config, "test")
+  test = classifier.load_split(config, "test")
   reductions = {"dense": None, **{f"ToMe r={r}": ToMe(r=int(r)) for r in _R.value}}
   rows = tradeoff.reduction_table(result.model, result.params, test, reductions,
                                   eval_batch_size=config.eval_batch_size, bench_batch_size=_BENCH_BATCH.value)

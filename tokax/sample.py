@@ -16,12 +16,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags
 
 from tokax.models.xar import XAR, sample
-
 
 
 def _define_flags() -> dict:
@@ -37,11 +35,6 @@ def _define_flags() -> dict:
       seed=flags.DEFINE_integer("seed", 0, "Noise seed."),
       out=flags.DEFINE_string("out", None, "Output directory (default: the workdir)."),
   )
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def make_sampler(model: XAR, *, num_steps: int, cfg: float, cfg_schedule: str, method: str):
@@ -86,16 +79,19 @@ def sample_workdir(workdir: str, num: int, *, out: str | None = None, batch_size
   Sampler settings default to the run's config.sample. Returns a summary dict (seconds, samples/s, ...).
   """
   from PIL import Image
-  from tokax.train import xar_trainer
-  config = load_config(workdir)
-  model, latent, state = xar_trainer.restore_state(config, workdir, config.num_classes, config.num_train)
-  if state is None:
-    raise ValueError(f"workdir={workdir!r}: no checkpoint under {workdir}/checkpoints; train it first")
+
+  from tokax.train.restore import RunError, load_run
+  from tokax.train.tasks import xar
+
+  run = load_run(workdir)  # the EMA weights
+  if run.task != "xar":
+    raise RunError(f"workdir={workdir!r} holds a {run.task} run; tokax.sample samples xAR runs (config.task='xar')")
+  config, model, latent = run.config, run.model, xar.latent_from_config(run.config)
   s = config.sample
   kwargs = dict(num_steps=num_steps or s.num_steps, cfg=s.cfg if cfg is None else cfg,
                 cfg_schedule=cfg_schedule or s.cfg_schedule, method=method or s.method)
   labels = (np.arange(num) % config.num_classes).astype(np.int32)
-  tokens, seconds = generate(model, state.ema_params, labels, batch_size=batch_size, seed=seed, **kwargs)
+  tokens, seconds = generate(model, run.variables, labels, batch_size=batch_size, seed=seed, **kwargs)
   images = np.asarray(jax.jit(latent.decode)(model.entities.from_sequence(jnp.asarray(tokens))))
   out = out or workdir
   os.makedirs(out, exist_ok=True)

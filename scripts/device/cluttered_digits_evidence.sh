@@ -71,7 +71,7 @@ wait
 
 # Phase 3: measurements, each alone on the card.
 step t2t_vs_vit "$COMPARE_END" 0.9 $PY -m tokax.bench.compare_runs --out "$WORK/t2t_vs_vit" \
-  --run "T2T-ViT-7=configs/cluttered_digits_t2t.py:gpu$EXTRA@$WORK/t2t7" --run "ViT-Ti=$TI@$WORK/vit_ti"
+  --run "T2T-ViT-7=$WORK/t2t7" --run "ViT-Ti=$WORK/vit_ti"
 step sweep "$BUDGET" 0.9 $PY -m tokax.bench.sweep --config "configs/sweep_cluttered_digits.py:gpu$EXTRA" \
   --workdir "$WORK/sweep" --config.checkpoint.workdir="$WORK/dense" --config.trained.sit.workdir="$WORK/sit" \
   --config.trained.mctf.workdir="$WORK/mctf" --config.trained.deit.workdir="$WORK/deit"

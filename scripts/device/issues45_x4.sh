@@ -55,9 +55,9 @@ run cudnn_padding 1 "$BUDGET" $PY scripts/device/cudnn_padding.py --out "$OUT_DI
     --config.augment.max_shift=8 &
   wait
   run t2t_vs_vit 3 "$BUDGET" $PY -m tokax.bench.compare_runs --out "$OUT_DIR/t2t_vs_vit" \
-    --run "T2T-ViT-7=configs/cluttered_digits_t2t.py:gpu@$WORK/t2t7" \
-    --run "T2T-ViT-7 float32=configs/cluttered_digits_t2t.py:gpu@$WORK/t2t7_f32" \
-    --run "ViT-Ti/16=$TI@$WORK/vit_ti"
+    --run "T2T-ViT-7=$WORK/t2t7" \
+    --run "T2T-ViT-7 float32=$WORK/t2t7_f32" \
+    --run "ViT-Ti/16=$WORK/vit_ti"
 ) &
 wait
 for name in t2t7 t2t7_f32 vit_ti; do  # the runs' own eval lines

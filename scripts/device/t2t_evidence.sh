@@ -33,8 +33,8 @@ train t2t_transformer_stem "$T2T,tokens_type=transformer" &
 train t2t_long "$T2T" --config.total_steps=4000 --config.warmup_steps=150 &
 wait
 timeout 60 $PY -m tokax.bench.compare_runs --out "$OUT_DIR/cluttered" \
-  --run "T2T-ViT-7 transformer stem=$T2T,tokens_type=transformer@$WORK/t2t_transformer_stem" \
-  --run "T2T-ViT-7 long=$T2T@$WORK/t2t_long" > "$OUT_DIR/compare_cluttered.log" 2>&1
+  --run "T2T-ViT-7 transformer stem=$WORK/t2t_transformer_stem" \
+  --run "T2T-ViT-7 long=$WORK/t2t_long" > "$OUT_DIR/compare_cluttered.log" 2>&1
 for name in t2t_digits vit_digits t2t_transformer_stem t2t_long; do
   cp "$WORK/$name/metrics.jsonl" "$OUT_DIR/$name.metrics.jsonl" 2>/dev/null
   echo "== $name"; grep -h '"eval\|"test\|train/loss' "$WORK/$name/metrics.jsonl" 2>/dev/null | tail -3 | cut -c1-300

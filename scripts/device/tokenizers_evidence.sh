@@ -28,9 +28,9 @@ args_digits=(); args_photos=()
 for q in vq vq_ema fsq lfq kl; do
   args_digits+=(--workdir "$WORK/digits_$q"); args_photos+=(--workdir "$WORK/photos_$q")
 done
-python -m tokax.tokenizers.evaluate "${args_digits[@]}" --suites digits --out "$WORK/eval_digits" \
+python -m tokax.train.evaluate_tokenizer "${args_digits[@]}" --suites digits --out "$WORK/eval_digits" \
   > "$WORK/eval_digits.log" 2>&1 &
-python -m tokax.tokenizers.evaluate "${args_photos[@]}" --suites photos --suites textures --suites text \
+python -m tokax.train.evaluate_tokenizer "${args_photos[@]}" --suites photos --suites textures --suites text \
   --out "$WORK/eval_photos" > "$WORK/eval_photos.log" 2>&1 &
 wait
 cat "$WORK/times.txt" "$WORK/eval_digits.log" "$WORK/eval_photos.log"

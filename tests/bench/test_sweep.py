@@ -70,12 +70,21 @@ def test_ordering_checks_compare_trained_rows_at_no_more_gflops_and_tome_prop_at
 
 @pytest.mark.slow
 def test_sweep_on_a_trained_checkpoint_writes_the_tables(tmp_path):
-  """Also a trained row: the dense runlocal run restored under the MCTF fine-tune's config (MCTF has no
-  parameters, so the checkpoint fits) must equal the off-the-shelf MCTF row at the same r on every block."""
+  """Also a trained row: the MCTF fine-tune of the dense runlocal run (init_from, lr 0: MCTF has no parameters,
+  so it keeps the dense weights), restored from its own config.json, must equal the off-the-shelf MCTF row at
+  the same r on every block."""
+  from tokax.train import run as training
+
   config = config_utils.load_config_file("configs/sweep_cluttered_digits.py:runlocal")
   config.checkpoint.workdir = str(tmp_path / "train")
+  dense = config_utils.load_config_file(config.checkpoint.config)
+  dense.progress_bar = False
+  training.train(dense, config.checkpoint.workdir)
+  mctf = config_utils.load_config_file("configs/cluttered_digits_mctf.py:runlocal")  # r=2 on its 1 block
+  mctf.init_from.workdir, mctf.lr, mctf.progress_bar = config.checkpoint.workdir, 0.0, False
+  training.train(mctf, str(tmp_path / "mctf"))
   config.methods = {"tome": [4], "mctf": [2]}
-  config.trained.mctf.workdir = str(tmp_path / "train")  # configs/cluttered_digits_mctf.py:runlocal: r=2 on its 1 block
+  config.trained.mctf.workdir = str(tmp_path / "mctf")
   config.overhead = "all"
   config.post_methods = {"divprune": [0.5]}
   config.repeats = 1

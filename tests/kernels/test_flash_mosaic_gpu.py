@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokax.kernels import flash_common as fc
+from tokax.kernels import common as fc
 from tokax.kernels.mosaic_gpu import flash_attention as gpu_flash
 
 

@@ -6,7 +6,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from tokax import kernels
-from tokax.kernels import flash_common as fc
+from tokax.kernels import common as fc
 from tokax.kernels.tpu import flash_attention as tpu_flash
 
 try:  # jax's own interpret tests read the race detector's state here

@@ -132,17 +132,18 @@ def test_trainer_builds_the_t2t_config():
   """configs/cluttered_digits_t2t.py goes through the trainer's model builder, full size and runlocal."""
   import importlib.util
 
-  from tokax.train import optim, trainer
+  from tokax.train import optim
+  from tokax.train.tasks import classifier
   from tokax.train.step import init_state
 
   path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "cluttered_digits_t2t.py"
   spec = importlib.util.spec_from_file_location("cluttered_digits_t2t", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  full = trainer.model_from_config(module.get_config("variant=t_14"), 10)
+  full = classifier.model_from_config(module.get_config("variant=t_14"), 10)
   assert isinstance(full, T2TViT) and full.arch == parse_variant("t2t_vit_t_14") and full.image_size == 224
   config = module.get_config("runlocal")
-  model = trainer.model_from_config(config, 10)
+  model = classifier.model_from_config(config, 10)
   assert isinstance(model, T2TViT) and model.arch.depth == 1 and model.arch.width == 32
   tx = optim.adamw(optim.lr_schedule(peak_lr=1e-3, warmup_steps=1, total_steps=3), weight_decay=0.05, grad_clip_norm=1.0)
   state = jax.eval_shape(lambda key: init_state(model, tx, key, (32, 32, 3)), jax.random.key(0))

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tokax.train import losses, trainer
+from tokax.train import losses
+from tokax.train import run as training
+from tokax.train.tasks import classifier
 from tokax.train import logging as metric_logging
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -45,11 +47,11 @@ def test_soft_cross_entropy_closed_form_and_timm_smoothing_order():
 
 
 def test_batch_ops_spec_fills_num_classes_and_refuses_double_smoothing():
-  assert trainer.batch_ops_spec("mixup_cutmix", 10, 0.1) == "mixup_cutmix(num_classes=10, label_smoothing=0.0)"
-  assert trainer.batch_ops_spec("mixup(0.2, num_classes=4)", 10, 0.0) == "mixup(0.2, num_classes=4, label_smoothing=0.0)"
-  assert trainer.batch_ops_spec("", 10, 0.1) == ""
+  assert classifier.batch_ops_spec("mixup_cutmix", 10, 0.1) == "mixup_cutmix(num_classes=10, label_smoothing=0.0)"
+  assert classifier.batch_ops_spec("mixup(0.2, num_classes=4)", 10, 0.0) == "mixup(0.2, num_classes=4, label_smoothing=0.0)"
+  assert classifier.batch_ops_spec("", 10, 0.1) == ""
   with pytest.raises(ValueError, match="label_smoothing"):
-    trainer.batch_ops_spec("cutmix(label_smoothing=0.1)", 10, 0.1)
+    classifier.batch_ops_spec("cutmix(label_smoothing=0.1)", 10, 0.1)
 
 
 def _image_folder(root):
@@ -80,7 +82,7 @@ def straight(tmp_path_factory):
   root = _image_folder(tmp_path_factory.mktemp("images"))
   workdir = tmp_path_factory.mktemp("straight")
   config = _config(root)
-  return root, workdir, config, trainer.train(config, str(workdir))
+  return root, workdir, config, training.train(config, str(workdir))
 
 
 def test_folder_run_with_mixup_resumes_to_bitwise_equal_params(straight, tmp_path):
@@ -92,7 +94,8 @@ def test_folder_run_with_mixup_resumes_to_bitwise_equal_params(straight, tmp_pat
   assert all(np.isfinite(r["train/loss"]) for r in records if "train/loss" in r)
 
   # The stream the trainer built: soft (B, K) labels summing to 1, restorable mid-epoch.
-  stream = trainer._pipeline_stream(config, trainer._pipeline_source(config, "train"), NUM_CLASSES, slice(0, 8))
+  data = classifier.train_data(config, classifier.source(config, "train"), NUM_CLASSES)
+  stream = training.train_stream(config, data, slice(0, 8))
   first = [next(stream) for _ in range(2)]
   assert first[0]["label"].shape == (8, NUM_CLASSES) and first[0]["image"].shape == (8, 16, 16, 3)
   np.testing.assert_allclose(first[0]["label"].sum(-1), 1.0, rtol=1e-6)
@@ -109,7 +112,7 @@ def test_folder_run_with_mixup_resumes_to_bitwise_equal_params(straight, tmp_pat
   workdir = tmp_path / "resumed"
   shutil.copytree(ref_dir, workdir)
   shutil.rmtree(workdir / "checkpoints" / "4")
-  resumed = trainer.train(config, str(workdir))
+  resumed = training.train(config, str(workdir))
   assert resumed.step == 4
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(ref.params))
   assert resumed.metrics == ref.metrics

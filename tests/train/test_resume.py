@@ -18,7 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tokax.train import checkpoint, trainer
+from tokax.train import checkpoint
+from tokax.train import run as training
 from tokax.train import logging as metric_logging
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ def _restore_onto_one_device(workdir, step, like):
 def straight(tmp_path_factory):
   """The reference: 6 steps in one go, in this process; (workdir, result, final checkpoint state)."""
   workdir = tmp_path_factory.mktemp("straight")
-  result = trainer.train(_config(), str(workdir))
+  result = training.train(_config(), str(workdir))
   state, _ = _raw_state(workdir, 6)
   jax.tree.map(np.testing.assert_array_equal, state["params"], jax.device_get(result.params))
   return workdir, result, state
@@ -110,7 +111,7 @@ def test_killed_and_preempted_runs_resume_to_the_same_parameters(straight, tmp_p
   assert steps[:4] == [1, 2, 3, 4] and steps[-4:] == [3, 4, 5, 6], steps
   state, position = _raw_state(tmp_path, 6)
   jax.tree.map(np.testing.assert_array_equal, state, ref_state)  # bitwise: params, optimizer state, step, rng
-  assert position == {"epoch": 1, "batch": 2, "seed": 0, "batch_size": 16, "num_examples": 64, "dataset": "digits"}
+  assert position == {"epoch": 1, "position": 2, "seed": 0, "batch_size": 16, "num_examples": 64, "dataset": "digits"}
   final = metric_logging.read_metrics(tmp_path / "metrics.jsonl")[-1]
   assert final["test/accuracy"] == ref.metrics["test/accuracy"] and final["val/loss"] == ref.metrics["val/loss"]
 
@@ -143,7 +144,7 @@ def test_two_processes_agree_with_one(straight, tmp_path):
   losses = lambda rs: [r["train/loss"] for r in rs if "train/loss" in r]
   np.testing.assert_allclose(losses(records), losses(ref_records), rtol=1e-5)
   state, position = _restore_onto_one_device(tmp_path, 6, ref_state)
-  assert position["epoch"] == 1 and position["batch"] == 2  # 6 steps of 16 over 64 examples
+  assert position["epoch"] == 1 and position["position"] == 2  # 6 steps of 16 over 64 examples
   for path, got, want in zip(*_flat(state["params"]), _flat(ref_state["params"])[1]):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5, err_msg=path)
   np.testing.assert_allclose(records[-1]["test/accuracy"], ref.metrics["test/accuracy"], atol=1 / 32)
@@ -164,7 +165,7 @@ def test_foreign_directory_is_refused(straight, tmp_path):
   workdir = _copy_checkpoints(straight, tmp_path)
   (workdir / "checkpoints" / "notes.txt").write_text("not a checkpoint")
   with pytest.raises(checkpoint.CheckpointError, match="not a tokax checkpoint directory: it holds 'notes.txt'"):
-    trainer.train(_config(), str(workdir))
+    training.train(_config(), str(workdir))
   assert not (workdir / "metrics.jsonl").exists()
 
 
@@ -172,7 +173,7 @@ def test_truncated_checkpoint_is_refused(straight, tmp_path):
   workdir = _copy_checkpoints(straight, tmp_path)
   os.remove(workdir / "checkpoints" / "6" / "state" / "_METADATA")
   with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*/6 is truncated .*missing state/_METADATA"):
-    trainer.train(_config(), str(workdir))
+    training.train(_config(), str(workdir))
 
 
 def test_damaged_arrays_are_refused_not_half_loaded(straight, tmp_path):
@@ -181,7 +182,7 @@ def test_damaged_arrays_are_refused_not_half_loaded(straight, tmp_path):
     for chunk in data_dir.iterdir():
       chunk.write_bytes(chunk.read_bytes()[:10])  # a copy cut short
   with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*/6 could not be read"):
-    trainer.train(_config(), str(workdir))
+    training.train(_config(), str(workdir))
   assert not (workdir / "metrics.jsonl").exists()
 
 
@@ -190,4 +191,4 @@ def test_checkpoint_of_another_model_is_refused(straight, tmp_path):
   config = _config()
   config.model.mlp_dim = 96
   with pytest.raises(checkpoint.CheckpointError, match=r"holds a different train state .*mlp_fc1/bias: saved \[\[64\], .float32.\], expected \[\[96\]"):
-    trainer.train(config, str(workdir))
+    training.train(config, str(workdir))

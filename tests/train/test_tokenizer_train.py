@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from tokax.tokenizers import evaluate
+from tokax.train import evaluate_tokenizer
 from tokax.train import logging as metric_logging
-from tokax.train import tokenizer_trainer, trainer
+from tokax.train import run as training
+from tokax.train.restore import load_run
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -39,7 +40,7 @@ def _tiny_config(total_steps):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("tok")
-  first = trainer.train(_tiny_config(2), str(workdir))
+  first = training.train(_tiny_config(2), str(workdir))
   return workdir, first
 
 
@@ -58,7 +59,7 @@ def test_train_then_resume(trained):
 
   # Restarting in the same workdir restores step 2 (EMA weights, quantizer state, discriminator and
   # both optimizers: an abstract TokenizerState with target shardings) and trains nothing again.
-  resumed = trainer.train(_tiny_config(2), str(workdir))
+  resumed = training.train(_tiny_config(2), str(workdir))
   records = metric_logging.read_metrics(workdir / "metrics.jsonl")
   assert [r["step"] for r in records if "train/loss" in r] == [1, 2]
   assert resumed.step == 2 and sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2"]
@@ -71,11 +72,11 @@ def test_restart_from_step_one_equals_the_straight_run(trained, tmp_path):
   workdir, first = trained
   # A run that stopped after step 1: only that checkpoint (with its data position) is left.
   shutil.copytree(workdir / "checkpoints" / "1", tmp_path / "checkpoints" / "1")
-  resumed = trainer.train(_tiny_config(2), str(tmp_path))
+  resumed = training.train(_tiny_config(2), str(tmp_path))
   assert resumed.step == 2
   # EMA and raw weights, the VQ-EMA codebook state: bitwise those of the straight run
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(first.params))
-  raw = [tokenizer_trainer.load_tokenizer(str(w), ema=False)[1] for w in (workdir, tmp_path)]
+  raw = [load_run(str(w), ema=False).variables for w in (workdir, tmp_path)]
   jax.tree.map(np.testing.assert_array_equal, *raw)
   assert int(raw[0]["quantizer_state"]["quantizer"]["step"]) == 2  # the EMA updates of both steps are in it
 
@@ -83,7 +84,7 @@ def test_restart_from_step_one_equals_the_straight_run(trained, tmp_path):
 @pytest.mark.slow
 def test_evaluate_workdir(trained, tmp_path):
   workdir, _ = trained
-  rows = evaluate.evaluate_workdirs([str(workdir)], str(tmp_path), suites=("digits", "text"), num_examples=6,
+  rows = evaluate_tokenizer.evaluate_workdirs([str(workdir)], str(tmp_path), suites=("digits", "text"), num_examples=6,
                                     batch_size=6)
   assert [r["suite"] for r in rows] == ["digits", "text", "all"]
   assert all(np.isfinite(r["psnr"]) for r in rows[:2]) and 0 < rows[2]["usage"] <= 1
@@ -95,9 +96,9 @@ def test_task_and_loss_config_errors(tmp_path):
   config = _tiny_config(1)
   config.task = "segmentation"
   with pytest.raises(ValueError, match="config.task"):
-    trainer.train(config, str(tmp_path))
+    training.train(config, str(tmp_path))
   from tokax.train.tokenizer_step import LossConfig
   with pytest.raises(ValueError, match="loss.gan"):
     LossConfig(gan="wgan")
   with pytest.raises(ValueError, match="training directory"):
-    evaluate.evaluate_workdirs([str(tmp_path / "missing")], str(tmp_path))
+    evaluate_tokenizer.evaluate_workdirs([str(tmp_path / "missing")], str(tmp_path))

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokax.train import augment, checkpoint, optim, trainer
+from tokax.train import augment, checkpoint, optim
+from tokax.train import run as training
 from tokax.train.model import build_model
 from tokax.train.step import init_state, make_train_step
 
@@ -61,7 +62,7 @@ def test_non_finite_loss_raises_with_the_step(tmp_path):
   config.grad_clip_norm = 0.0
   config.progress_bar = False
   with pytest.raises(FloatingPointError, match=r"at step 3\b"):
-    trainer.train(config, str(tmp_path))
+    training.train(config, str(tmp_path))
 
 
 def _runlocal_config(name="cluttered_digits_vit"):
@@ -82,9 +83,9 @@ def test_periodic_checkpoint_is_the_state_at_its_step(tmp_path):
   import orbax.checkpoint as ocp
 
   config = _runlocal_config()  # checkpoints every 2 steps, 3 steps in all
-  trainer.train(config, str(tmp_path / "three"))
+  training.train(config, str(tmp_path / "three"))
   config.total_steps = 2
-  stopped = trainer.train(config, str(tmp_path / "two"))
+  stopped = training.train(config, str(tmp_path / "two"))
   manager = ocp.CheckpointManager(str(tmp_path / "three" / "checkpoints"), item_names=checkpoint.ITEMS)
   assert manager.all_steps() == [2, 3]
   restored = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(),

@@ -1,14 +1,13 @@
 r"""Trained classifiers side by side: test accuracy, GFLOPs per image and images/s of each run's checkpoint.
 
 Issue 4's "T2T-ViT-7 vs ViT-Ti at similar FLOPs" line; any tokax.train classifier runs (ViT, T2T-ViT,
-with their reductions) go in as --run NAME=CONFIG@WORKDIR, CONFIG being the run's --config:
+with their reductions) go in as --run NAME=WORKDIR:
 
   python -m tokax.bench.compare_runs --out /tmp/t2t_vs_vit \
-      --run "T2T-ViT-7=configs/cluttered_digits_t2t.py:gpu@/tmp/cd_t2t7" \
-      --run "ViT-Ti/16=configs/cluttered_digits_vit.py:gpu,variant=Ti/16,width=192,depth=12,heads=3,image_size=224@/tmp/cd_vit_ti16"
+      --run "T2T-ViT-7=/tmp/cd_t2t7" --run "ViT-Ti/16=/tmp/cd_vit_ti16"
 
-Each run is restored from its latest checkpoint (a run stopped early is measured where it stopped;
-the step is reported). GFLOPs: XLA's count of the forward with XLA attention (throughput.vit_forward_gflops);
+Each run is restored by tokax.train.restore.load_run (its config.json and latest checkpoint: a run
+stopped early is measured where it stopped; the step is reported). GFLOPs: XLA's count of the forward with XLA attention (throughput.vit_forward_gflops);
 images/s: the median of timed forwards on random batches, in --dtype. Writes compare.json and
 compare.md into --out and prints the table.
 """
@@ -26,29 +25,35 @@ import numpy as np
 from tokax.bench import throughput
 
 
-def parse_run(text: str) -> tuple[str, str, str]:
-  """"NAME=CONFIG@WORKDIR" -> (name, config reference, workdir)."""
-  name, has_name, rest = text.partition("=")
-  config, has_at, workdir = rest.rpartition("@")
-  if not (has_name and has_at and name and config and workdir):
-    raise ValueError(f"--run: expected NAME=CONFIG@WORKDIR (e.g. 'vit=configs/x.py:gpu@/tmp/run'); got {text!r}")
-  return name, config, workdir
+def parse_run(text: str) -> tuple[str, str]:
+  """"NAME=WORKDIR" -> (name, workdir)."""
+  name, has_name, workdir = text.partition("=")
+  if not (has_name and name and workdir):
+    raise ValueError(f"--run: expected NAME=WORKDIR (e.g. 'vit=/tmp/run'); got {text!r}")
+  config, at, _ = workdir.partition("@")
+  if at and ".py" in config:  # the former NAME=CONFIG@WORKDIR
+    raise ValueError(f"--run {text!r}: the CONFIG@ part is no longer needed (each run is rebuilt from its "
+                     f"workdir's config.json); give NAME=WORKDIR")
+  return name, workdir
 
 
-def measure_run(name: str, config_reference: str, workdir: str, *, batch_size: int = 256, dtype: Any = jnp.bfloat16,
+def measure_run(name: str, workdir: str, *, batch_size: int = 256, dtype: Any = jnp.bfloat16,
                 warmup: int = 3, repeats: int = 10, eval_batch_size: int = 250, split: str = "test") -> dict[str, Any]:
   """One row: the run's step, parameter count, top-1 on `split`, GFLOPs per image and images/s."""
-  from tokax.train import evaluate, objectives, trainer
+  from tokax.train import evaluate, restore
+  from tokax.train.tasks import classifier
 
-  train_config, model, variables, step = objectives.restore_run(config_reference, workdir)
-  model = model.clone(dtype=jnp.dtype(dtype))
-  variables = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, variables)
-  data = trainer.load_split(train_config, split)
+  run = restore.load_run(workdir)
+  if run.task != "classifier":
+    raise restore.RunError(f"{workdir!r} holds a {run.task} run; compare_runs measures classifiers")
+  model, step = run.model.clone(dtype=jnp.dtype(dtype)), run.step
+  variables = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, run.variables)
+  data = classifier.load_split(run.config, split)
   predictions = evaluate.predict(evaluate.make_predict_fn(model), variables, data, eval_batch_size)
   shape = (batch_size, model.image_size, model.image_size, 3)
   timing = throughput.measure(lambda p, x: model.apply(p, x), variables, shape, jnp.dtype(dtype),
                               warmup=warmup, repeats=repeats)
-  return {"name": name, "config": config_reference, "workdir": workdir, "step": step,
+  return {"name": name, "workdir": workdir, "step": step,
           "image_size": model.image_size,
           "params_m": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables)) / 1e6,
           "top1": float(np.mean(predictions == data.labels)), "split": split,
@@ -66,13 +71,13 @@ def to_markdown(rows: list[dict[str, Any]], caption: str = "") -> str:
 
 
 def run(runs: Sequence[str], out: str, **kwargs: Any) -> dict[str, Any]:
-  """Measures every "NAME=CONFIG@WORKDIR" of `runs`; a run that fails to restore is logged and skipped."""
+  """Measures every "NAME=WORKDIR" of `runs`; a run that fails to restore is logged and skipped."""
   os.makedirs(out, exist_ok=True)
   rows, failed = [], []
   for text in runs:
-    name, config, workdir = parse_run(text)
+    name, workdir = parse_run(text)
     try:
-      rows.append(measure_run(name, config, workdir, **kwargs))
+      rows.append(measure_run(name, workdir, **kwargs))
     except ValueError as e:  # no checkpoint (the run timed out before its first save): report, go on
       logging.warning("%s: %s", name, e)
       failed.append(f"{name}: {e}")
@@ -101,7 +106,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   from absl import app, flags
 
-  _RUNS = flags.DEFINE_multi_string("run", [], "NAME=CONFIG@WORKDIR of a tokax.train classifier run.")
+  _RUNS = flags.DEFINE_multi_string("run", [], "NAME=WORKDIR of a tokax.train classifier run.")
   _OUT = flags.DEFINE_string("out", None, "Directory for compare.json and compare.md.")
   _BATCH = flags.DEFINE_integer("batch", 256, "Forward batch size for images/s and GFLOPs.")
   _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Compute dtype of the forward.")

@@ -20,9 +20,9 @@ Post-encoder reducers (DivPrune, ToDRE, DCT, FasterVLM's [CLS] selection) leave 
 compute unchanged; they get their own rows: the reducer's time on the encoder's output tokens
 against the dense forward.
 
-Trained rows (config.trained: name -> dict(config, workdir) of a finished fine-tuning run, e.g. SiT,
+Trained rows (config.trained: name -> dict(workdir) of a finished fine-tuning run, e.g. SiT,
 MCTF consistency, DeiT distillation): each run's model with the reduction it was trained with, restored
-from its latest checkpoint and measured like the off-the-shelf rows, on the same eval split; their
+by tokax.train.restore.load_run (its config.json and latest checkpoint) and measured like the off-the-shelf rows, on the same eval split; their
 method reads "<name> (trained)" and they carry fine_tuned=True. The closing lines compare each trained
 row with the best off-the-shelf row at no more GFLOPs, and ToMe with and without proportional attention
 ("tome" vs "tome_noprop") at each r.
@@ -363,25 +363,32 @@ def setup_from_config(config: Any) -> Setup:
   """The model of config.checkpoint (trained, or restored from its workdir) or a random config.model.
 
   With checkpoint.train False the workdir's latest checkpoint is evaluated as it is (a run stopped
-  early included); otherwise the run is trained (or finished) there first.
+  early included; the run is rebuilt from its config.json); otherwise the run of checkpoint.config
+  is trained (or finished) there first.
   """
   dtype = jnp.dtype(config.dtype)
   overrides = _overrides(config)
-  if config.checkpoint.config:
-    from tokax.train import config_utils, objectives, trainer
+  train = config.checkpoint.get("train", True)
+  if config.checkpoint.workdir or (train and config.checkpoint.get("config")):
+    from tokax.train import config_utils, run, restore
+    from tokax.train.tasks import classifier
 
     if not config.checkpoint.workdir:
       raise ValueError("sweep config: checkpoint.workdir is empty; give the training run's --workdir "
                        "(it is trained there first if it holds no finished run)")
-    if config.checkpoint.get("train", True):
+    if train:
+      if not config.checkpoint.get("config"):
+        raise ValueError("sweep config: checkpoint.train=True trains checkpoint.config into checkpoint.workdir; "
+                         "name the config file, or set checkpoint.train=False to evaluate the workdir's run")
       train_config = config_utils.load_config_file(config.checkpoint.config)
-      result = trainer.train(train_config, config.checkpoint.workdir)
+      result = run.train(train_config, config.checkpoint.workdir)
       model, params, step = result.model, result.params, result.step
     else:
-      train_config, model, params, step = objectives.restore_run(config.checkpoint.config, config.checkpoint.workdir)
+      restored = restore.load_run(config.checkpoint.workdir)
+      train_config, model, params, step = restored.config, restored.model, restored.variables, restored.step
     model = model.clone(reduction=None, **overrides)
-    evaluation = trainer.load_split(train_config, config.eval_split)
-    calibration = trainer.load_split(train_config, config.calibration_split)
+    evaluation = classifier.load_split(train_config, config.eval_split)
+    calibration = classifier.load_split(train_config, config.calibration_split)
     return Setup(model, _cast(params, dtype),
                  f"{train_config.data.name} checkpoint at step {step} ({config.checkpoint.workdir})",
                  evaluation, calibration.images)
@@ -419,18 +426,23 @@ def trained_rows(config: Any, setup: Setup, settings: Settings, dense: dict[str,
                  labels: np.ndarray | None) -> Iterable[dict[str, Any]]:
   """One row per config.trained entry with a workdir: the run's model with its own reduction, fine_tuned=True.
 
-  A run without a checkpoint (stopped before its first save) is logged and skipped.
+  Each run is rebuilt from its own config.json (tokax.train.restore.load_run); a run without a
+  checkpoint (stopped before its first save) is logged and skipped.
   """
-  from tokax.train import objectives
+  from tokax.train import restore
 
   for name, spec in (config.get("trained") or {}).items():
+    if spec.get("config"):
+      raise ValueError(f"sweep config: trained.{name}.config is no longer needed: the run in trained.{name}.workdir "
+                       f"is rebuilt from its own config.json; remove the field")
     if not spec.get("workdir"):
       continue
     try:
-      _, model, variables, step = objectives.restore_run(spec.config, spec.workdir)
-    except ValueError as e:
+      restored = restore.load_run(spec.workdir)
+    except restore.RunError as e:
       logging.warning("trained.%s skipped: %s", name, e)
       continue
+    model, variables, step = restored.model, restored.variables, restored.step
     if model.image_size != setup.model.image_size:
       raise ValueError(f"sweep config: trained.{name} runs at {model.image_size} px, the dense checkpoint at "
                        f"{setup.model.image_size} px; the rows must share the eval images")

@@ -41,7 +41,8 @@ import optax
 
 from tokax.bench import profile
 from tokax.models import ViT
-from tokax.train import sharding, trainer
+from tokax.train import run as training
+from tokax.train import sharding
 from tokax.train.step import init_state, make_train_step
 
 _TIMM_NAMES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"}
@@ -71,7 +72,7 @@ def tokax_step_images_per_s(*, variant: str, batch: int, image_size: int, device
         "label": jax.random.randint(jax.random.fold_in(key, 1), (batch,), 0, 1000)},
         out_shardings=sharding.batch_sharding(mesh))
     batches = [make_batch(jax.random.key(i)) for i in range(3)]
-    step = trainer.jit_train_step(make_train_step(model=model, tx=tx, schedule=schedule), mesh, shardings)
+    step = training.jit_train_step(make_train_step(model=model, tx=tx, schedule=schedule), mesh, shardings)
     start = time.perf_counter()
     state, metrics = step(state, batches[0])
     jax.block_until_ready(metrics)

@@ -60,7 +60,8 @@ def main(argv: list[str]) -> None:
   from tokax.data import offline
   from tokax.sample import generate
   from tokax.train import logging as metric_logging
-  from tokax.train import xar_trainer
+  from tokax.train import run as training
+  from tokax.train.tasks import xar
   metric_logging.quiet_orbax_info()
   train_ds = offline.load("digits", "train", image_size=32)
   test_ds = offline.load("digits", "test", image_size=32)
@@ -74,14 +75,14 @@ def main(argv: list[str]) -> None:
     config = _config(row)
     workdir = os.path.join(_WORKDIR.value, row)
     t0 = time.perf_counter()
-    result = xar_trainer.train_xar(config, workdir)
+    result = training.train(config, workdir)  # config.task == 'xar'
     train_s = time.perf_counter() - t0
     labels = (np.arange(_NUM.value) % train_ds.num_classes).astype(np.int32)
     for schedule in schedules:
       tokens, sample_s = generate(result.model, result.params, labels, batch_size=1000, seed=0,
                                   num_steps=_NUM_STEPS.value, cfg=_CFG.value, cfg_schedule=schedule,
                                   method=_METHOD.value)
-      latent = xar_trainer.latent_from_config(config)
+      latent = xar.latent_from_config(config)
       images = np.asarray(latent.decode(result.model.entities.from_sequence(tokens)))
       scores = xar_metrics.score_samples(clf, images, labels, train_ds, test_ds)
       record = {"row": row, "cfg_schedule": schedule, "ar_steps": result.model.entities.num_entities,

@@ -8,7 +8,8 @@
   it.set_state(state)       # the same batches follow, bit for bit
 
 Determinism: epoch e visits the examples in the order permutation(seed, e) (or in order without
-shuffle); example i of epoch e is preprocessed with np.random.default_rng((seed, e, i)) and batch
+shuffle; a source may define its own epoch_order(seed, e), as the embedded datasets do); example i
+of epoch e is preprocessed with np.random.default_rng((seed, e, i)) and batch
 k's batch ops with default_rng((seed, k, process_index)). So batch k is a pure function of
 (seed, k) and restoring needs only (epoch, position): no worker state, no buffers.
 
@@ -52,7 +53,12 @@ class Source(Protocol):
 
 
 class ArraySource:
-  """An offline.ArrayDataset as a Source: [i] -> {"image": (H, W, 3) float32 in [0, 1], "label": int32}."""
+  """An offline.ArrayDataset as a Source: [i] -> {"image": (H, W, 3) float32 in [0, 1], "label": int32}.
+
+  Its shuffled epochs visit the examples in offline.epoch_permutation order (epoch_order), the order
+  offline.iterate_batches and the trainers' offline runs have always used, so offline runs keep
+  their batches bit for bit through the pipeline.
+  """
 
   def __init__(self, dataset: offline.ArrayDataset):
     self.dataset = dataset
@@ -63,6 +69,10 @@ class ArraySource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     return {"image": self.dataset.images[index], "label": self.dataset.labels[index]}
+
+  def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+    """(N,) the order of shuffled epoch `epoch`: offline.epoch_permutation(N, seed, epoch)."""
+    return offline.epoch_permutation(len(self.dataset), seed, epoch)
 
 
 def get_source(name: str, split: str = "train", *, data_dir: str | None = None, **offline_kwargs: Any) -> Source:
@@ -173,8 +183,12 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     with self._lock:
       if epoch not in self._orders:
         n = len(self.source)
-        order = (np.random.default_rng((_ORDER_SALT, self.seed, epoch)).permutation(n) if self.shuffle
-                 else np.arange(n))
+        if not self.shuffle:
+          order = np.arange(n)
+        elif hasattr(self.source, "epoch_order"):  # a source with its own epoch order (ArraySource)
+          order = np.asarray(self.source.epoch_order(self.seed, epoch))
+        else:
+          order = np.random.default_rng((_ORDER_SALT, self.seed, epoch)).permutation(n)
         self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
         self._orders[epoch] = order
       return self._orders[epoch]

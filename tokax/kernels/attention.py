@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tokax.kernels import flash_common as fc
+from tokax.kernels import common as fc
 from tokax.kernels import reference
 
 Array = jax.Array

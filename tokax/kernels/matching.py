@@ -23,64 +23,20 @@ finite score gets max -inf and index 0 (jnp.argmax of an all -inf row).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
+
+from tokax.kernels import common
 
 Array = jax.Array
 
 IMPLEMENTATIONS = ("xla", "pallas", "auto")
 
 
-@dataclasses.dataclass(frozen=True)
-class BlockSizes:
-  """Tile sizes of the matching kernels.
-
-  Attributes:
-    block_a: A rows per tile (the Mosaic GPU kernel runs two warpgroups of block_a rows each; the
-      TPU kernel puts A along lanes, so real TPUs want a multiple of 128 or the whole padded |A|).
-    block_b: B rows per pipeline step (the reduction axis of the running max).
-  Both must be positive multiples of 8; the GPU kernel needs multiples of 64 (wgmma tiles).
-  """
-  block_a: int = 128
-  block_b: int = 128
-
-  def __post_init__(self):
-    for name in ("block_a", "block_b"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8:
-        raise ValueError(f"BlockSizes.{name}: expected a positive multiple of 8; got {value!r}")
-
-  @classmethod
-  def for_gpu(cls) -> "BlockSizes":
-    """Mosaic GPU defaults: 2 x 64 A rows per CTA (one wgmma M tile per warpgroup), 128 B per step."""
-    return cls(block_a=64, block_b=128)
-
-
-def normalize(metric: Array) -> Array:
-  """(B, N, C) -> (B, N, C) unit rows in the metric's dtype; zero rows stay zero (no NaN).
-
-  The expression ToMe and DToMe in tokax always used: the norm in float32, then a divide in the
-  metric's dtype.
-  """
-  norm = jnp.linalg.norm(metric.astype(jnp.float32), axis=-1, keepdims=True)
-  return (metric / jnp.where(norm > 0, norm, 1.0)).astype(metric.dtype)
-
-
-def valid_sets(batch: int, n: int, key_mask: Array | None, *, has_cls: bool, has_dist: bool) -> tuple[Array, Array]:
-  """Which A rows and B columns take part: (B, |A|) and (B, |B|) bool.
-
-  A = even positions, B = odd; the class token (A[0]) never leaves, the distillation token (B[0])
-  never receives, masked tokens do neither.
-  """
-  valid = jnp.ones((batch, n), bool) if key_mask is None else key_mask.astype(bool)
-  rows, cols = valid[:, 0::2], valid[:, 1::2]
-  if has_cls:
-    rows = rows.at[:, 0].set(False)
-  if has_dist:
-    cols = cols.at[:, 0].set(False)
-  return rows, cols
+# The helpers the kernels share live in tokax.kernels.common (the backends import them, never this module).
+BlockSizes = common.MatchingBlockSizes
+normalize, valid_sets = common.normalize, common.valid_sets
+round_up, kernel_operands, finish = common.round_up, common.kernel_operands, common.finish
 
 
 def matching_reference(metric: Array, *, has_cls: bool, has_dist: bool = False, key_mask: Array | None = None,
@@ -112,47 +68,6 @@ def matching_reference(metric: Array, *, has_cls: bool, has_dist: bool = False, 
     valid = key_mask.astype(bool)
     scores = jnp.where(valid[:, 0::2, None] & valid[:, 1::2][:, None, :], scores, -jnp.inf)
   return scores.max(axis=-1), jnp.argmax(scores, axis=-1).astype(jnp.int32)
-
-
-def round_up(value: int, multiple: int) -> int:
-  return -(-value // multiple) * multiple
-
-
-def kernel_operands(metric: Array, key_mask: Array | None, *, has_cls: bool, has_dist: bool, normalized: bool,
-                    rows_multiple: int, cols_multiple: int, channels_multiple: int = 1
-                    ) -> tuple[Array, Array, Array, Array]:
-  """What every matching kernel takes: padded A and B, B's column bias, and A's row validity.
-
-  Args:
-    metric: (B, N, C). key_mask: (B, N) bool or None. has_cls, has_dist, normalized: as
-      matching_reference.
-    rows_multiple, cols_multiple: |A| and |B| are zero-padded to these multiples.
-    channels_multiple: C is zero-padded to this multiple (zero channels change no dot product).
-
-  Returns:
-    a (B, |A|p, Cp) and b (B, |B|p, Cp) normalised operands in the metric's dtype; col_bias
-    (B, |B|p) float32, 0 for columns that take part and -inf for the rest (padding included);
-    row_valid (B, |A|) bool.
-  """
-  batch, n, c = metric.shape
-  if not normalized:
-    metric = normalize(metric)
-  a, b = metric[:, 0::2], metric[:, 1::2]
-  num_a, num_b = a.shape[1], b.shape[1]
-  row_valid, col_valid = valid_sets(batch, n, key_mask, has_cls=has_cls, has_dist=has_dist)
-  pad_c = round_up(c, channels_multiple) - c
-  a = jnp.pad(a, ((0, 0), (0, round_up(num_a, rows_multiple) - num_a), (0, pad_c)))
-  b = jnp.pad(b, ((0, 0), (0, round_up(num_b, cols_multiple) - num_b), (0, pad_c)))
-  col_valid = jnp.pad(col_valid, ((0, 0), (0, b.shape[1] - num_b)))
-  col_bias = jnp.where(col_valid, 0.0, -jnp.inf).astype(jnp.float32)
-  return a, b, col_bias, row_valid
-
-
-def finish(node_max: Array, node_idx: Array, row_valid: Array) -> tuple[Array, Array]:
-  """Kernel rows (B, |A|p) -> (B, |A|) outputs: padding dropped, rows that take no part -inf / 0."""
-  num_a = row_valid.shape[1]
-  node_max, node_idx = node_max[:, :num_a], node_idx[:, :num_a].astype(jnp.int32)
-  return jnp.where(row_valid, node_max, -jnp.inf), jnp.where(row_valid, node_idx, 0)
 
 
 def pallas_applies(metric: Array, backend: str | None = None) -> bool:

@@ -5,7 +5,7 @@
   tokenizer.py    Tokenizer (encoder -> quantizer -> decoder) and the quantizer registry
   vae.py          KLAutoencoder (continuous latents with a stored latent scale)
   losses.py       reconstruction, PatchGAN discriminator, GAN losses, adaptive weight
-  evaluate.py     `python -m tokax.tokenizers.evaluate --workdir ...` (VTBench-style)
+  evaluate.py     VTBench-style metrics and suites (the CLI: `python -m tokax.train.evaluate_tokenizer`)
 """
 from tokax.tokenizers.autoencoder import Decoder, Encoder, ResBlock
 from tokax.tokenizers.quantizers import (FSQ, LFQ, QUANTIZER_STATE, DiagonalGaussian, QuantizerOutput, VectorQuantizer,

@@ -1,6 +1,7 @@
-"""Helpers for config files: the typed `arg` parser of get_config(arg) and step durations."""
+"""Helpers for config files: the typed `arg` parser of get_config(arg), step durations, loading a config file."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -77,6 +78,23 @@ def steps(name: str, config: ml_collections.ConfigDict, num_examples: int, batch
   if default is None:
     raise ValueError(f"config: set {name}_steps or {name}_epochs")
   return default
+
+
+@dataclasses.dataclass(frozen=True)
+class Durations:
+  """Loop lengths in steps: total, and the periods of logging, evaluation and checkpoints (0: never)."""
+  total: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+
+
+def durations_from_config(config: ml_collections.ConfigDict, num_train: int, batch_size: int,
+                          total: int | None = None) -> Durations:
+  """config.{total,log_every,eval_every,checkpoint_every}_{steps,epochs} in steps; `total` overrides the first."""
+  duration = lambda name, default=None: steps(name, config, num_train, batch_size, default=default)
+  return Durations(total=duration("total") if total is None else total, log_every=max(1, duration("log_every", 50)),
+                   eval_every=duration("eval_every", 0), checkpoint_every=duration("checkpoint_every", 0))
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

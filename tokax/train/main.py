@@ -1,4 +1,4 @@
-"""Command-line entry point of the trainer.
+"""Command-line entry point of the one training run (tokax.train.run.train; config.task picks the task).
 
   python -m tokax.train --config configs/cluttered_digits_vit.py --workdir /tmp/cd_vit
   python -m tokax.train --config configs/cluttered_digits_vit.py:runlocal --workdir /tmp/x \\
@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from tokax.train import logging as metric_logging
-from tokax.train import trainer
+from tokax.train import run as training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, with an optional ':arg'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl and checkpoints.")
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metric_logging.quiet_orbax_info()
   initialize_distributed(_CONFIG.value)
-  result = trainer.train(_CONFIG.value, _WORKDIR.value)
+  result = training.train(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
     print(json.dumps({"step": result.step, "preempted": result.preempted, **result.metrics}))
   if result.preempted:

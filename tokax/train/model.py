@@ -1,45 +1,56 @@
-"""Builds the model from explicit arguments (the trainer reads them off the config; its reduction comes from
-tokax.reduction.build)."""
+"""Models from config data: `config.model = dict(name="vit", variant=..., ...)` is `ViT(**fields)`.
+
+build_model looks the class up by name (MODELS) and passes the other fields through unchanged
+(lists become tuples, dtype names become dtypes, as config.json stores them); a field the class
+does not have is an error naming the class and its fields. The reduction comes from
+tokax.reduction.build(config.reduction) (in tokax.train.tasks.classifier).
+"""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from tokax.models.t2t_vit import T2TViT
 from tokax.models.vit import ViT
 
-MODELS = ("vit", "t2t_vit")
+MODELS: dict[str, type[nn.Module]] = {"vit": ViT, "t2t_vit": T2TViT}
+_DTYPE_FIELDS = ("dtype", "param_dtype")
+_MODULE_FIELDS = ("parent", "name")  # flax's own dataclass fields, never config data
 
 
-def build_model(*, variant: str, image_size: int, num_classes: int, pool: str = "cls", drop_path: float = 0.0,
-                dtype: str = "float32", width: int | None = None, depth: int | None = None,
-                num_heads: int | None = None, mlp_dim: int | None = None, reduction: Any = None,
-                name: str = "vit", tokens_type: str | None = None, mlp_ratio: float | None = None,
-                distilled: bool = False) -> ViT | T2TViT:
-  """A classifier by name: "vit" (ViT; width/depth/num_heads/mlp_dim override the variant, None keeps
-  it) or "t2t_vit" (T2TViT; variant "7", "14", "t_14", ...; tokens_type, width, depth, num_heads,
-  mlp_ratio override the preset; pool must be "cls" and mlp_dim None). distilled: a DeiT
-  distillation token and head (ViT only)."""
-  if name == "t2t_vit":
-    if distilled:
-      raise ValueError("model.distilled: only model.name='vit' has a distillation token")
-    if pool != "cls" or mlp_dim is not None:
-      raise ValueError(f"model: t2t_vit pools its class token and sizes its MLP by mlp_ratio; got pool={pool!r}, "
-                       f"mlp_dim={mlp_dim!r} (use pool='cls', mlp_dim=None)")
-    return T2TViT(
-        variant=variant, tokens_type=tokens_type, width=width, depth=depth, num_heads=num_heads,
-        mlp_ratio=mlp_ratio, num_classes=num_classes, image_size=image_size, drop_path=drop_path,
-        dtype=jnp.dtype(dtype), reduction=reduction)
-  if name != "vit":
-    raise ValueError(f"model.name: unknown model {name!r}; expected one of {MODELS}")
-  if tokens_type is not None or mlp_ratio is not None:
-    raise ValueError("model: tokens_type and mlp_ratio are T2T-ViT fields; set model.name='t2t_vit' or drop them")
-  return ViT(
-      variant=variant, image_size=image_size, num_classes=num_classes, pool=pool, drop_path=drop_path,
-      dtype=jnp.dtype(dtype), width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
-      reduction=reduction, distilled=distilled)
+def module_fields(cls: type[nn.Module]) -> tuple[str, ...]:
+  """The constructor fields of a flax module class (without flax's parent and name)."""
+  return tuple(f.name for f in dataclasses.fields(cls) if f.init and f.name not in _MODULE_FIELDS)
+
+
+def _as_field(key: str, value: Any) -> Any:
+  if isinstance(value, list):
+    return tuple(_as_field(key, v) for v in value)
+  if key in _DTYPE_FIELDS and isinstance(value, str):
+    return jnp.dtype(value)
+  return value
+
+
+def from_fields(cls: type[nn.Module], fields: Mapping[str, Any], *, what: str = "config.model") -> nn.Module:
+  """cls(**fields), with lists as tuples and dtype names as dtypes; an unknown field is an error."""
+  known = module_fields(cls)
+  unknown = sorted(set(fields) - set(known))
+  if unknown:
+    raise ValueError(f"{what}: {cls.__name__} has no field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                     f"its fields are {', '.join(known)}")
+  return cls(**{key: _as_field(key, value) for key, value in fields.items()})
+
+
+def build_model(name: str = "vit", /, **fields: Any) -> nn.Module:
+  """The classifier MODELS[name] built from its fields: build_model("vit", variant="Ti/4", num_classes=10, ...)."""
+  if name not in MODELS:
+    raise ValueError(f"config.model.name: unknown model {name!r}; expected one of {sorted(MODELS)}")
+  return from_fields(MODELS[name], fields)
 
 
 def normalize_images(images: jax.Array) -> jax.Array:

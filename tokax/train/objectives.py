@@ -19,8 +19,6 @@ beyond the model's). The classifier's plain objective is not here: train_step's 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -252,19 +250,7 @@ def mctf_consistency(model: ViT, teacher_r: Sequence[int | float], *, weights: S
 
 
 # ------------------------------------------------------------------------------------------------
-# Teachers and initial weights from other runs.
-
-def load_config_file(reference: str):
-  """The ConfigDict of "path/to/config.py[:arg]" (get_config(arg)), as --config reads it."""
-  path, _, arg = reference.partition(":")
-  if not path or not os.path.isfile(path):
-    raise ValueError(f"config reference {reference!r}: {path!r} is not a config file; expected "
-                     "'configs/<name>.py[:arg]' (the --config of the run that trained it)")
-  spec = importlib.util.spec_from_file_location(f"_tokax_config_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
+# Weights from another run.
 
 def merge_params(target: Any, source: Any) -> tuple[Any, int]:
   """`target` with every leaf that `source` has at the same path and shape replaced by source's.
@@ -284,107 +270,3 @@ def merge_params(target: Any, source: Any) -> tuple[Any, int]:
     return leaf
 
   return jax.tree_util.tree_map_with_path(pick, target), taken
-
-
-DISTILL_KINDS = ("hard", "frd")
-
-
-@dataclasses.dataclass(frozen=True)
-class Teacher:
-  """A frozen classifier restored from a run or a checkpoint file: the model and its variables (host arrays)."""
-  model: Any
-  variables: Any
-
-
-def restore_run(config_reference: str, workdir: str, *, num_classes: int | None = None,
-                image_shape: tuple[int, ...] | None = None) -> tuple[Any, Any, Any, int]:
-  """(training config, model, variables, step) of the latest checkpoint of a tokax.train classifier run.
-
-  config_reference is the run's --config ("configs/x.py[:arg]"); the model carries the config's
-  reduction (and distillation token). num_classes and image_shape default to the run's own (its
-  data's classes, its model's image size). A SiT run's state holds its train-only reverse modules
-  (restored, then dropped from the variables).
-  """
-  from tokax.data import offline
-  from tokax.train import loop, optim, trainer  # trainer imports this module
-  from tokax.train.step import init_state
-
-  config = load_config_file(config_reference)
-  if num_classes is None:
-    num_classes = offline.NUM_CLASSES if config.data.name in offline.DATASETS else config.data.num_classes
-  if image_shape is None:
-    image_shape = (config.model.image_size, config.model.image_size, 3)
-  model = trainer.model_from_config(config, num_classes)
-  distill = config.get("distill")
-  init_variables = sit_init_variables(model, image_shape) if distill and distill.get("kind") == "frd" else None
-  tx = optim.adamw(optim.lr_schedule(peak_lr=config.lr, warmup_steps=0, total_steps=1),
-                   weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
-  shapes = jax.eval_shape(lambda rng: init_state(model, tx, rng, image_shape, init_variables=init_variables),
-                          jax.random.key(0))
-  restored = loop.restore_for_inference(workdir, shapes, keep_checkpoints=config.keep_checkpoints)
-  if restored is None:
-    raise ValueError(f"no checkpoint in {workdir!r}: point it at the workdir of a finished run of "
-                     f"{config_reference!r}")
-  state, step = restored
-  return config, model, {k: v for k, v in state.params.items() if k != REVERSE}, step
-
-
-def restore_params(config_reference: str, workdir: str, num_classes: int, image_shape: tuple[int, ...]) -> Teacher:
-  """The model of config `config_reference` ("configs/x.py[:arg]") and its params from `workdir`'s latest checkpoint."""
-  _, model, variables, _ = restore_run(config_reference, workdir, num_classes=num_classes, image_shape=image_shape)
-  return Teacher(model=model, variables=jax.device_get(variables))
-
-
-def load_teacher(spec: Any, num_classes: int, image_shape: tuple[int, ...]) -> Teacher:
-  """The teacher of config.distill: teacher_config plus teacher_workdir (a tokax run) or teacher_checkpoint
-  (a timm / DeiT / big_vision file, read by tokax.interop.timm.load_checkpoint into teacher_config's model)."""
-  if not spec.get("teacher_config"):
-    raise ValueError("distill.teacher_config: name the teacher's config file ('configs/x.py[:arg]')")
-  checkpoint = spec.get("teacher_checkpoint") or ""
-  if checkpoint:
-    from tokax.interop import timm as timm_interop
-    from tokax.train import trainer
-    model = trainer.model_from_config(load_config_file(spec.teacher_config), num_classes)
-    return Teacher(model=model, variables=timm_interop.load_checkpoint(checkpoint, model))
-  if not spec.get("teacher_workdir"):
-    raise ValueError("distill: set teacher_workdir (a tokax run) or teacher_checkpoint (a timm file)")
-  return restore_params(spec.teacher_config, spec.teacher_workdir, num_classes, image_shape)
-
-
-def from_config(config: Any, model: Any, num_classes: int, image_shape: tuple[int, ...]
-                ) -> tuple[Objective | None, Teacher | None]:
-  """The objective of config.distill (kind "hard" or "frd") or config.consistency (MCTF), with the
-  restored teacher; (None, None) for the plain classifier."""
-  distill, consistency = config.get("distill"), config.get("consistency")
-  smoothing = config.label_smoothing
-  if distill and consistency:
-    raise ValueError("config.distill and config.consistency are separate objectives; set one of them")
-  if consistency:
-    return mctf_consistency(model, tuple(consistency.teacher_r), weights=tuple(consistency.weights),
-                            threshold=consistency.threshold, label_smoothing=smoothing), None
-  if not distill:
-    return None, None
-  kind = distill.get("kind", "hard")
-  if kind not in DISTILL_KINDS:
-    raise ValueError(f"distill.kind: expected one of {DISTILL_KINDS}; got {kind!r}")
-  teacher = load_teacher(distill, num_classes, image_shape)
-  if kind == "hard":
-    if not getattr(model, "distilled", False):
-      raise ValueError("distill.kind='hard' trains the distillation token: set config.model.distilled=True")
-    return hard_distillation(teacher.model, alpha=distill.get("alpha", 0.5), label_smoothing=smoothing), teacher
-  objective = sit_frd(model, teacher.model, lambda_token=distill.get("lambda_token", 2.0),
-                      lambda_logits=distill.get("lambda_logits", 2.0), tau=distill.get("tau", 1.0),
-                      label_smoothing=smoothing)
-  return dataclasses.replace(objective, init_variables=sit_init_variables(model, image_shape)), teacher
-
-
-def initial_params(config: Any, teacher: Teacher | None, num_classes: int, image_shape: tuple[int, ...]) -> Any:
-  """The params a fresh run starts from beside its init: config.init_from's run, or the teacher with
-  distill.init_student (SiT fine-tunes the slimming student from its teacher); None for neither."""
-  init_from = config.get("init_from")
-  if init_from and init_from.get("workdir"):
-    return restore_params(init_from.config, init_from.workdir, num_classes, image_shape).variables
-  distill = config.get("distill")
-  if distill and distill.get("init_student", False) and teacher is not None:
-    return teacher.variables
-  return None

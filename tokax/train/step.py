@@ -1,4 +1,4 @@
-"""The train state and the (un-jitted) train step; trainer.py jits it with shardings and donation."""
+"""The classifier train state and the (un-jitted) train step; tokax.train.run jits it with shardings and donation."""
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -2,8 +2,8 @@
 
 The generator and the discriminator are updated simultaneously from one forward pass (as magvit's
 train_g_d): the generator's GAN term uses the discriminator before this step's update, and the
-discriminator sees this step's reconstructions. tokenizer_trainer.py jits the step with shardings
-and donation, as trainer.py does for the classifier.
+discriminator sees this step's reconstructions. tokax.train.run jits the step with shardings and
+donation (tasks/tokenizer.py builds it).
 """
 from __future__ import annotations
 
@@ -213,5 +213,5 @@ def _adaptive_weight(params, features, nll_of, gan_of, model: nn.Module, disc_we
 
 
 def make_train_step(**kwargs: Any) -> Callable[[TokenizerState, Batch], tuple[TokenizerState, Metrics]]:
-  """train_step with its static arguments bound, ready for jax.jit (loop.jit_train_step)."""
+  """train_step with its static arguments bound, ready for jax.jit (run.jit_train_step)."""
   return lambda state, batch: train_step(state, batch, **kwargs)

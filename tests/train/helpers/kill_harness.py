@@ -24,16 +24,16 @@ def main():
 
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
   elif mode == "sigterm":
-    from tokax.train import trainer
+    from tokax.train import run as training
 
-    push = trainer._TrainLog.push
+    push = training.TrainLog.push
 
     def push_then_signal(self, at, metrics):
       push(self, at, metrics)
       if at == step:
         os.kill(os.getpid(), signal.SIGTERM)
 
-    trainer._TrainLog.push = push_then_signal
+    training.TrainLog.push = push_then_signal
   else:
     raise SystemExit(f"unknown mode {mode!r}")
   from tokax.train.main import run

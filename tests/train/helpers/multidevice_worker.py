@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 from tokax.models.partitioning import constrain_batch  # noqa: E402
-from tokax.train import checkpoint, optim, sharding, trainer  # noqa: E402
+from tokax.train import checkpoint, optim, sharding  # noqa: E402
+from tokax.train import run as training  # noqa: E402
 from tokax.train.model import build_model  # noqa: E402
 from tokax.train.step import init_state, make_train_step  # noqa: E402
 
@@ -59,7 +60,7 @@ def run(mesh, rules, init_fn, step_fn, batches):
   counted = chex.assert_max_traces(step_fn, n=1)
   with jax.set_mesh(mesh):
     state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
-    step = trainer.jit_train_step(counted, mesh, shardings)
+    step = training.jit_train_step(counted, mesh, shardings)
     losses = []
     for batch in batches:
       state, metrics = step(state, sharding.global_batch(batch, sharding.batch_sharding(mesh), 8))

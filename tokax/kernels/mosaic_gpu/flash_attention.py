@@ -13,7 +13,7 @@ Differences from the example:
 - the softmax scale D ** -0.5 is applied (the example has none);
 - a float32 key row (key_bias, key_mask and padding; block_kv per step through the same pipeline)
   is added to the logits; N and M are padded (queries to 2 * block_q, keys to 2 * block_kv) and the
-  padded keys masked (flash_common);
+  padded keys masked (tokax.kernels.common);
 - "received": a second kernel over (head, key tile, batch) whose compute warpgroups hold a key tile
   and pipeline the query tiles with their stored logsumexp and query weight, accumulating
   sum_n w[n] exp2(s[m, n] - lse2[n]) per key: one more q.k^T, no p.v, nothing N x N in memory;
@@ -51,7 +51,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from tokax.kernels import flash_common as fc
+from tokax.kernels import common as fc
 from tokax.kernels.mosaic_gpu.common import (COMPUTE_WGS, row_tiles, row_vector, swizzled,
                                               warp_specialized_pipeline, warpgroup_kernel)
 from tokax.kernels import reference

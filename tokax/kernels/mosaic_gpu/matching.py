@@ -22,7 +22,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from tokax.kernels import matching
+from tokax.kernels import common
 from tokax.kernels.mosaic_gpu.common import (COMPUTE_WGS, row_tiles, row_vector, swizzled,
                                               warp_specialized_pipeline, warpgroup_kernel)
 
@@ -33,7 +33,7 @@ MAX_CONCURRENT_STEPS = 2
 DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def check_config(dtype, block_sizes: matching.BlockSizes) -> None:
+def check_config(dtype, block_sizes: common.MatchingBlockSizes) -> None:
   """The kernel's static requirements, as ValueErrors that say what to change."""
   if jnp.dtype(dtype) not in [jnp.dtype(d) for d in DTYPES]:
     raise ValueError(f"bipartite_matching (Mosaic GPU): the metric must be bfloat16 or float16 (wgmma operands); "
@@ -58,7 +58,7 @@ def fold_tile_rows(run_max: Array, run_idx: Array, scores: Array, cols: Array, f
   return jnp.where(better, tile_max, run_max), jnp.where(better, tile_idx, run_idx)
 
 
-def grid_shape(num_a: int, num_b: int, batch: int, block_sizes: matching.BlockSizes) -> tuple[tuple[int, int], int]:
+def grid_shape(num_a: int, num_b: int, batch: int, block_sizes: common.MatchingBlockSizes) -> tuple[tuple[int, int], int]:
   """(CTA grid (A tiles, batch), B pipeline steps) for padded |A|p, |B|p."""
   rows_per_cta = COMPUTE_WGS * block_sizes.block_a
   if num_a % rows_per_cta or num_b % block_sizes.block_b:
@@ -67,7 +67,7 @@ def grid_shape(num_a: int, num_b: int, batch: int, block_sizes: matching.BlockSi
   return (num_a // rows_per_cta, batch), num_b // block_sizes.block_b
 
 
-def matching_call(a: Array, b: Array, col_bias: Array, block_sizes: matching.BlockSizes) -> tuple[Array, Array]:
+def matching_call(a: Array, b: Array, col_bias: Array, block_sizes: common.MatchingBlockSizes) -> tuple[Array, Array]:
   """a (B, |A|p, Cp), b (B, |B|p, Cp) bf16/f16, col_bias (B, |B|p) f32 -> max, idx (B, |A|p) float32."""
   batch, num_a, channels = a.shape
   num_b = b.shape[1]
@@ -131,12 +131,12 @@ def matching_call(a: Array, b: Array, col_bias: Array, block_sizes: matching.Blo
 @functools.partial(jax.jit, static_argnames=("has_cls", "has_dist", "normalized", "block_sizes"))
 def bipartite_matching_mgpu(metric: Array, *, has_cls: bool, has_dist: bool = False, key_mask: Array | None = None,
                             normalized: bool = False,
-                            block_sizes: matching.BlockSizes = matching.BlockSizes.for_gpu()) -> tuple[Array, Array]:
+                            block_sizes: common.MatchingBlockSizes = common.MatchingBlockSizes.for_gpu()) -> tuple[Array, Array]:
   """matching.bipartite_matching on Mosaic GPU; same arguments and results (bf16/f16 metrics)."""
   check_config(metric.dtype, block_sizes)
-  a, b, col_bias, row_valid = matching.kernel_operands(
+  a, b, col_bias, row_valid = common.kernel_operands(
       metric, key_mask, has_cls=has_cls, has_dist=has_dist, normalized=normalized,
       rows_multiple=COMPUTE_WGS * block_sizes.block_a, cols_multiple=block_sizes.block_b,
       channels_multiple=CHANNELS_MULTIPLE)
   node_max, node_idx = matching_call(a, b, col_bias, block_sizes)
-  return matching.finish(node_max, node_idx, row_valid)
+  return common.finish(node_max, node_idx, row_valid)

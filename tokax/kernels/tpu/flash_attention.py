@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from tokax.kernels import flash_common as fc
+from tokax.kernels import common as fc
 from tokax.kernels import reference
 
 Array = jax.Array

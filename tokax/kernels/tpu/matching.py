@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from tokax.kernels import matching
+from tokax.kernels import common
 
 Array = jax.Array
 
@@ -54,7 +54,7 @@ def _kernel(a_ref, b_ref, bias_ref, max_ref, idx_ref, run_max, run_idx, *, block
 
 
 @functools.partial(jax.jit, static_argnames=("block_sizes", "interpret"))
-def _matching_call(a: Array, b: Array, col_bias: Array, block_sizes: matching.BlockSizes, interpret) -> tuple[Array, Array]:
+def _matching_call(a: Array, b: Array, col_bias: Array, block_sizes: common.MatchingBlockSizes, interpret) -> tuple[Array, Array]:
   """a (B, |A|p, C), b (B, |B|p, C), col_bias (B, |B|p) -> max, idx (B, |A|p) float32 / int32."""
   batch, num_a, channels = a.shape
   num_b = b.shape[1]
@@ -80,7 +80,7 @@ def _matching_call(a: Array, b: Array, col_bias: Array, block_sizes: matching.Bl
 
 
 def bipartite_matching_tpu(metric: Array, *, has_cls: bool, has_dist: bool = False, key_mask: Array | None = None,
-                           normalized: bool = False, block_sizes: matching.BlockSizes = matching.BlockSizes(),
+                           normalized: bool = False, block_sizes: common.MatchingBlockSizes = common.MatchingBlockSizes(),
                            interpret=None) -> tuple[Array, Array]:
   """matching.bipartite_matching on Mosaic TPU; same arguments and results.
 
@@ -93,10 +93,10 @@ def bipartite_matching_tpu(metric: Array, *, has_cls: bool, has_dist: bool = Fal
     interpret = False
   num_a, num_b = -(-metric.shape[1] // 2), metric.shape[1] // 2
   # A tile never exceeds the (8-padded) set it covers: small layers run as one tile.
-  block_a = min(block_sizes.block_a, matching.round_up(num_a, 8))
-  block_b = min(block_sizes.block_b, matching.round_up(num_b, 8))
-  a, b, col_bias, row_valid = matching.kernel_operands(
+  block_a = min(block_sizes.block_a, common.round_up(num_a, 8))
+  block_b = min(block_sizes.block_b, common.round_up(num_b, 8))
+  a, b, col_bias, row_valid = common.kernel_operands(
       metric, key_mask, has_cls=has_cls, has_dist=has_dist, normalized=normalized,
       rows_multiple=block_a, cols_multiple=block_b)
-  node_max, node_idx = _matching_call(a, b, col_bias, matching.BlockSizes(block_a, block_b), interpret)
-  return matching.finish(node_max, node_idx, row_valid)
+  node_max, node_idx = _matching_call(a, b, col_bias, common.MatchingBlockSizes(block_a, block_b), interpret)
+  return common.finish(node_max, node_idx, row_valid)

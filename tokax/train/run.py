@@ -1,11 +1,24 @@
-"""What the three trainers (classifier, xar, tokenizer) share: mesh and shardings from the config,
-restore-or-init with the batch stream's position, and the step loop.
+"""The one run skeleton: build, restore-or-init, the step loop, evaluation, checkpoints, pre-emption, logging.
 
-The loop jits nothing itself: each trainer jits its step with jit_train_step (state donated, on the
-shardings of config.sharding's rules; the batch split over "data") and hands it to run_steps,
-which feeds it this process's rows of every global batch, logs one step late, saves checkpoints
-(periodic, final, and at a SIGTERM) with the data position, and evaluates through a callback.
-Call restore_or_init and run_steps under jax.set_mesh(mesh).
+  python -m tokax.train --config configs/digits_vit.py --workdir /tmp/digits_vit   (tokax.train.main)
+  result = tokax.train.run.train(config, workdir)
+
+train(config, workdir) asks the task of config.task (tokax.train.tasks: "classifier", the default,
+"tokenizer" or "xar") for its Plan (model, train data, init and step functions, evaluation,
+finalize) and runs it; everything else is written once, here. It resumes from the workdir's latest
+checkpoint if there is one, and writes into the workdir:
+  config.json    the resolved config (total_steps, the data's num_classes, ... filled in): what
+                 tokax.train.restore.load_run rebuilds the run from
+  metrics.jsonl  one JSON line per log / eval step (train/*, val/*, test/*, the final metrics)
+  checkpoints/   orbax checkpoints of the train state and the data position (keep-last-N)
+
+The step is one jax.jit over the mesh of config.mesh, the state placed by config.sharding's rules
+(tokax.train.sharding) and donated, the batch split over "data". The train data of every task goes
+through tokax.data.pipeline (embedded datasets, tfds, image folders): this process's rows of each
+global batch, restorable from the checkpoint's {"epoch", "position"}. With several processes
+(jax.distributed initialised by main.py) each loads its rows; process 0 writes the files. Metrics
+are fetched one step late (logging never blocks the device); a NaN/inf loss is an error with its
+step. A SIGTERM stops the loop after the current step and saves a checkpoint there (result.preempted).
 """
 from __future__ import annotations
 
@@ -17,40 +30,88 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
 
-from tokax.data import offline
-from tokax.train import checkpoint, sharding
+from tokax.data import pipeline
+from tokax.train import checkpoint, sharding, tasks
 from tokax.train import logging as metric_logging
-from tokax.train.batch_stream import BatchStream, PipelineStream
-from tokax.train.config_utils import steps
+from tokax.train.config_utils import Durations
+from tokax.train.tasks.base import Plan, TrainData
 
 StepFn = Callable[[Any, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass(frozen=True)
-class Durations:
-  """Loop lengths in steps: total, and the periods of logging, evaluation and checkpoints (0: never)."""
-  total: int
-  log_every: int
-  eval_every: int
-  checkpoint_every: int
+class TrainResult:
+  """What train() returns.
+
+  Attributes:
+    model: the trained module (a classifier with the config's reduction, a tokenizer, an XAR).
+    params: its variables, on the device (the EMA ones where the task keeps an EMA).
+    step: the final step.
+    metrics: the final {"val/accuracy", "test/accuracy", ...} ({} when preempted).
+    preempted: whether a SIGTERM stopped the run early (after saving a checkpoint at `step`).
+  """
+  model: Any
+  params: Any
+  step: int
+  metrics: dict[str, float]
+  preempted: bool = False
 
 
-def durations_from_config(config: ml_collections.ConfigDict, num_train: int, batch_size: int,
-                          total: int | None = None) -> Durations:
-  """config.{total,log_every,eval_every,checkpoint_every}_{steps,epochs} in steps; `total` overrides the first."""
-  duration = lambda name, default=None: steps(name, config, num_train, batch_size, default=default)
-  return Durations(total=duration("total") if total is None else total, log_every=max(1, duration("log_every", 50)),
-                   eval_every=duration("eval_every", 0), checkpoint_every=duration("checkpoint_every", 0))
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Trains (or resumes) the run of `config` in `workdir`; see the module docstring for the outputs."""
+  task = tasks.get(config.get("task", "classifier"))
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh_from_config(config)
+  check_batch_size(config.batch_size, mesh)
+  plan = task.build(config, mesh)
+  save_config(config, workdir, plan.resolved)
+  state_shapes = jax.eval_shape(plan.init_fn, plan.init_rng)
+  s = setup(config, workdir, mesh, state_shapes, plan.data)
+  frozen = frozen_shardings = None
+  if plan.frozen is not None:
+    frozen_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), plan.frozen)
+  final: dict[str, float] = {}
+  with jax.set_mesh(mesh):
+    try:
+      state = restore_or_init(s, plan.init_fn, plan.init_rng, state_shapes)
+      if int(state.step) == 0 and plan.start is not None:
+        state = jax.device_put(plan.start(state), s.state_shardings)
+      if plan.frozen is not None:
+        frozen = jax.device_put(plan.frozen, frozen_shardings)
+      logging.info("training %s: %s from step %d to %d (batch %d, mesh %s, %d processes)", task.name,
+                   plan.description, int(state.step), plan.durations.total, config.batch_size, dict(mesh.shape),
+                   jax.process_count())
+      train_step = jit_train_step(plan.step_fn, mesh, s.state_shardings, frozen=frozen,
+                                  frozen_shardings=frozen_shardings)
+      with metric_logging.MetricWriter(os.path.join(workdir, "metrics.jsonl")) as writer:
+        result = run_steps(train_step, state, s, plan.durations, writer, batch_keys=plan.batch_keys,
+                           progress_bar=config.progress_bar, evaluate=plan.evaluate,
+                           before_final_save=plan.before_final_save)
+        state = result.state
+        if not result.preempted:
+          final = plan.finalize(state, result.last_metrics)
+          if final:
+            writer.write(result.step, final)
+    finally:
+      s.manager.wait_until_finished()
+      s.manager.close()
+  if not result.preempted:
+    logging.info("final metrics at step %d: %s", result.step, final)
+  return TrainResult(model=plan.model, params=plan.result_params(state), step=result.step, metrics=final,
+                     preempted=result.preempted)
 
+
+# --- placement ------------------------------------------------------------------------------------
 
 def mesh_from_config(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   """The device mesh of config.mesh ({"data": -1, "model": 1} when unset) over all devices."""
@@ -87,46 +148,100 @@ def jit_train_step(step_fn: Callable[..., Any], mesh: jax.sharding.Mesh, state_s
   return lambda state, batch: jitted(state, batch, frozen)
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str, **resolved: Any) -> None:
-  """Writes the config, overrides applied and derived values filled in, as workdir/config.json (process 0)."""
+def _merged(values: dict[str, Any], resolved: Mapping[str, Any]) -> dict[str, Any]:
+  out = dict(values)
+  for key, value in resolved.items():
+    out[key] = _merged(out.get(key) or {}, value) if isinstance(value, Mapping) else value
+  return out
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str, resolved: Mapping[str, Any] | None = None) -> None:
+  """Writes the config with `resolved` (derived values, nested dicts merged in) as workdir/config.json (process 0)."""
   if jax.process_index() != 0:
     return
-  values = config.to_dict()
-  values.update(resolved)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(values, f, indent=2, sort_keys=True, default=str)
+    json.dump(_merged(config.to_dict(), resolved or {}), f, indent=2, sort_keys=True, default=str)
+
+
+# --- the train data -------------------------------------------------------------------------------
+
+class DataStream:
+  """The train batches of a run: a tokax.data.pipeline.DataIterator with a checkpointable position.
+
+  The iterator yields this process's contiguous slice of each global batch; position() is its
+  get_state() ({"epoch", "position"}) plus what a restore must match, so a checkpoint's data item
+  resumes the stream exactly (batch k is a pure function of (seed, k)).
+
+  Args:
+    iterator: the train DataIterator (shuffled, drop_remainder, endless).
+    dataset: the data.name it reads, recorded in the position.
+  """
+
+  def __init__(self, iterator: pipeline.DataIterator, dataset: str):
+    self.iterator, self.dataset = iterator, dataset
+    self.batch_size, self.seed = iterator.batch_size, iterator.seed
+    self.batches_per_epoch = iterator.steps_per_epoch
+
+  def __iter__(self) -> "DataStream":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self.iterator)
+
+  def position(self) -> dict[str, Any]:
+    """get_state() and the stream's identity, as JSON-able data."""
+    return {**self.iterator.get_state(), "seed": self.seed, "batch_size": self.batch_size,
+            "num_examples": len(self.iterator.source), "dataset": self.dataset}
+
+  def restore(self, position: dict[str, Any]) -> None:
+    """Continues from a position() of a stream over the same data; a different stream is an error.
+
+    Positions of the former offline batch stream ({"epoch", "batch"}, the same batches) are read too.
+    """
+    for key in ("seed", "batch_size", "num_examples", "dataset"):
+      if position.get(key) != self.position()[key]:
+        raise ValueError(f"data position: the checkpoint's stream has {key}={position.get(key)!r} but this run's has "
+                         f"{self.position()[key]!r}; resume with the config that wrote the checkpoint")
+    batch = position.get("position", position.get("batch"))
+    if batch is None:
+      raise ValueError(f"data position: {position!r} has no batch position; resume with the config that wrote it")
+    self.iterator.set_state({"epoch": position["epoch"], "position": batch})
+
+
+def train_stream(config: ml_collections.ConfigDict, data: TrainData, rows: slice) -> DataStream:
+  """The train stream of `data` through pipeline.make_iterator: this process's contiguous slice `rows`
+  of each global batch of config.batch_size, shuffled by config.data.seed."""
+  d, batch_size = config.data, config.batch_size
+  local = rows.stop - rows.start
+  index, count = rows.start // local, batch_size // local
+  if rows.start % local or rows.step not in (None, 1):
+    raise ValueError(f"the input pipeline loads contiguous equal slices of each batch; the mesh gives this "
+                     f"process rows {rows}; use a data axis that spans processes evenly")
+  if not 0 < batch_size <= len(data.source):
+    raise ValueError(f"batch_size: expected 1..{len(data.source)} (the train set size); got {batch_size}")
+  iterator = pipeline.make_iterator(
+      data.source, batch_size=batch_size, seed=d.seed, preprocess=data.preprocess, batch_preprocess=data.batch_ops,
+      process_index=index, process_count=count, num_threads=d.get("num_threads") or 8,
+      num_workers=d.get("num_workers") or 0)
+  return DataStream(iterator, str(d.name))
 
 
 @dataclasses.dataclass
 class Setup:
-  """A trainer's placement: mesh, state shardings, this process's batch stream, the checkpoint manager."""
+  """A run's placement: mesh, state shardings, this process's train stream, the checkpoint manager."""
   mesh: jax.sharding.Mesh
   state_shardings: Any
-  stream: BatchStream | PipelineStream
+  stream: DataStream
   manager: ocp.CheckpointManager
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, *, state_shapes: Any,
-          train_ds: offline.ArrayDataset | None = None,
-          make_stream: Callable[[slice], PipelineStream] | None = None) -> Setup:
-  """The mesh of config.mesh, shardings of `state_shapes` (jax.eval_shape of the init) by config.sharding's
-  rules, a BatchStream over `train_ds` (config.batch_size, config.data.seed) of this process's rows, and
-  the manager of workdir/checkpoints (keep config.keep_checkpoints).
-
-  make_stream(rows) replaces the BatchStream (an input-pipeline stream that must load `rows`, this
-  process's rows of each global batch); give exactly one of train_ds and make_stream.
-  """
-  if (train_ds is None) == (make_stream is None):
-    raise ValueError("loop.setup: give exactly one of train_ds (offline data) and make_stream (input pipeline)")
-  mesh = mesh_from_config(config)
-  batch_size = config.batch_size
-  check_batch_size(batch_size, mesh)
+def setup(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh, state_shapes: Any,
+          data: TrainData) -> Setup:
+  """Shardings of `state_shapes` (jax.eval_shape of the init) by config.sharding's rules, the train stream
+  of this process's rows, and the manager of workdir/checkpoints (keep config.keep_checkpoints)."""
   state_shardings = sharding.tree_shardings(state_shapes, rules_from_config(config), mesh)
-  rows = sharding.process_batch_slice(sharding.batch_sharding(mesh), batch_size)
-  if make_stream is not None:
-    stream = make_stream(rows)
-  else:
-    stream = BatchStream(train_ds, batch_size, seed=config.data.seed, rows=rows)
+  rows = sharding.process_batch_slice(sharding.batch_sharding(mesh), config.batch_size)
+  stream = train_stream(config, data, rows)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
   return Setup(mesh=mesh, state_shardings=state_shardings, stream=stream, manager=manager)
 
@@ -141,19 +256,8 @@ def restore_or_init(s: Setup, init_fn: Callable[[jax.Array], Any], init_rng: jax
   return state
 
 
-def restore_for_inference(workdir: str, state_shapes: Any, keep_checkpoints: int) -> tuple[Any, int] | None:
-  """(state, step) of the latest checkpoint of `workdir`, on this process's first device; None if none."""
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = checkpoint.abstract_state(state_shapes, jax.tree.map(lambda _: device, state_shapes))
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
-  try:
-    restored = checkpoint.restore_latest(manager, target)
-  finally:
-    manager.close()
-  if restored is None:
-    return None
-  return restored[0], int(restored[0].step)
 
+# --- the step loop -------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class LoopResult:

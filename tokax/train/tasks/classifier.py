@@ -1,0 +1,340 @@
+"""The classifier task (config.task = "classifier", the default): a ViT / T2T-ViT with its reduction.
+
+Model: config.model is data, `MODELS[config.model.name](**config.model, num_classes, reduction)`
+(tokax.train.model.build_model); num_classes comes from the data (the source's, else
+config.data.num_classes) unless config.model.num_classes sets it, and config.json records the
+resolved value, so a run restores from its own config.json (tokax.train.restore.load_run).
+
+Data: config.data.name is an embedded dataset ("digits", "cluttered_digits"), "tfds:<name>" or
+"folder:<root>", all through tokax.data.pipeline (the embedded ones keep their offline batch
+order); config.data.preprocess (train) / preprocess_eval (ending in float32 images in [0, 1], or
+uint8 0..255 converted on the device, at model.image_size), optional batch_ops ("mixup_cutmix":
+(B, K) soft labels, soft cross-entropy with config.label_smoothing applied as timm does),
+<split>_split naming each split's source (default the split itself), num_classes where the
+source does not say.
+
+Objectives (tokax.train.objectives) from the config: config.distill with kind "hard" (DeiT: a
+distillation-token student and a frozen teacher, the tokax run in distill.teacher_workdir or a timm
+file distill.teacher_checkpoint for the model of distill.teacher_config) or "frd" (SiT: slimming
+student, train-only reverse modules, init from the teacher with distill.init_student), or
+config.consistency (MCTF). config.init_from = dict(workdir=...) starts a fresh run from another
+run's parameters (matching paths and shapes). Evaluation: val every eval_every steps, val and test
+at the end.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from tokax import reduction
+from tokax.data import offline, pipeline
+from tokax.train import evaluate, objectives, optim, sharding
+from tokax.train.config_utils import durations_from_config, load_config_file, steps
+from tokax.train.model import build_model
+from tokax.train.step import init_state, make_train_step
+from tokax.train.tasks import base
+
+NAME = "classifier"
+SPLITS = ("train", "val", "test")
+DISTILL_KINDS = ("hard", "frd")
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+def is_offline(name: str) -> bool:
+  """Whether data.name is an embedded dataset (not "tfds:" / "folder:")."""
+  return not str(name).startswith(("tfds:", "folder:"))
+
+
+def source(config: ml_collections.ConfigDict, split: str) -> pipeline.Source:
+  """The pipeline Source of one split: config.data.<split>_split names it (default: the split itself)."""
+  d = config.data
+  name = d.get(f"{split}_split") or split
+  offline_kwargs = {}
+  if is_offline(d.name):
+    offline_kwargs = dict(image_size=config.model.image_size, num_examples=d.get(f"num_{split}"), seed=d.seed)
+  return pipeline.get_source(d.name, name, data_dir=d.get("data_dir"), **offline_kwargs)
+
+
+def eval_batches(config: ml_collections.ConfigDict, eval_source: pipeline.Source) -> pipeline.DataIterator:
+  """One ordered, padded and masked pass over an eval Source, whole batches on every process."""
+  d = config.data
+  return pipeline.make_iterator(eval_source, batch_size=config.eval_batch_size,
+                                preprocess=d.get("preprocess_eval") or "", shuffle=False, drop_remainder=False,
+                                num_epochs=1, num_threads=d.get("num_threads") or 8)
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> offline.ArrayDataset:
+  """One split of config.data in memory: images (N, S, S, 3) float32 in [0, 1], labels (N,).
+
+  Embedded datasets are built directly; tfds and folders go through the eval preprocessing.
+  """
+  d = config.data
+  if is_offline(d.name):
+    return offline.load(str(d.name).removeprefix("offline:"), split, image_size=config.model.image_size,
+                        num_examples=d.get(f"num_{split}"), seed=d.seed)
+  split_source = source(config, split)
+  images, labels = [], []
+  for batch in eval_batches(config, split_source):
+    images.append(batch["image"][batch["mask"]])
+    labels.append(batch["label"][batch["mask"]])
+  images = np.concatenate(images)
+  images = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+  return offline.ArrayDataset(images=images, labels=np.concatenate(labels).astype(np.int32),
+                              num_classes=num_classes_of(config, split_source), name=str(d.name), split=split)
+
+
+def batch_ops_spec(spec: str, num_classes: int, label_smoothing: float) -> str:
+  """config.data.batch_ops with num_classes (and label_smoothing=0) filled into the mixing ops.
+
+  The loss smooths the mixed targets with config.label_smoothing (timm's order, same numbers), so a
+  mixing op may set its own label_smoothing only while config.label_smoothing is 0.
+  """
+  ops = []
+  for op in [part.strip() for part in str(spec).split("|") if part.strip()]:
+    try:
+      node = ast.parse(op, mode="eval").body
+    except SyntaxError as e:
+      raise ValueError(f"config.data.batch_ops: cannot parse {op!r}") from e
+    name = node.id if isinstance(node, ast.Name) else getattr(getattr(node, "func", None), "id", None)
+    if name in ("mixup", "cutmix", "mixup_cutmix"):
+      call = node if isinstance(node, ast.Call) else ast.Call(func=node, args=[], keywords=[])
+      given = {k.arg for k in call.keywords}
+      if "label_smoothing" in given and label_smoothing:
+        raise ValueError(f"config.data.batch_ops: {op!r} sets label_smoothing and so does config.label_smoothing="
+                         f"{label_smoothing}; set only config.label_smoothing (the loss applies it as timm does)")
+      extra = {"num_classes": num_classes, "label_smoothing": 0.0}
+      call.keywords += [ast.keyword(arg=k, value=ast.Constant(v)) for k, v in extra.items() if k not in given]
+      op = ast.unparse(call)
+    ops.append(op)
+  return "|".join(ops)
+
+
+def train_data(config: ml_collections.ConfigDict, train_source: pipeline.Source, num_classes: int) -> base.TrainData:
+  """The train split with config.data's preprocessing and batch ops (num_classes filled in)."""
+  d = config.data
+  return base.TrainData(source=train_source, preprocess=d.get("preprocess") or "",
+                        batch_ops=batch_ops_spec(d.get("batch_ops") or "", num_classes, config.label_smoothing))
+
+
+def num_classes_of(config: ml_collections.ConfigDict, train_source: pipeline.Source | None = None) -> int:
+  """config.model.num_classes, else the train source's, else config.data.num_classes (they must agree).
+
+  Without a source (restoring from config.json), an embedded dataset has offline.NUM_CLASSES.
+  """
+  given = {"config.model.num_classes": config.model.get("num_classes"),
+           "config.data.num_classes": config.data.get("num_classes")}
+  if train_source is not None:
+    given["the data"] = getattr(train_source, "num_classes", None)
+  elif is_offline(config.data.name):
+    given["the data"] = offline.NUM_CLASSES
+  values = {k: int(v) for k, v in given.items() if v}
+  if len(set(values.values())) > 1:
+    raise ValueError(f"num_classes: {', '.join(f'{k} says {v}' for k, v in values.items())}; make them agree "
+                     f"(or leave the config's unset: the data's count is used)")
+  if not values:
+    raise ValueError(f"config.data.num_classes: {config.data.name!r} does not say how many classes it has; set it")
+  return next(iter(values.values()))
+
+
+# --- model and optimizer --------------------------------------------------------------------------
+
+def reduction_from_config(spec: Any) -> Any:
+  """The reduction method of config.reduction (None for "none"): the one place a reduction is built."""
+  return reduction.build(spec, calibration=False)
+
+
+def model_from_config(config: ml_collections.ConfigDict, num_classes: int):
+  """MODELS[config.model.name](**config.model) with num_classes and config.reduction's method."""
+  fields = {k: v for k, v in config.model.items() if k not in ("name", "num_classes")}
+  return build_model(config.model.get("name", "vit"), **fields, num_classes=num_classes,
+                     reduction=reduction_from_config(config.reduction))
+
+
+def optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int):
+  """(schedule, tx): AdamW with warmup and cosine decay, weight decay and gradient clipping of the config."""
+  schedule = optim.lr_schedule(peak_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps)
+  return schedule, optim.adamw(schedule, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
+
+
+def _init_variables(config: ml_collections.ConfigDict, model, image_shape: tuple[int, ...]):
+  """SiT's init (model variables plus the train-only reverse modules) for distill.kind="frd", else None."""
+  distill = config.get("distill")
+  return objectives.sit_init_variables(model, image_shape) if distill and distill.get("kind") == "frd" else None
+
+
+def _image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  return (config.model.image_size, config.model.image_size, 3)
+
+
+# --- teachers and initial weights from other runs -------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A frozen classifier: the model and its variables (host arrays)."""
+  model: Any
+  variables: Any
+
+
+def load_classifier(workdir: str) -> base.Run:
+  """The classifier run of `workdir` (from its config.json and latest checkpoint)."""
+  config = base.read_config(workdir)
+  if config.get("task", NAME) != NAME:
+    raise base.RunError(f"{workdir!r} holds a {config.task!r} run; a teacher or init_from run must be a classifier")
+  return base.load(TASK, config, workdir)
+
+
+def check_run_references(config: ml_collections.ConfigDict) -> None:
+  """Refuses the fields that named a config file only to rebuild another run's model (config.json does now)."""
+  init_from, distill = config.get("init_from"), config.get("distill")
+  if init_from and init_from.get("config"):
+    raise ValueError("init_from.config is no longer needed: the run in init_from.workdir is rebuilt from its own "
+                     "config.json; remove the field")
+  if distill:
+    _check_teacher_fields(distill)
+
+
+def _check_teacher_fields(spec: ml_collections.ConfigDict) -> None:
+  if spec.get("teacher_workdir") and spec.get("teacher_config"):
+    raise ValueError("distill.teacher_config is no longer needed with distill.teacher_workdir: the teacher is "
+                     "rebuilt from the run's own config.json; leave teacher_config empty (it names the model of "
+                     "a distill.teacher_checkpoint file only)")
+
+
+def load_teacher(spec: ml_collections.ConfigDict, num_classes: int) -> Teacher:
+  """The teacher of config.distill: the tokax run in teacher_workdir, or the timm / DeiT / big_vision file
+  teacher_checkpoint read into the model of teacher_config ("configs/x.py[:arg]")."""
+  _check_teacher_fields(spec)
+  if spec.get("teacher_checkpoint"):
+    if not spec.get("teacher_config"):
+      raise ValueError("distill.teacher_config: name the config file of the teacher_checkpoint's model "
+                       "('configs/x.py[:arg]')")
+    from tokax.interop import timm as timm_interop
+
+    model = model_from_config(load_config_file(spec.teacher_config), num_classes)
+    return Teacher(model=model, variables=timm_interop.load_checkpoint(spec.teacher_checkpoint, model))
+  if not spec.get("teacher_workdir"):
+    raise ValueError("distill: set teacher_workdir (a tokax run) or teacher_checkpoint (a timm file)")
+  run = load_classifier(spec.teacher_workdir)
+  if run.model.num_classes != num_classes:
+    raise ValueError(f"distill.teacher_workdir: the teacher {spec.teacher_workdir!r} has {run.model.num_classes} "
+                     f"classes, this run's data {num_classes}")
+  return Teacher(model=run.model, variables=jax.device_get(run.variables))
+
+
+def objective_from_config(config: ml_collections.ConfigDict, model, num_classes: int, image_shape: tuple[int, ...]
+                          ) -> tuple[objectives.Objective | None, Teacher | None]:
+  """The objective of config.distill (kind "hard" or "frd") or config.consistency (MCTF), with the
+  restored teacher; (None, None) for the plain classifier."""
+  distill, consistency = config.get("distill"), config.get("consistency")
+  smoothing = config.label_smoothing
+  if distill and consistency:
+    raise ValueError("config.distill and config.consistency are separate objectives; set one of them")
+  if consistency:
+    return objectives.mctf_consistency(model, tuple(consistency.teacher_r), weights=tuple(consistency.weights),
+                                       threshold=consistency.threshold, label_smoothing=smoothing), None
+  if not distill:
+    return None, None
+  kind = distill.get("kind", "hard")
+  if kind not in DISTILL_KINDS:
+    raise ValueError(f"distill.kind: expected one of {DISTILL_KINDS}; got {kind!r}")
+  teacher = load_teacher(distill, num_classes)
+  if kind == "hard":
+    if not getattr(model, "distilled", False):
+      raise ValueError("distill.kind='hard' trains the distillation token: set config.model.distilled=True")
+    return objectives.hard_distillation(teacher.model, alpha=distill.get("alpha", 0.5),
+                                        label_smoothing=smoothing), teacher
+  objective = objectives.sit_frd(model, teacher.model, lambda_token=distill.get("lambda_token", 2.0),
+                                 lambda_logits=distill.get("lambda_logits", 2.0), tau=distill.get("tau", 1.0),
+                                 label_smoothing=smoothing)
+  return dataclasses.replace(objective, init_variables=objectives.sit_init_variables(model, image_shape)), teacher
+
+
+def initial_params(config: ml_collections.ConfigDict, teacher: Teacher | None) -> Any:
+  """The variables a fresh run starts from beside its init: config.init_from's run, or the teacher with
+  distill.init_student (SiT fine-tunes the slimming student from its teacher); None for neither."""
+  init_from = config.get("init_from")
+  if init_from and init_from.get("workdir"):
+    return jax.device_get(load_classifier(init_from.workdir).variables)
+  distill = config.get("distill")
+  if distill and distill.get("init_student", False) and teacher is not None:
+    return teacher.variables
+  return None
+
+
+def _start_from(config: ml_collections.ConfigDict, teacher: Teacher | None):
+  """state -> state with initial_params merged in (matching paths and shapes), read when a fresh run
+  starts (not on a resume); None when the config names no run to start from."""
+  init_from, distill = config.get("init_from"), config.get("distill")
+  if not ((init_from and init_from.get("workdir")) or (distill and distill.get("init_student", False) and teacher)):
+    return None
+
+  def start(state):
+    params, taken = objectives.merge_params(state.params, initial_params(config, teacher))
+    logging.info("initialised %d parameter arrays from the init_from / teacher run", taken)
+    return state.replace(params=params)
+
+  return start
+
+
+# --- the task -------------------------------------------------------------------------------------
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Plan:
+  """The classifier run of `config` (see the module docstring)."""
+  check_run_references(config)
+  sources = {split: source(config, split) for split in SPLITS}
+  num_classes = num_classes_of(config, sources["train"])
+  model = model_from_config(config, num_classes)
+  image_shape = _image_shape(config)
+  num_train, batch_size = len(sources["train"]), config.batch_size
+  durations = durations_from_config(config, num_train, batch_size)
+  schedule, tx = optimizer(config, durations.total, steps("warmup", config, num_train, batch_size, default=0))
+  objective, teacher = objective_from_config(config, model, num_classes, image_shape)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  init_fn = functools.partial(init_state, model, tx, image_shape=image_shape, step_rng=step_rng,
+                              init_variables=None if objective is None else objective.init_variables)
+  hooks = {} if objective is None else objective.step_kwargs()
+  step_fn = make_train_step(model=model, tx=tx, schedule=schedule, label_smoothing=config.label_smoothing,
+                            max_shift=config.augment.max_shift, **hooks)
+  replicated = sharding.replicated(mesh)
+  eval_step = evaluate.make_eval_step(model, out_sharding=replicated)
+
+  def run_eval(split: str, params: Any) -> dict[str, float]:
+    values = evaluate.evaluate_batches(eval_step, params, eval_batches(config, sources[split]), sharding=replicated)
+    return {f"{split}/{k}": v for k, v in values.items()}
+
+  return base.Plan(
+      model=model, data=train_data(config, sources["train"], num_classes), batch_keys=("image", "label"),
+      durations=durations, init_fn=init_fn, init_rng=init_rng, step_fn=step_fn,
+      frozen=None if teacher is None else teacher.variables, start=_start_from(config, teacher),
+      evaluate=lambda state: run_eval("val", state.params),
+      finalize=lambda state, _: {**run_eval("val", state.params), **run_eval("test", state.params)},
+      result_params=lambda state: state.params,
+      resolved={"total_steps": durations.total, "model": {"num_classes": num_classes}},
+      description=f"{model.variant} ({model.arch}), {num_train} train examples of {config.data.name}")
+
+
+def target(config: ml_collections.ConfigDict) -> base.Target:
+  """The model and train state of a saved classifier run (num_classes from its config.json)."""
+  model = model_from_config(config, num_classes_of(config))
+  _, tx = optimizer(config, total_steps=1, warmup_steps=0)
+  image_shape = _image_shape(config)
+  init_fn = functools.partial(init_state, model, tx, image_shape=image_shape,
+                              init_variables=_init_variables(config, model, image_shape))
+  return base.Target(model=model, init_fn=init_fn, init_rng=jax.random.key(0))
+
+
+def variables(state: Any, *, ema: bool = True) -> Any:
+  """model.apply's variables: the params without SiT's train-only reverse modules (no EMA here)."""
+  del ema
+  return {k: v for k, v in state.params.items() if k != objectives.REVERSE}
+
+
+TASK = base.Task(name=NAME, build=build, target=target, variables=variables)
