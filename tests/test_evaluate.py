@@ -97,13 +97,18 @@ def _tiny_vit():
   return ViT(variant="Ti/8", width=32, depth=2, num_heads=2, mlp_dim=64, image_size=32, num_classes=10)
 
 
+def _random_params(model, seed=0):
+  """Normal(0, 0.2) numpy parameters of model's shapes (no init compiled: it takes seconds on a busy CPU)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+
+
 @pytest.fixture(scope="module")
 def augreg_npz(tmp_path_factory):
   """(path, model, params): a randomly initialised 2-block ViT written in the vision_transformer .npz layout."""
   model = _tiny_vit()
-  params = jax.tree.map(np.asarray, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda p: (p + 0.2 * rng.standard_normal(p.shape)).astype(np.float32), params)
+  params = _random_params(model)
   p, width, heads = params["params"], 32, 2
   out = {"embedding/kernel": p["patch_embed"]["kernel"], "embedding/bias": p["patch_embed"]["bias"],
          "cls": p["cls_token"], "Transformer/posembed_input/pos_embedding": p["pos_embed"],
@@ -192,9 +197,9 @@ def test_timm_weights_that_do_not_fit_the_named_architecture(tmp_path):
 
   from tokax.interop.timm import export_state_dict
 
-  params = _tiny_vit().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  params = _random_params(_tiny_vit())
   path = tmp_path / "tiny.safetensors"
-  save_file({k: np.ascontiguousarray(v) for k, v in export_state_dict(jax.device_get(params)).items()}, str(path))
+  save_file({k: np.ascontiguousarray(v) for k, v in export_state_dict(params).items()}, str(path))
   with pytest.raises(ValueError, match=r"does not fit --timm_name 'vit_small_patch16_224'"):
     evaluate.main(["--model", str(path), "--timm_name", "vit_small_patch16_224", "--data", "digits",
                    "--out", str(tmp_path / "o"), *FAST])
