@@ -25,87 +25,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-
-def compiled_flops(compiled: Any) -> float:
-  """FLOPs of a compiled XLA executable from its cost analysis (0.0 where the backend gives none)."""
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", 0.0))
-
-
-def forward_gflops_per_image(apply_fn: Callable, params: Any, batch_shape: tuple[int, ...], dtype: Any = jnp.float32) -> float:
-  """GFLOPs per image of jit(apply_fn)(params, images (B, H, W, 3)), from XLA's cost analysis; nothing runs."""
-  images = jax.ShapeDtypeStruct(batch_shape, jnp.dtype(dtype))
-  return compiled_flops(jax.jit(apply_fn).lower(params, images).compile()) / batch_shape[0] / 1e9
-
-
-def vit_forward_gflops(model: Any, params: Any, batch_shape: tuple[int, ...], dtype: Any = jnp.float32) -> float:
-  """GFLOPs per image of a tokax ViT's forward: XLA's count of its XLA-attention version, lowered for the CPU.
-
-  Lowered for the CPU because there the analysis runs on the HLO before compilation: XLA:GPU only
-  analyses the compiled executable, where cuBLAS and cuDNN custom calls count zero FLOPs (ViT-B/16
-  came out at 0.07 instead of 35.3 GFLOPs on an H200). Nothing runs.
-  """
-  xla = model.clone(attention="xla")
-  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu)
-  lowered = jax.jit(lambda p, x: xla.apply(p, x)).lower(jax.tree.map(spec, params),
-                                                       jax.ShapeDtypeStruct(tuple(batch_shape), dtype, sharding=cpu))
-  return compiled_flops(lowered) / batch_shape[0] / 1e9
-
-
-def median_seconds(fn: Callable, *args: Any, warmup: int = 1, repeats: int = 10) -> float:
-  """Median wall seconds of fn(*args) (each call until block_until_ready), after `warmup` calls."""
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def random_batches(batch_shape: tuple[int, ...], dtype: Any, *, count: int = 3, seed: int = 0) -> list[jax.Array]:
-  """`count` different uniform [0, 1) batches (never zeros), to rotate between timed calls."""
-  keys = jax.random.split(jax.random.key(seed), count)
-  return [jax.random.uniform(k, batch_shape, jnp.float32).astype(dtype) for k in keys]
-
-
-def measure(apply_fn: Callable, params: Any, batch_shape: tuple[int, ...], dtype: Any = jnp.float32, *,
-            warmup: int = 3, repeats: int = 10) -> dict[str, float]:
-  """Times jit(apply_fn)(params, images) on the default device.
-
-  Compiles once, runs `warmup` calls, then times `repeats` calls one by one (each until
-  block_until_ready), rotating among three random batches.
-
-  Args:
-    apply_fn: (params, images (B, H, W, C)) -> any pytree of arrays.
-    params: its parameters (already on the device, in the dtype to time).
-    batch_shape: (B, H, W, C).
-    dtype: the images' dtype.
-    warmup, repeats: untimed and timed calls.
-
-  Returns:
-    {"images_per_s": B / median, "median_ms": median call time, "gflops_per_image": XLA's count / B}
-    (the compiled executable's count: on GPUs it misses cuBLAS / cuDNN calls; see vit_forward_gflops).
-  """
-  if repeats < 1:
-    raise ValueError(f"measure: repeats must be >= 1; got {repeats}")
-  batches = random_batches(tuple(batch_shape), jnp.dtype(dtype))
-  compiled = jax.jit(apply_fn).lower(params, batches[0]).compile()
-  for i in range(warmup):
-    jax.block_until_ready(compiled(params, batches[i % len(batches)]))
-  times = []
-  for i in range(repeats):
-    images = batches[i % len(batches)]
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(params, images))
-    times.append(time.perf_counter() - start)
-  median = statistics.median(times)
-  return {"images_per_s": batch_shape[0] / median, "median_ms": median * 1e3,
-          "gflops_per_image": compiled_flops(compiled) / batch_shape[0] / 1e9}
+# The timer and the GFLOPs count live in tokax.bench.measure; imported here for this module's callers.
+from tokax.bench.measure import (compiled_flops, forward_gflops_per_image, measure, median_seconds,  # noqa: F401
+                                 random_batches, vit_forward_gflops)
 
 
 # --- PyTorch / timm (imported only with --timm) ------------------------------------------------

@@ -1,8 +1,8 @@
 """Accuracy against cost for one trained model, dense and with token reduction.
 
-For each reduction: tokens after the last block, GFLOPs per image (XLA's count of the compiled
-forward), images/s on the current device, top-1 accuracy on a dataset. Plus the plot of accuracy
-against GFLOPs and a merge visualisation, as in the ToMe paper's figures.
+For each reduction (one tokax.bench.measure.reduction_row each): tokens after the last block, GFLOPs
+per image (XLA's count of the forward lowered for the CPU), images/s on the current device, top-1
+accuracy on a dataset. Plus the plot of accuracy against GFLOPs and a merge visualisation, as in the ToMe paper's figures.
 """
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokax.bench import throughput
+from tokax.bench import measure
 from tokax.data import offline
 from tokax.reduction import visualize
-from tokax.train import evaluate
 from tokax.train.model import normalize_images
 
 
@@ -36,29 +35,19 @@ def reduction_table(model: Any, params: Any, dataset: offline.ArrayDataset, redu
     dataset: images in [0, 1] to measure top-1 accuracy on.
     reductions: method name -> reduction (None: dense), in table order.
     eval_batch_size: batch of the accuracy pass.
-    bench_batch_size, warmup, repeats: throughput timing (see tokax.bench.throughput.measure).
+    bench_batch_size, warmup, repeats: throughput timing (see tokax.bench.measure.measure).
 
   Returns:
     rows {"method", "tokens", "gflops_per_image", "images_per_s", "top1", "same_as_first"}, where
     same_as_first is the fraction of examples predicted as the first row's method predicts them.
   """
-  image_shape = dataset.images.shape[1:]
   rows, first = [], None
   for name, reduction in reductions.items():
-    reduced = model.clone(reduction=reduction)
-    apply_fn = lambda p, x, m=reduced: m.apply(p, normalize_images(x))
-    speed = throughput.measure(apply_fn, params, (bench_batch_size, *image_shape), jnp.float32,
-                               warmup=warmup, repeats=repeats)
-    predictions = evaluate.predict(evaluate.make_predict_fn(reduced), params, dataset, eval_batch_size)
-    first = predictions if first is None else first
-    rows.append({
-        "method": name,
-        "tokens": tokens_after_last_block(reduced, params, image_shape),
-        "gflops_per_image": speed["gflops_per_image"],
-        "images_per_s": speed["images_per_s"],
-        "top1": float(np.mean(predictions == dataset.labels)),
-        "same_as_first": float(np.mean(predictions == first)),
-    })
+    row = measure.reduction_row(model, params, reduction, dataset, first, method=name, eval_batch_size=eval_batch_size,
+                                bench_batch_size=bench_batch_size, warmup=warmup, repeats=repeats)
+    first = row["predictions"] if first is None else first
+    rows.append({"method": name, "tokens": row["tokens"], "gflops_per_image": row["gflops_per_image"],
+                 "images_per_s": row["images_per_s"], "top1": row["top1"], "same_as_first": row["agreement"]})
   return rows
 
 

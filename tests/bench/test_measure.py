@@ -1,0 +1,80 @@
+"""tokax.bench.measure: the GFLOPs count against the closed form, the timer against given timings."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from tokax.bench import measure
+from tokax.models import ViT
+from tokax.reduction import ToMe
+
+IMAGE, PATCH, WIDTH, DEPTH, MLP, CLASSES = 32, 4, 64, 2, 256, 10
+
+
+def closed_form_flops(tokens_per_layer=None):
+  """2 x multiply-adds of one image: patch embed, per block qkv, attention (logits and weighted sum), proj and MLP
+  (block l's attention on the tokens before its merge, its MLP on those after), then the head."""
+  patches = (IMAGE // PATCH) ** 2
+  n = patches + 1
+  macs = patches * PATCH * PATCH * 3 * WIDTH
+  for layer in range(DEPTH):
+    after = n if tokens_per_layer is None else tokens_per_layer[layer]
+    macs += 3 * n * WIDTH**2 + 2 * n**2 * WIDTH + n * WIDTH**2 + 2 * after * WIDTH * MLP
+    n = after
+  return 2 * (macs + WIDTH * CLASSES)
+
+
+def _model_and_shapes(reduction=None):
+  """The tiny ViT with tanh GELU: XLA counts exact GELU's erf polynomial as 66 FLOPs per element, 15% of this
+  forward at width 64 (the tanh form costs 8); the rest beyond the matmuls (norms, softmax) stays within 5%."""
+  model = ViT(gelu_approximate=True, variant=f"Ti/{PATCH}", width=WIDTH, depth=DEPTH, num_heads=2, mlp_dim=MLP, image_size=IMAGE,
+              num_classes=CLASSES, reduction=reduction)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, IMAGE, IMAGE, 3), jnp.float32))
+  return model, shapes
+
+
+def test_vit_gflops_equal_the_closed_form():
+  model, shapes = _model_and_shapes()
+  measured = measure.vit_forward_gflops(model, shapes, (2, IMAGE, IMAGE, 3))
+  expected = closed_form_flops() / 1e9
+  assert abs(measured - expected) / expected < 0.05, (measured, expected)
+
+
+def test_tome_gflops_equal_the_closed_form_of_its_token_counts():
+  tome = ToMe(r=8)
+  model, shapes = _model_and_shapes(tome)
+  measured = measure.vit_forward_gflops(model, shapes, (2, IMAGE, IMAGE, 3))
+  counts = tome.token_counts((IMAGE // PATCH) ** 2 + 1, DEPTH, 1)
+  expected = closed_form_flops(counts) / 1e9
+  assert counts[-1] < (IMAGE // PATCH) ** 2 + 1
+  # The closed form leaves out the plans themselves (the matching's similarities, the merge): they only add.
+  assert expected < measured < 1.08 * expected, (measured, expected)
+  dense, _ = _model_and_shapes()
+  assert measured < measure.vit_forward_gflops(dense, shapes, (2, IMAGE, IMAGE, 3))
+
+
+def _fake_clock(times):
+  it = iter(times)
+  return lambda: next(it)
+
+
+def test_timer_returns_the_median_of_the_clock_readings():
+  calls = []
+  fn = lambda x: calls.append(x) or jnp.zeros(())
+  readings = [0.0, 1.0, 10.0, 13.0, 20.0, 22.0]  # call times 1, 3, 2 -> median 2
+  assert measure.call_seconds(fn, ["a", "b"], warmup=2, repeats=3, clock=_fake_clock(readings)) == [1.0, 3.0, 2.0]
+  assert calls == ["a", "b", "a", "b", "a"]  # warm-up, then timed calls rotating the inputs
+  assert measure.median_seconds(fn, "x", warmup=0, repeats=3, clock=_fake_clock(readings)) == 2.0
+  result = measure.measure(lambda p, x: x * p, jnp.float32(2.0), (4, 2, 2, 3), warmup=1, repeats=3,
+                           clock=_fake_clock(readings))
+  assert result["median_ms"] == 2000.0 and result["images_per_s"] == 2.0
+  with pytest.raises(ValueError, match="repeats"):
+    measure.call_seconds(fn, ["a"], repeats=0)
+
+
+def test_random_batches_rotate_distinct_nonzero_inputs():
+  batches = measure.random_batches((2, 4, 4, 3), jnp.bfloat16)
+  assert len(batches) == 3 and all(b.dtype == jnp.bfloat16 for b in batches)
+  assert all(float(jnp.abs(b.astype(jnp.float32)).sum()) > 0 for b in itertools.islice(batches, 3))
+  assert not bool(jnp.array_equal(batches[0], batches[1]))

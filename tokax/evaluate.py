@@ -1,0 +1,588 @@
+r"""`python -m tokax.evaluate`: one model x several token reductions x one dataset -> one table.
+
+  # a tokax classifier run (its eval preprocessing, its test split; outputs in <workdir>/evaluate/)
+  python -m tokax.evaluate --model /tmp/cd_vit --reduction tome:8 --reduction tome:16 --reduction evit:0.7
+  # timm weights (.safetensors / .pth) with their timm name; the eval split of an image folder
+  python -m tokax.evaluate --model vit_s16.safetensors --timm_name vit_small_patch16_224 \
+      --data folder:/data/imagenet --reduction tome:16 --out /tmp/eval_vit_s16
+  # a big_vision / AugReg .npz (variant, image size and classes read off its shapes unless given)
+  python -m tokax.evaluate --model augreg_B16.npz --variant B/16 --image_size 224 \
+      --data tfds:imagenet2012:validation --reduction tome:8 --out /tmp/eval_b16
+  # a timm architecture with random weights (speed only: the accuracy columns say so)
+  python -m tokax.evaluate --model timm:vit_tiny_patch16_224 --data cluttered_digits --num_examples 200 \
+      --num_classes 10 --reduction tome:8 --reduction evit:0.7 --reduction divprune:0.5 --out /tmp/eval_ti
+
+Model (--model): a `python -m tokax.train` workdir holding a classifier run (tokax.train.restore.load_run),
+a timm state dict (.safetensors, .pth/.pt/.bin) with --timm_name (the architecture from timm's
+name; timm is optional: without it, vit_/deit_ names are parsed), a big_vision / AugReg .npz, or
+`timm:<name>` (random weights).
+
+Data (--data): an embedded dataset (tokax.data.offline.DATASETS), `folder:<root>` (root/<split>,
+default split "val"), `tfds:<name>[:split]` (default split "test"); a workdir's default is its own
+data and test split. --num_examples N keeps the first N. Preprocessing: a workdir's own
+data.preprocess_eval and [-1, 1] inputs; timm / AugReg weights get the standard eval transform
+(shorter side to size / crop_pct, crop_pct from timm's pretrained config (else 0.875), center
+crop, the checkpoint's mean / std); embedded datasets are rendered at the model's image size.
+
+Reductions (--reduction, repeated, or --config file.py whose get_config() has a `reductions` list):
+tokax.reduction.build specs ("tome:8", "evit:0.7,fuse_token=False", "divprune:0.5"); "none" (dense)
+is always the first row, the reference of the agreement column. Methods that need calibration
+(dtome) are calibrated by tokax.reduction.calibrate_dtome on the first --calibration_batches eval
+batches (images only; the row's note says so). Post-encoder reducers (DivPrune, ToDRE, DCT, FasterVLM)
+run on the dense encoder's output tokens and the head reads the pooled reduced tokens
+(tokax.bench.measure.post_forward).
+
+Prints one table (method, tokens after the last block, GFLOPs/img, images/s on this device, top-1,
+top-5, agreement with dense) and writes results.json, results.md and accuracy_vs_gflops.png into
+--out (default <workdir>/evaluate/ for a workdir; required otherwise; never elsewhere inside a run's
+workdir). Every bad input fails before anything is loaded or run, naming the thing and the fix.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokax import reduction as reductions
+from tokax.data import offline, pipeline, transforms
+
+DEFAULT_CROP_PCT = 0.875
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".pth.tar")
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A classifier ready to evaluate.
+
+  Attributes:
+    model: a tokax ViT (num_classes > 0).
+    variables: its {"params": ...}.
+    description: one line for the caption.
+    mean, std: per-channel normalisation of [0, 1] images; None: [-1, 1] (tokax runs, x * 2 - 1).
+    crop_pct: the eval transform's centre-crop fraction for decoded images (None: resize only).
+    random_weights: the weights carry no training (timm:<name>).
+    workdir: the run's workdir (a tokax run), else None.
+    run_config: the run's resolved config (a tokax run), else None.
+  """
+  model: Any
+  variables: Any
+  description: str
+  mean: tuple[float, ...] | None = None
+  std: tuple[float, ...] | None = None
+  crop_pct: float | None = DEFAULT_CROP_PCT
+  random_weights: bool = False
+  workdir: str | None = None
+  run_config: Any = None
+
+  def input_fn(self) -> Callable[[jax.Array], jax.Array]:
+    """(B, H, W, 3) in [0, 1] (uint8: 0..255) -> the model's inputs."""
+    from tokax.train.model import normalize_images
+
+    if self.mean is None:
+      return normalize_images
+    mean, std = jnp.asarray(self.mean, jnp.float32), jnp.asarray(self.std, jnp.float32)
+
+    def normalize(images: jax.Array) -> jax.Array:
+      unit = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+      return (unit - mean) / std
+    return normalize
+
+
+def load_workdir(workdir: str) -> Loaded:
+  """The classifier run in `workdir` (tokax.train.restore.load_run); another task's run is refused."""
+  from tokax.train import restore
+  from tokax.train.tasks import base
+
+  config = base.read_config(workdir)
+  task = config.get("task", "classifier")
+  if task != "classifier":
+    raise ValueError(f"--model {workdir!r} holds a {task!r} run (config.json task={task!r}); tokax.evaluate "
+                     "measures classifiers: give a classifier run's workdir (config.task='classifier')")
+  run = restore.load_run(workdir)
+  return Loaded(model=run.model.clone(reduction=None), variables=run.variables, workdir=workdir,
+                run_config=run.config, crop_pct=None,
+                description=f"tokax run {workdir} ({run.config.data.name}) at step {run.step}")
+
+
+_TIMM_NAME = re.compile(r"^(?P<family>vit|deit)_(?P<size>tiny|small|medium|base|large|huge)_(?P<dist>distilled_)?"
+                        r"patch(?P<patch>\d+)_(?P<image>\d+)(\..*)?$")
+_TIMM_SIZES = {"tiny": "Ti", "small": "S", "medium": "M", "base": "B", "large": "L", "huge": "H"}
+
+
+def parse_timm_name(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Without timm: ("vit_small_patch16_224" -> ViT kwargs, {mean, std, crop_pct}) for plain vit_/deit_ names."""
+  m = _TIMM_NAME.match(name)
+  if m is None:
+    raise ValueError(f"timm model {name!r}: timm is not installed (an optional dependency of tokax: pip install timm), "
+                     "and without it only plain names like vit_small_patch16_224 or deit_tiny_distilled_patch16_224 "
+                     "are understood")
+  kwargs = dict(variant=f"{_TIMM_SIZES[m['size']]}/{m['patch']}", image_size=int(m["image"]), num_classes=1000,
+                pool="cls", class_token=True, distilled=bool(m["dist"]))
+  vit = m["family"] == "vit"
+  norm = dict(mean=(0.5,) * 3 if vit else transforms.IMAGENET_MEAN, std=(0.5,) * 3 if vit else transforms.IMAGENET_STD,
+              crop_pct=0.9 if vit else DEFAULT_CROP_PCT)
+  return kwargs, norm
+
+
+def _import_timm():
+  from tokax.bench.throughput import _import_timm as import_timm  # applies the torchvision-on-CPU fix
+  return import_timm()
+
+
+def timm_architecture(name: str, *, image_size: int | None = None, num_classes: int | None = None,
+                      state_dict: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(ViT kwargs, {mean, std, crop_pct}) of timm model `name`, built by timm on the meta device.
+
+  image_size / num_classes: given, else read off `state_dict` (pos_embed, head.weight), else timm's.
+  """
+  try:
+    timm = _import_timm()
+    import torch
+  except ImportError:
+    kwargs, norm = parse_timm_name(name)
+    if state_dict is not None:
+      kwargs.update(_shapes_from_state_dict(state_dict, int(kwargs["variant"].split("/")[1]),
+                                            1 + int(kwargs["distilled"]), image_size, num_classes))
+    kwargs.update({k: v for k, v in (("image_size", image_size), ("num_classes", num_classes)) if v is not None})
+    return kwargs, norm
+  from tokax.interop.timm import timm_config
+
+  def create(**kwargs):
+    try:
+      with torch.device("meta"):
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except RuntimeError as e:
+      raise ValueError(f"--timm_name {name!r}: timm cannot build it ({e}); give a timm model name "
+                       "(timm.list_models('vit_*'))") from None
+
+  given = {k: v for k, v in (("img_size", image_size), ("num_classes", num_classes)) if v is not None}
+  if state_dict is not None and len(given) < 2:
+    default = create()
+    patch = int(default.patch_embed.patch_size[0])
+    prefix = 0 if getattr(default, "no_embed_class", False) else int(default.num_prefix_tokens)
+    found = _shapes_from_state_dict(state_dict, patch, prefix, image_size, num_classes)
+    given = {"img_size": found["image_size"], "num_classes": found["num_classes"], **given}
+  model = create(**given)
+  cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+  norm = dict(mean=tuple(cfg.get("mean", transforms.IMAGENET_MEAN)), std=tuple(cfg.get("std", transforms.IMAGENET_STD)),
+              crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)))
+  return timm_config(model), norm
+
+
+def _shapes_from_state_dict(sd: Mapping[str, Any], patch: int, prefix: int, image_size: int | None,
+                            num_classes: int | None) -> dict[str, int]:
+  """image_size from pos_embed (1, prefix + (S / patch)^2, D) and num_classes from head.weight (K, D)."""
+  out = {}
+  if image_size is None and "pos_embed" in sd:
+    grid = math.isqrt(int(np.shape(sd["pos_embed"])[1]) - prefix)
+    out["image_size"] = grid * patch
+  if num_classes is None:
+    out["num_classes"] = int(np.shape(sd["head.weight"])[0]) if "head.weight" in sd else 0
+  return out
+
+
+def load_timm_weights(path: str, name: str | None, *, image_size: int | None, num_classes: int | None) -> Loaded:
+  """A timm state dict file read into the ViT of timm model `name` (image size, classes from the file)."""
+  from tokax.interop import check_params
+  from tokax.interop.timm import convert_state_dict, read_state_dict
+  from tokax.models import ViT
+
+  if not name:
+    raise ValueError(f"--model {path!r} is a timm state dict: name its architecture with --timm_name "
+                     "(e.g. --timm_name vit_small_patch16_224)")
+  sd = read_state_dict(path)
+  kwargs, norm = timm_architecture(name, image_size=image_size, num_classes=num_classes, state_dict=sd)
+  model = ViT(**kwargs)
+  try:
+    params = check_params(convert_state_dict(sd), model)
+  except ValueError as e:
+    raise ValueError(f"--model {path!r} does not fit --timm_name {name!r} ({kwargs['variant']}, {kwargs['image_size']} "
+                     f"px, {kwargs['num_classes']} classes): {e}\nname the timm architecture these weights were "
+                     "saved from (or pass --image_size / --num_classes)") from None
+  return Loaded(model=model, variables=params, description=f"{os.path.basename(path)} as timm {name}", **norm)
+
+
+def npz_architecture(path: str) -> dict[str, Any]:
+  """ViT kwargs read off a big_vision / AugReg .npz: patch and width (embedding), depth, heads, MLP, image size
+  (pos_embedding), num_classes (head)."""
+  from tokax.interop.big_vision import read_npz, strip_prefix
+  from tokax.models.vit import _WIDTHS
+
+  w = strip_prefix(read_npz(path))
+  patch, _, _, width = w["embedding/kernel"].shape
+  scanned = [k for k in w if k.startswith("Transformer/encoderblock/")]
+  if scanned:
+    depth, block = int(w[scanned[0]].shape[0]), {k[len("Transformer/encoderblock/"):]: w[k][0] for k in scanned}
+  else:
+    depth = len({k.split("/")[1] for k in w if k.startswith("Transformer/encoderblock_")})
+    block = {k[len("Transformer/encoderblock_0/"):]: v for k, v in w.items()
+             if k.startswith("Transformer/encoderblock_0/")}
+  heads = next(v.shape[1] for k, v in block.items() if k.endswith("query/kernel"))
+  mlp_dim = next(v.shape[-1] for k, v in block.items() if k.endswith("Dense_0/kernel"))
+  pos = next(w[k] for k in ("pos_embedding", "Transformer/posembed_input/pos_embedding", "Transformer/pos_embedding")
+             if k in w)
+  n = pos.shape[-2]
+  grid = math.isqrt(n) if math.isqrt(n) ** 2 == n else math.isqrt(n - 1)
+  head = w.get("head/kernel")
+  kwargs = dict(image_size=int(grid * patch), num_classes=int(head.shape[-1]) if head is not None and head.size else 0,
+                pool="cls", class_token=True)
+  arch = (int(width), int(depth), int(heads), int(mlp_dim))
+  size = next((name for name, a in _WIDTHS.items() if a == arch), None)
+  if size is not None:
+    return dict(kwargs, variant=f"{size}/{patch}")
+  return dict(kwargs, variant=f"Ti/{patch}", width=arch[0], depth=arch[1], num_heads=arch[2], mlp_dim=arch[3])
+
+
+def load_augreg(path: str, *, variant: str | None, image_size: int | None, num_classes: int | None) -> Loaded:
+  """A big_vision / AugReg .npz; the architecture from --variant etc. where given, else from its shapes."""
+  from tokax.interop import load_npz
+  from tokax.models import ViT
+
+  kwargs = npz_architecture(path)
+  if variant:
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("width", "depth", "num_heads", "mlp_dim")}
+    kwargs["variant"] = variant
+  kwargs.update({k: v for k, v in (("image_size", image_size), ("num_classes", num_classes)) if v is not None})
+  model = ViT(**kwargs)
+  try:
+    params = load_npz(path, model)
+  except ValueError as e:
+    raise ValueError(f"--model {path!r} does not fit ViT({kwargs}): {e}\nfix --variant / --image_size / --num_classes "
+                     "(or leave them out: they are read off the file)") from None
+  return Loaded(model=model, variables=params, description=f"{os.path.basename(path)} (big_vision / AugReg)",
+                mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def load_random_timm(name: str, *, image_size: int | None, num_classes: int | None) -> Loaded:
+  """timm:<name>: the tokax ViT equal to timm's architecture, with random weights (for speed only)."""
+  from tokax.models import ViT
+
+  kwargs, norm = timm_architecture(name, image_size=image_size, num_classes=num_classes)
+  model = ViT(**kwargs)
+  size = model.image_size
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32))
+  if model.num_classes:  # tokax zero-initialises the head: every image would get class 0
+    head = variables["params"]["head"]
+    kernel = 0.02 * jax.random.normal(jax.random.key(1), head["kernel"].shape, head["kernel"].dtype)
+    variables = {**variables, "params": {**variables["params"], "head": {**head, "kernel": kernel}}}
+  return Loaded(model=model, variables=variables, description=f"timm {name} architecture, random weights",
+                random_weights=True, **norm)
+
+
+def load_model(args: argparse.Namespace) -> Loaded:
+  """The model of --model (see the module docstring)."""
+  spec = args.model
+  if spec.startswith("timm:"):
+    return load_random_timm(spec[len("timm:"):], image_size=args.image_size, num_classes=args.num_classes)
+  if os.path.isdir(spec):
+    return load_workdir(spec)
+  if not os.path.exists(spec):
+    raise ValueError(f"--model {spec!r}: no such file or directory; expected a tokax run's workdir, a timm "
+                     f"{'/'.join(WEIGHT_SUFFIXES)} file with --timm_name, a big_vision .npz, or timm:<name>")
+  if spec.endswith(".npz"):
+    return load_augreg(spec, variant=args.variant, image_size=args.image_size, num_classes=args.num_classes)
+  if spec.endswith(WEIGHT_SUFFIXES):
+    return load_timm_weights(spec, args.timm_name, image_size=args.image_size, num_classes=args.num_classes)
+  raise ValueError(f"--model {spec!r}: unknown kind of file; expected a timm {'/'.join(WEIGHT_SUFFIXES)} file, a "
+                   "big_vision .npz, a tokax run's workdir or timm:<name>")
+
+
+# --- the data ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+  """The evaluation set: one pass of batches at a time.
+
+  Attributes:
+    batches: () -> iterable of {"image": (B, S, S, 3) float32 in [0, 1] or uint8, "label": (B,), "mask": (B,)}.
+    num_examples: examples in one pass.
+    num_classes: the data's class count (None where the source does not say).
+    description: "cluttered_digits test (200 examples)".
+  """
+  batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
+  num_examples: int
+  num_classes: int | None
+  description: str
+
+
+class _First:
+  """The first `n` examples of a pipeline Source."""
+
+  def __init__(self, source: pipeline.Source, n: int):
+    self.source, self.n = source, min(n, len(source))
+    self.num_classes = getattr(source, "num_classes", None)
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if not 0 <= index < self.n:
+      raise IndexError(index)
+    return self.source[index]
+
+
+def eval_preprocess(loaded: Loaded) -> str:
+  """String-named ops (tokax.data.transforms) from decoded images to the model's size, in [0, 1]."""
+  size = loaded.model.image_size
+  if loaded.run_config is not None and loaded.run_config.data.get("preprocess_eval"):
+    return str(loaded.run_config.data.preprocess_eval)
+  if loaded.crop_pct is None:
+    return f"decode|resize({size})|value_range(0, 1)"
+  return f"decode|resize_small({math.floor(size / loaded.crop_pct)})|central_crop({size})|value_range(0, 1)"
+
+
+def load_data(args: argparse.Namespace, loaded: Loaded) -> EvalData:
+  """The evaluation set of --data / --split / --num_examples for `loaded` (see the module docstring)."""
+  config = loaded.run_config
+  name = args.data or (str(config.data.name) if config is not None else None)
+  if not name:
+    raise ValueError("--data: name the evaluation data: an embedded dataset "
+                     f"{offline.DATASETS}, folder:<root> or tfds:<name>[:split]")
+  own = config is not None and name == str(config.data.name)
+  is_embedded = not name.startswith(("tfds:", "folder:"))
+  split = args.split or ("test" if is_embedded or name.startswith("tfds:") or own else "val")
+  if own:
+    split = config.data.get(f"{split}_split") or split
+  size, batch = loaded.model.image_size, args.batch_size
+  if is_embedded:
+    dataset_name = name.removeprefix("offline:")
+    if dataset_name not in offline.DATASETS:
+      raise ValueError(f"--data {name!r}: unknown dataset; expected one of {offline.DATASETS}, folder:<root> or "
+                       "tfds:<name>[:split]")
+    seed = int(config.data.get("seed") or 0) if own else 0
+    count = args.num_examples or (config.data.get(f"num_{args.split or 'test'}") if own else None)
+    dataset = offline.load(dataset_name, split, image_size=size, num_examples=count, seed=seed)
+    batches = lambda: offline.iterate_batches(dataset, batch, shuffle=False, drop_remainder=False, num_epochs=1)
+    return EvalData(batches, len(dataset), dataset.num_classes, f"{dataset_name} {split} ({len(dataset)} examples)")
+  data_dir = args.data_dir or (config.data.get("data_dir") if own else None)
+  source = pipeline.get_source(name, split, data_dir=data_dir)
+  if args.num_examples:
+    source = _First(source, args.num_examples)
+  preprocess = eval_preprocess(loaded)
+  batches = lambda: pipeline.make_iterator(source, batch_size=batch, preprocess=preprocess, shuffle=False,
+                                           drop_remainder=False, num_epochs=1, num_threads=args.num_threads)
+  shown = name if name.startswith("tfds:") and name.count(":") > 1 else f"{name} {split}"
+  return EvalData(batches, len(source), getattr(source, "num_classes", None), f"{shown} ({len(source)} examples)")
+
+
+def check_classes(data: EvalData, loaded: Loaded, data_name: str) -> None:
+  """The data's class count must be the head's."""
+  heads = loaded.model.num_classes
+  if heads < 1:
+    raise ValueError(f"--model has no classifier head (num_classes=0); pass --num_classes or a checkpoint with a head")
+  if data.num_classes is not None and data.num_classes != heads:
+    raise ValueError(f"--data {data_name!r} has {data.num_classes} classes but the model's head has {heads}: evaluate "
+                     f"a dataset with the model's {heads} classes (or a model trained on this data)")
+
+
+# --- reductions and outputs ----------------------------------------------------------------------
+
+
+def reduction_specs(args: argparse.Namespace) -> list[tuple[str, Any]]:
+  """[(label, built method or calibration spec)], "none" first and once; every spec built (and checked) now."""
+  specs = list(args.reduction or [])
+  if args.config:
+    from tokax.train.config_utils import load_config_file
+
+    config = load_config_file(args.config)
+    if "reductions" not in config:
+      raise ValueError(f"--config {args.config!r}: get_config() has no 'reductions' list (e.g. "
+                       "config.reductions = ['tome:8', 'evit:0.7'])")
+    specs += list(config.reductions)
+  out = [("none", None)]
+  for spec in specs:
+    label = spec if isinstance(spec, str) else json.dumps(dict(spec.to_dict() if hasattr(spec, "to_dict") else spec))
+    try:
+      method = reductions.build(spec)
+    except ValueError as e:
+      raise ValueError(f"--reduction {label!r}: {e}") from None
+    if method is not None and label not in [l for l, _ in out]:
+      out.append((label, method))
+  return out
+
+
+def _is_run(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, "config.json")) and os.path.isdir(os.path.join(directory, "checkpoints"))
+
+
+def resolve_out(out: str | None, workdir: str | None) -> str:
+  """--out, checked: never inside a run's workdir except its evaluate/ folder (default for a workdir model)."""
+  if not out:
+    if workdir is None:
+      raise ValueError("--out: name the output directory (only a workdir model has a default, <workdir>/evaluate)")
+    out = os.path.join(workdir, "evaluate")
+  real = os.path.realpath(out)
+  directory = real
+  while True:
+    if _is_run(directory):
+      allowed = os.path.join(directory, "evaluate")
+      if real != allowed and not real.startswith(allowed + os.sep):
+        raise ValueError(f"--out {out!r} is inside the run {directory!r}, which is not tokax.evaluate's to write: "
+                         f"use {allowed} (the default for that run) or a directory outside the run")
+      break
+    parent = os.path.dirname(directory)
+    if parent == directory:
+      break
+    directory = parent
+  return out
+
+
+def _percent(value: float | None, random_weights: bool) -> str:
+  if value is None:
+    return "-"
+  return f"{100 * value:.1f}%" + (" (random weights)" if random_weights else "")
+
+
+def to_markdown(rows: Sequence[Mapping[str, Any]], *, random_weights: bool = False) -> str:
+  """The table: method, tokens after the last block, GFLOPs/img, images/s, top-1, top-5, agreement with dense."""
+  lines = ["| method | tokens (last block) | GFLOPs/img | images/s | top-1 | top-5 | agreement with dense |",
+           "|---|---|---|---|---|---|---|"]
+  for row in rows:
+    tokens = row["tokens"] if isinstance(row["tokens"], int) else f"{row['tokens']:.1f} (mean valid)"
+    speed = "-" if row.get("images_per_s") is None else f"{row['images_per_s']:,.1f}"
+    lines.append(f"| {row['method']} | {tokens} | {row['gflops_per_image']:.3f} | {speed} | "
+                 f"{_percent(row['top1'], random_weights)} | {_percent(row['top5'], random_weights)} | "
+                 f"{100 * row['agreement']:.1f}% |")
+  return "\n".join(lines)
+
+
+def calibration_batches(data: EvalData, loaded: Loaded, count: int) -> list[jax.Array]:
+  """The first `count` eval batches' images (padding dropped), as model inputs: what calibrate_dtome reads."""
+  input_fn, out = loaded.input_fn(), []
+  for batch in data.batches():
+    images = np.asarray(batch["image"])[np.asarray(batch["mask"], bool)]
+    if len(images):
+      out.append(input_fn(jnp.asarray(images)))
+    if len(out) >= count:
+      break
+  return out
+
+
+def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, Any]:
+  """Runs the evaluation of parsed `args`; writes the outputs and returns results.json's dict plus "table",
+  "out" and "predictions" (row method -> (N,) int32 top-1 predictions, in the data's order)."""
+  from tokax.bench import measure, tradeoff
+
+  specs = reduction_specs(args)
+  workdir = args.model if os.path.isdir(args.model) else None
+  if workdir is not None:
+    from tokax.train.tasks import base
+    base.read_config(workdir)  # a directory without a run fails here, before --out is checked
+  out = resolve_out(args.out, workdir)
+  loaded = load_model(args)
+  data = load_data(args, loaded)
+  check_classes(data, loaded, args.data or "the run's data")
+  dtype = jnp.dtype(args.dtype)
+  model = loaded.model.clone(dtype=dtype, attention=None if args.attention == "auto" else args.attention)
+  variables = jax.device_put(jax.tree.map(
+      lambda p: jnp.asarray(p, dtype) if jnp.issubdtype(jnp.asarray(p).dtype, jnp.floating) else p, loaded.variables))
+  input_fn = loaded.input_fn()
+  bar = None
+  if progress:
+    from tqdm import tqdm
+
+    steps = -(-data.num_examples // args.batch_size)
+    bar = lambda label: (lambda it: tqdm(it, total=steps, desc=label, unit="batch", leave=False))
+  rows: list[dict[str, Any]] = []
+  predictions: dict[str, np.ndarray] = {}  # (N,) top-1 per row; returned, not written
+  dense_predictions = None
+  for label, method in specs:
+    note = None
+    if getattr(method, "needs_calibration", False):
+      images = calibration_batches(data, loaded, args.calibration_batches)
+      method = reductions.calibrate_dtome(model, variables, images, method)
+      note = f"calibrated on the first {sum(len(b) for b in images)} eval images (labels unused)"
+    row = measure.reduction_row(model, variables, method, data.batches, dense_predictions,
+                                method="dense" if method is None else label, input_fn=input_fn,
+                                bench_batch_size=args.bench_batch_size or args.batch_size, dtype=dtype,
+                                warmup=args.warmup, repeats=args.repeats, progress=bar and bar(label))
+    if dense_predictions is None:
+      dense_predictions = row["predictions"]
+    predictions[row["method"]] = row.pop("predictions")
+    row.update(spec=label, note=note)
+    rows.append(row)
+  device = jax.devices()[0].device_kind
+  arch = model.arch
+  caption = (f"{loaded.description}: ViT {model.variant} (width {arch.width}, depth {arch.depth}) at "
+             f"{model.image_size} px on {data.description}; images/s at batch {args.bench_batch_size or args.batch_size}, "
+             f"{args.dtype}, on {device} (jax {jax.__version__})"
+             + ("; random weights: accuracy is not meaningful" if loaded.random_weights else ""))
+  result = {"caption": caption, "model": args.model, "data": data.description, "device": device,
+            "random_weights": loaded.random_weights, "num_examples": data.num_examples, "rows": rows}
+  table = to_markdown(rows, random_weights=loaded.random_weights)
+  notes = [f"{row['method']}: {row['note']}" for row in rows if row.get("note")]
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join([caption, "", table, *notes]) + "\n")
+  tradeoff.plot_accuracy_vs_gflops(rows, os.path.join(out, "accuracy_vs_gflops.png"), title=data.description)
+  result.update(table=table, out=out, predictions=predictions)
+  return result
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m tokax.evaluate", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", required=True, help="a tokax run's workdir, a timm .safetensors/.pth file (with "
+                      "--timm_name), a big_vision .npz, or timm:<name> (random weights)")
+  parser.add_argument("--timm_name", help="timm architecture of a .safetensors/.pth file, e.g. vit_small_patch16_224")
+  parser.add_argument("--variant", help="ViT variant of an .npz (e.g. B/16); default: read off its shapes")
+  parser.add_argument("--image_size", type=int, help="default: read off the weights' position embedding")
+  parser.add_argument("--num_classes", type=int, help="default: read off the weights' head")
+  parser.add_argument("--data", help=f"{'/'.join(offline.DATASETS)}, folder:<root> or tfds:<name>[:split]; "
+                      "default for a workdir: its own data")
+  parser.add_argument("--split", help="default: test (embedded, tfds, a workdir's data) or val (folder)")
+  parser.add_argument("--data_dir", help="tfds data_dir")
+  parser.add_argument("--num_examples", type=int, help="evaluate the first N examples only")
+  parser.add_argument("--reduction", action="append", help="a tokax.reduction spec (tome:8, evit:0.7, ...); repeat")
+  parser.add_argument("--config", help="a file.py[:arg] whose get_config() has a `reductions` list")
+  parser.add_argument("--out", help="output directory (default for a workdir: <workdir>/evaluate)")
+  parser.add_argument("--batch_size", type=int, default=64, help="evaluation batch")
+  parser.add_argument("--bench_batch_size", type=int, help="images/s timing batch (default: --batch_size)")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+  parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
+  parser.add_argument("--calibration_batches", type=int, default=4, help="eval batches that calibrate dtome")
+  parser.add_argument("--num_threads", type=int, default=8, help="input pipeline threads (folder / tfds)")
+  parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+  args = parser.parse_args(argv)
+  for name in ("num_examples", "batch_size", "repeats", "calibration_batches", "image_size", "num_classes"):
+    value = getattr(args, name)
+    if value is not None and value < (0 if name == "num_classes" else 1):
+      parser.error(f"--{name} must be positive; got {value}")
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Parses argv, evaluates, prints the caption and the table; returns evaluate()'s result."""
+  args = parse_args(argv)
+  result = evaluate(args, progress=not args.no_progress)
+  print(result["caption"] + "\n\n" + result["table"], flush=True)
+  print(f"outputs in {result['out']}")
+  return result
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except ValueError as e:  # bad input: the message names the thing and the fix
+    sys.exit(f"python -m tokax.evaluate: error: {e}")
