@@ -280,8 +280,10 @@ def _paste(canvas: np.ndarray, alpha: np.ndarray, y_u: float, x_u: float, colour
   size = canvas.shape[0]
   h, w = min(alpha.shape[0], size), min(alpha.shape[1], size)
   top, left = _pick(y_u, size - h + 1), _pick(x_u, size - w + 1)
-  region = canvas[top:top + h, left:left + w]
-  region += alpha[:h, :w, None] * (colour - region)
+  alpha = alpha[:h, :w]
+  for c in range(3):  # per channel: broadcasting alpha over a last axis of 3 is several times slower
+    region = canvas[top:top + h, left:left + w, c]
+    region += alpha * (colour[c] - region)
   return top, left, h, w
 
 
@@ -296,9 +298,10 @@ def _glyph_colour(draws: np.ndarray, bright: bool) -> np.ndarray:
 def _pyramids(image_size: int) -> tuple[tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...], ...]:
   """offline's background pyramid and its mirror image: [flip][photo][level] -> (rgb, grey).
 
-  rgb (H, W, 3) uint8 is the photo at that crop scale, grey (H, W) uint16 the sum of its channels
-  (for the saturation jitter). Mirrored and summed once here: casting a mirrored (negative-stride)
-  crop costs ~10x a plain one, and a channel sum per example as much as the rest of the jitter.
+  rgb (H, W, 3) uint8 is the photo at that crop scale, grey (H, W, 3) uint8 its channel mean
+  (rounded) in all three channels, for the saturation jitter. Both made once here: casting a
+  mirrored (negative-stride) crop, or broadcasting an (H, W) grey over channels, costs several
+  times the whole jitter.
   """
   pyramid = offline._background_pyramid(image_size)
   result = []
@@ -308,7 +311,8 @@ def _pyramids(image_size: int) -> tuple[tuple[tuple[tuple[np.ndarray, np.ndarray
       pairs = []
       for level in levels:
         rgb = np.ascontiguousarray(level[:, ::-1]) if flip else level
-        grey = rgb.sum(axis=-1, dtype=np.uint16)
+        mean = (rgb.sum(axis=-1, dtype=np.uint16) + 1) // 3
+        grey = np.repeat(mean.astype(np.uint8)[..., None], 3, axis=-1)
         rgb.setflags(write=False)
         grey.setflags(write=False)
         pairs.append((rgb, grey))
@@ -332,10 +336,10 @@ def _background(draws: np.ndarray, image_size: int, bright: bool) -> np.ndarray:
   lift = 0.0 if bright else _DARK_LIFT * 255.0
   canvas = rgb[y:y + image_size, x:x + image_size].astype(np.float32)
   canvas *= np.float32(gain * saturation)
-  offset = grey[y:y + image_size, x:x + image_size].astype(np.float32)
-  offset *= np.float32(gain * (1.0 - saturation) / 3.0)
-  offset += np.float32(lift + 0.5)
-  canvas += offset[..., None]
+  mixed = grey[y:y + image_size, x:x + image_size].astype(np.float32)
+  mixed *= np.float32(gain * (1.0 - saturation))
+  mixed += np.float32(lift + 0.5)
+  canvas += mixed
   return canvas
 
 
