@@ -40,6 +40,7 @@ example that drew a skipped font uses the next loaded one in FONT_FILES' order.
 """
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 import functools
 import math
@@ -289,9 +290,9 @@ def _paste(canvas: np.ndarray, alpha: np.ndarray, y_u: float, x_u: float, colour
 
 def _glyph_colour(draws: np.ndarray, bright: bool) -> np.ndarray:
   """(3,) float32 glyph colour on the 0..255 scale."""
-  rgb = offline._hsv_to_rgb(np.array([draws[_HUE]]), np.array([_between(draws[_SATURATION], _GLYPH_SATURATION)]))[0]
   value = _between(draws[_VALUE], _BRIGHT_VALUE if bright else _DARK_VALUE)
-  return (rgb * np.float32(255.0 * value)).astype(np.float32)
+  rgb = colorsys.hsv_to_rgb(draws[_HUE], _between(draws[_SATURATION], _GLYPH_SATURATION), value)
+  return np.array(rgb, np.float32) * np.float32(255.0)
 
 
 @functools.lru_cache(maxsize=2)
