@@ -1,11 +1,12 @@
 r"""Measures how fast tokax.data.glyphs renders: ms per image on one core, and images/s on several processes.
 
-  python scripts/glyphs_generation_speed.py --sizes 224,112 --processes 16 --pool_images 100000
+  python scripts/glyphs_generation_speed.py --sizes 224,112 --processes 16 --pool_images 100000 --pipeline_workers 14
 
 One core: CPU time (process_time) of build() over `--images` images after a warm-up that fills the caches
 (background pyramid, glyph masks), best of 3. Several: `--processes` spawned processes each render their
 share of `--pool_images` 224 px images (GlyphSource indices, as the pipeline's workers do), wall time
-including each worker's cache warm-up.
+including each worker's cache warm-up. `--pipeline_workers`: batches/s of the input pipeline (tokax.data.pipeline)
+over GlyphSource with that many worker processes, as configs/glyphs_vit.py trains.
 """
 import argparse
 import multiprocessing
@@ -44,6 +45,9 @@ def main() -> None:
   parser.add_argument("--images", type=int, default=1000)
   parser.add_argument("--processes", type=int, default=0)
   parser.add_argument("--pool_images", type=int, default=100_000)
+  parser.add_argument("--pipeline_workers", type=int, default=0,
+                      help="also time pipeline.make_iterator('glyphs', batch 256, 224 px) with this many processes")
+  parser.add_argument("--pipeline_batches", type=int, default=200)
   args = parser.parse_args()
   print(f"cpu_count={os.cpu_count()}", flush=True)
   for size in [int(s) for s in args.sizes.split(",")]:
@@ -59,6 +63,20 @@ def main() -> None:
     wall = time.perf_counter() - start
     print(f"{p} processes: {n} images at 224 px in {wall:.1f} s ({n / wall:.0f} images/s, "
           f"including each worker's warm-up)", flush=True)
+
+  if args.pipeline_workers:
+    from tokax.data import pipeline
+
+    it = pipeline.make_iterator("glyphs", batch_size=256, preprocess="resize(224)", num_workers=args.pipeline_workers,
+                                source_kwargs=dict(image_size=224, num_examples=2_560_000))
+    next(it)  # workers started and warm
+    start = time.perf_counter()
+    for _ in range(args.pipeline_batches):
+      next(it)
+    wall = time.perf_counter() - start
+    it.close()
+    print(f"pipeline, {args.pipeline_workers} worker processes: {256 * args.pipeline_batches / wall:.0f} images/s "
+          f"at 224 px (uint8, batch 256, after the first batch)", flush=True)
 
 
 if __name__ == "__main__":
