@@ -9,9 +9,11 @@ Default (GPU): ViT-Ti/16 at 224 px (196 patch tokens + cls, mostly background), 
 10,000 steps = 2.56M images, each a different rendering (num_train = 2.56M: one epoch, so no image is seen
 twice), AdamW lr 1e-3 with 1,000 warm-up steps and cosine decay, weight decay 0.05, label smoothing 0.1,
 random shifts of up to 8 px (no flips: they mirror letters). ~4.5 min of training at ~10k images/s on one
-H100. The images are rendered on the fly by the input pipeline (14 worker processes; ~0.9 ms of one core per
-224 px image, so ~15k images/s on a 16-core host, see the glyphs commit's measurements): nothing is
-pre-generated. Val and test are fixed sets of 10,000 images each (rendered once per evaluation pass).
+H100. The images are rendered on the fly by the input pipeline (14 worker processes): nothing is pre-generated.
+Rendering takes ~1.0 ms of CPU per 224 px image on one core (scripts/glyphs_generation_speed.py, measured on a
+loaded 2-core CPU), so 14 workers should give ~12-14k images/s (extrapolated; not yet measured on the GPU host:
+if the GPU waits for data, compare train/images_per_s with that script's --pipeline_workers 14). Val and test
+are fixed sets of 10,000 images each, rendered again at each evaluation pass.
 
 Data goes through tokax.data.pipeline (config.data.preprocess set): GlyphSource yields uint8 images at
 model.image_size, which the trainer reads as 0..255 on the device; "resize(S)" is a no-op at that size.
