@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tokax.data import offline, transforms
+from tokax.data import glyphs, offline, transforms
 
 _EXAMPLE_SALT = 0x54524E53
 _BATCH_SALT = 0x4D495842
@@ -90,6 +90,8 @@ def get_source(name: str, split: str = "train", *, data_dir: str | None = None, 
     root = name[len("folder:"):]
     return ImageFolder(os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root)
   dataset = name.removeprefix("offline:")
+  if dataset.partition(":")[0] == "glyphs":  # rendered on access, uint8 (tokax.data.glyphs)
+    return glyphs.source(dataset, split, **offline_kwargs)
   if dataset not in offline.DATASETS:
     raise ValueError(f"data.name: unknown dataset {name!r}; expected 'tfds:<name>[:split]', 'folder:<root>' or "
                      f"one of {offline.DATASETS}")
