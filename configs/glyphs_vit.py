@@ -44,10 +44,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      num_threads=8, num_workers=14)
   config.augment = dict(max_shift=8)
 
+  # ViT(**fields) (tokax.train.model.MODELS[name]); num_classes: the data's (32).
   config.model = dict(
-      variant=arg.variant, image_size=image_size, pool="cls", drop_path=0.0, dtype="bfloat16",
+      name="vit", variant=arg.variant, image_size=image_size, pool="cls", drop_path=0.0, dtype="bfloat16",
       width=size["width"], depth=size["depth"], num_heads=size["heads"], mlp_dim=4 * size["width"])
-  config.reduction = dict(name="none", r=0, prop_attn=False)  # trained dense; reduction is applied at test
+  # A tokax.reduction.build spec (trained dense; reductions are applied at evaluation): --config.reduction=tome:8.
+  config.reduction = "none"
 
   config.batch_size = 256
   config.total_steps = 10_000

@@ -17,7 +17,7 @@ a timm state dict (.safetensors, .pth/.pt/.bin) with --timm_name (the architectu
 name; timm is optional: without it, vit_/deit_ names are parsed), a big_vision / AugReg .npz, or
 `timm:<name>` (random weights).
 
-Data (--data): an embedded dataset (tokax.data.offline.DATASETS), `folder:<root>` (root/<split>,
+Data (--data): an embedded dataset (tokax.data.embedded.DATASETS), `folder:<root>` (root/<split>,
 default split "val"), `tfds:<name>[:split]` (default split "test"); a workdir's default is its own
 data and test split. --num_examples N keeps the first N. Preprocessing: a workdir's own
 data.preprocess_eval and [-1, 1] inputs; timm / AugReg weights get the standard eval transform
@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokax import reduction as reductions
-from tokax.data import offline, pipeline, transforms
+from tokax.data import embedded, offline, pipeline, transforms
 
 DEFAULT_CROP_PCT = 0.875
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".pth.tar")
@@ -351,7 +351,7 @@ def load_data(args: argparse.Namespace, loaded: Loaded) -> EvalData:
   name = args.data or (str(config.data.name) if config is not None else None)
   if not name:
     raise ValueError("--data: name the evaluation data: an embedded dataset "
-                     f"{offline.DATASETS}, folder:<root> or tfds:<name>[:split]")
+                     f"{embedded.DATASETS}, folder:<root> or tfds:<name>[:split]")
   own = config is not None and name == str(config.data.name)
   is_embedded = not name.startswith(("tfds:", "folder:"))
   split = args.split or ("test" if is_embedded or name.startswith("tfds:") or own else "val")
@@ -360,12 +360,12 @@ def load_data(args: argparse.Namespace, loaded: Loaded) -> EvalData:
   size, batch = loaded.model.image_size, args.batch_size
   if is_embedded:
     dataset_name = name.removeprefix("offline:")
-    if dataset_name not in offline.DATASETS:
-      raise ValueError(f"--data {name!r}: unknown dataset; expected one of {offline.DATASETS}, folder:<root> or "
+    if not embedded.is_embedded(dataset_name):
+      raise ValueError(f"--data {name!r}: unknown dataset; expected one of {embedded.DATASETS}, folder:<root> or "
                        "tfds:<name>[:split]")
     seed = int(config.data.get("seed") or 0) if own else 0
     count = args.num_examples or (config.data.get(f"num_{args.split or 'test'}") if own else None)
-    dataset = offline.load(dataset_name, split, image_size=size, num_examples=count, seed=seed)
+    dataset = embedded.load(dataset_name, split, image_size=size, num_examples=count, seed=seed)
     batches = lambda: offline.iterate_batches(dataset, batch, shuffle=False, drop_remainder=False, num_epochs=1)
     return EvalData(batches, len(dataset), dataset.num_classes, f"{dataset_name} {split} ({len(dataset)} examples)")
   data_dir = args.data_dir or (config.data.get("data_dir") if own else None)
@@ -547,7 +547,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--variant", help="ViT variant of an .npz (e.g. B/16); default: read off its shapes")
   parser.add_argument("--image_size", type=int, help="default: read off the weights' position embedding")
   parser.add_argument("--num_classes", type=int, help="default: read off the weights' head")
-  parser.add_argument("--data", help=f"{'/'.join(offline.DATASETS)}, folder:<root> or tfds:<name>[:split]; "
+  parser.add_argument("--data", help=f"{'/'.join(embedded.DATASETS)}, folder:<root> or tfds:<name>[:split]; "
                       "default for a workdir: its own data")
   parser.add_argument("--split", help="default: test (embedded, tfds, a workdir's data) or val (folder)")
   parser.add_argument("--data_dir", help="tfds data_dir")

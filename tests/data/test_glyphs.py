@@ -6,7 +6,7 @@ import socket
 import numpy as np
 import pytest
 
-from tokax.data import glyphs, offline, pipeline
+from tokax.data import embedded, glyphs, offline, pipeline
 
 SMALL = 32
 
@@ -206,7 +206,7 @@ def test_source_runs_through_the_pipeline():
 
 
 def test_offline_load_view():
-  ds = offline.load("glyphs:distractors=2", "val", image_size=SMALL, num_examples=6, seed=3)
+  ds = embedded.load("glyphs:distractors=2", "val", image_size=SMALL, num_examples=6, seed=3)
   assert isinstance(ds, offline.ArrayDataset) and ds.num_classes == glyphs.NUM_CLASSES
   assert ds.images.dtype == np.float32 and ds.images.shape == (6, SMALL, SMALL, 3)
   images, labels, _ = glyphs.generate("val", np.arange(6), image_size=SMALL, seed=3, distractors=2)

@@ -36,7 +36,7 @@ example that drew a skipped font uses the next loaded one in FONT_FILES' order.
   source[7]   # {"image": (224, 224, 3) uint8, "label": int}
   images, labels = build("val", 512, image_size=112)   # (512, 112, 112, 3) uint8, (512,) int32
   pipeline.get_source("glyphs", "train", image_size=224, num_examples=...)   # the same Source
-  offline.load("glyphs", "test", image_size=64)   # an offline.ArrayDataset (float32)
+  embedded.load("glyphs", "test", image_size=64)   # an offline.ArrayDataset (float32)
 """
 from __future__ import annotations
 

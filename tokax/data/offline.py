@@ -145,9 +145,6 @@ def load(
   Returns:
     An ArrayDataset with images (N, S, S, 3) float32 in [0, 1] and labels (N,) int32.
   """
-  if isinstance(name, str) and name.partition(":")[0] == "glyphs":
-    from tokax.data import glyphs  # noqa: PLC0415 (glyphs imports this module)
-    return glyphs.load(name, split, image_size=image_size, num_examples=num_examples, seed=seed)
   _check_choice("name", name, DATASETS)
   _check_choice("split", split, SPLITS)
   _check_int("seed", seed, minimum=0)

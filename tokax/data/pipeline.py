@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tokax.data import glyphs, offline, transforms
+from tokax.data import embedded, glyphs, offline, transforms
 
 _EXAMPLE_SALT = 0x54524E53
 _BATCH_SALT = 0x4D495842
@@ -78,7 +78,7 @@ class ArraySource:
 def get_source(name: str, split: str = "train", *, data_dir: str | None = None, **offline_kwargs: Any) -> Source:
   """A Source by name (see the module docstring); offline_kwargs go to offline.load (image_size, ...)."""
   if not isinstance(name, str) or not name:
-    raise ValueError(f"data.name: expected 'tfds:<name>[:split]', 'folder:<root>' or one of {offline.DATASETS}; "
+    raise ValueError(f"data.name: expected 'tfds:<name>[:split]', 'folder:<root>' or one of {embedded.DATASETS}; "
                      f"got {name!r}")
   if name.startswith("tfds:"):
     from tokax.data import tfds  # noqa: PLC0415 (tensorflow-datasets is optional)
@@ -89,13 +89,9 @@ def get_source(name: str, split: str = "train", *, data_dir: str | None = None, 
 
     root = name[len("folder:"):]
     return ImageFolder(os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root)
-  dataset = name.removeprefix("offline:")
-  if dataset.partition(":")[0] == "glyphs":  # rendered on access, uint8 (tokax.data.glyphs)
-    return glyphs.source(dataset, split, **offline_kwargs)
-  if dataset not in offline.DATASETS:
-    raise ValueError(f"data.name: unknown dataset {name!r}; expected 'tfds:<name>[:split]', 'folder:<root>' or "
-                     f"one of {offline.DATASETS}")
-  return ArraySource(offline.load(dataset, split, **offline_kwargs))
+  if embedded.check_name(name) == "glyphs":  # rendered on access, uint8 (tokax.data.glyphs)
+    return glyphs.source(name.removeprefix("offline:"), split, **offline_kwargs)
+  return ArraySource(embedded.load(name, split, **offline_kwargs))
 
 
 class DataIterator(Iterator[dict[str, np.ndarray]]):

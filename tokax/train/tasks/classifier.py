@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from tokax import reduction
-from tokax.data import offline, pipeline
+from tokax.data import embedded, offline, pipeline
 from tokax.train import evaluate, objectives, optim, sharding
 from tokax.train.config_utils import durations_from_config, load_config_file, steps
 from tokax.train.model import build_model
@@ -78,8 +78,8 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> offline.ArrayDa
   """
   d = config.data
   if is_offline(d.name):
-    return offline.load(str(d.name).removeprefix("offline:"), split, image_size=config.model.image_size,
-                        num_examples=d.get(f"num_{split}"), seed=d.seed)
+    return embedded.load(d.name, split, image_size=config.model.image_size, num_examples=d.get(f"num_{split}"),
+                         seed=d.seed)
   split_source = source(config, split)
   images, labels = [], []
   for batch in eval_batches(config, split_source):
@@ -127,14 +127,14 @@ def train_data(config: ml_collections.ConfigDict, train_source: pipeline.Source,
 def num_classes_of(config: ml_collections.ConfigDict, train_source: pipeline.Source | None = None) -> int:
   """config.model.num_classes, else the train source's, else config.data.num_classes (they must agree).
 
-  Without a source (restoring from config.json), an embedded dataset has offline.NUM_CLASSES.
+  Without a source (restoring from config.json), an embedded dataset says its own (embedded.num_classes).
   """
   given = {"config.model.num_classes": config.model.get("num_classes"),
            "config.data.num_classes": config.data.get("num_classes")}
   if train_source is not None:
     given["the data"] = getattr(train_source, "num_classes", None)
   elif is_offline(config.data.name):
-    given["the data"] = offline.NUM_CLASSES
+    given["the data"] = embedded.num_classes(config.data.name)
   values = {k: int(v) for k, v in given.items() if v}
   if len(set(values.values())) > 1:
     raise ValueError(f"num_classes: {', '.join(f'{k} says {v}' for k, v in values.items())}; make them agree "
