@@ -372,10 +372,16 @@ def test_invalid_keeping_ratio_raises(ratio):
     keep_schedule(196, 4, ratio)
 
 
-@pytest.mark.parametrize("blocks", [(), (1, 0, 2), (1, -1), (1.0, 2), "12", None, (True, 1)])
+@pytest.mark.parametrize("blocks", [(), (1, 0, 2), (1, -1), (1.0, 2), "12", (True, 1)])
 def test_invalid_stage_blocks_raise(blocks):
   with pytest.raises(ValueError, match="Slim.stage_blocks"):
     Slim(stage_blocks=blocks)
+
+
+def test_no_stage_blocks_means_four_near_equal_stages_of_the_depth():
+  assert Slim().stages(12) == (3, 3, 3, 3) and Slim().stages(6) == (2, 2, 1, 1) and Slim().stages(2) == (1, 1)
+  with pytest.raises(ValueError, match="Slim.stage_blocks"):
+    Slim(stage_blocks=(2, 2)).stages(12)
 
 
 def test_stage_blocks_inconsistent_with_depth_raise_naming_the_field():
