@@ -41,10 +41,10 @@ state = {k: torch.from_numpy(v.astype("float32")).to(torch.bfloat16).contiguous(
 save_file(state, sys.argv[2], metadata={"step": str(run.step)})
 print("exported", len(state), "arrays at step", run.step)
 EOF
-run evaluate $((TRAIN_S + 170)) "$PY" -m tokax.evaluate --model "$WORK" --num_examples 2000 --batch_size 250 \
-  --bench_batch_size 256 --dtype bfloat16 --no_progress --out "$WORK/evaluate" \
-  --reduction tome:4 --reduction tome:8 --reduction tome:12 --reduction pitome:0.9 --reduction evit:0.7 \
-  --reduction mctf:8 --reduction divprune:0.5 --reduction fastervlm:0.5
+REDUCTIONS=${TOKAX_REDUCTIONS:-tome:4 tome:8 tome:12 pitome:0.9 evit:0.7 mctf:8 divprune:0.5 fastervlm:0.5}
+run evaluate $((TRAIN_S + ${TOKAX_EVAL_S:-170})) "$PY" -m tokax.evaluate --model "$WORK" --num_examples 2000 \
+  --batch_size 250 --bench_batch_size 256 --dtype bfloat16 --no_progress --out "$WORK/evaluate" \
+  $(for r in $REDUCTIONS; do printf -- '--reduction %s ' "$r"; done)
 cp "$WORK/evaluate/results.md" "$OUT_DIR/evaluate.md" 2>/dev/null
 cp "$WORK/evaluate/results.json" "$OUT_DIR/evaluate.json" 2>/dev/null
 grep -h '"test/accuracy"' "$WORK/metrics.jsonl" | tail -1
