@@ -48,7 +48,7 @@ def measure_run(name: str, workdir: str, *, batch_size: int = 256, dtype: Any = 
   if run.task != "classifier":
     raise restore.RunError(f"{workdir!r} holds a {run.task} run; compare_runs measures classifiers")
   model, step = run.model.clone(dtype=jnp.dtype(dtype)), run.step
-  variables = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, run.variables)
+  variables = measure.cast_floating(run.variables, dtype)
   data = classifier.load_split(run.config, split)
   row = measure.reduction_row(model, variables, model.reduction, data, method=name, eval_batch_size=eval_batch_size,
                               bench_batch_size=batch_size, dtype=jnp.dtype(dtype), warmup=warmup, repeats=repeats)

@@ -77,6 +77,12 @@ def vit_forward_gflops(model: Any, params: Any, batch_shape: tuple[int, ...], dt
   return cpu_gflops_per_image(lambda p, x: xla.apply(p, x), params, batch_shape, dtype)
 
 
+def cast_floating(variables: Any, dtype: Any) -> Any:
+  """`variables` with every floating leaf in `dtype` (the dtype to time and count in); other leaves as they are."""
+  return jax.tree.map(lambda p: jnp.asarray(p, dtype) if jnp.issubdtype(jnp.result_type(p), jnp.floating) else p,
+                      variables)
+
+
 # --- the timer -----------------------------------------------------------------------------------------
 
 

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokax.bench import measure
-from tokax.models.vit import Block, ViT
+from tokax.models.vit import ViT
 from tokax.reduction import METHODS, Tokens, build, calibrate_dtome
 from tokax.reduction.base import layer_scores
 
@@ -297,10 +297,6 @@ class Setup:
   calibration_images: np.ndarray | None = None  # (N, H, W, 3) in [0, 1]
 
 
-def _cast(params: Any, dtype: Any) -> Any:
-  return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
-
-
 def _overrides(config: Any) -> dict[str, Any]:
   return dict(dtype=jnp.dtype(config.dtype), attention=None if config.attention == "auto" else config.attention,
               gelu_approximate=config.gelu_approximate)
@@ -336,12 +332,12 @@ def setup_from_config(config: Any) -> Setup:
     model = model.clone(reduction=None, **overrides)
     evaluation = classifier.load_split(train_config, config.eval_split)
     calibration = classifier.load_split(train_config, config.calibration_split)
-    return Setup(model, _cast(params, dtype),
+    return Setup(model, measure.cast_floating(params, dtype),
                  f"{train_config.data.name} checkpoint at step {step} ({config.checkpoint.workdir})",
                  evaluation, calibration.images)
   model = ViT(**{k: v for k, v in config.model.items()}, **overrides)
   image = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
-  params = _cast(jax.jit(model.init)(jax.random.key(config.seed), image), dtype)
+  params = measure.cast_floating(jax.jit(model.init)(jax.random.key(config.seed), image), dtype)
   return Setup(model, params, "random weights")
 
 
@@ -394,7 +390,7 @@ def trained_rows(config: Any, setup: Setup, settings: Settings, dense: dict[str,
       raise ValueError(f"sweep config: trained.{name} runs at {model.image_size} px, the dense checkpoint at "
                        f"{setup.model.image_size} px; the rows must share the eval images")
     model = model.clone(**_overrides(config))
-    row = block_row(model, _cast(variables, settings.dtype), settings, method=f"{name} (trained)",
+    row = block_row(model, measure.cast_floating(variables, settings.dtype), settings, method=f"{name} (trained)",
                     strength=reduction_label(model.reduction), dense=dense, overhead=False)
     row.update(fine_tuned=True, run=spec.workdir, step=step)
     logging.info("%s (trained): %s", name, row)
