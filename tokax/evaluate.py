@@ -488,8 +488,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
   check_classes(data, loaded, args.data or "the run's data")
   dtype = jnp.dtype(args.dtype)
   model = loaded.model.clone(dtype=dtype, attention=None if args.attention == "auto" else args.attention)
-  variables = jax.device_put(jax.tree.map(
-      lambda p: jnp.asarray(p, dtype) if jnp.issubdtype(jnp.asarray(p).dtype, jnp.floating) else p, loaded.variables))
+  variables = jax.device_put(measure.cast_floating(loaded.variables, dtype))
   input_fn = loaded.input_fn()
   bar = None
   if progress:

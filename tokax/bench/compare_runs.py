@@ -7,9 +7,10 @@ with their reductions) go in as --run NAME=WORKDIR:
       --run "T2T-ViT-7=/tmp/cd_t2t7" --run "ViT-Ti/16=/tmp/cd_vit_ti16"
 
 Each run is restored by tokax.train.restore.load_run (its config.json and latest checkpoint: a run
-stopped early is measured where it stopped; the step is reported). GFLOPs: XLA's count of the forward with XLA attention (throughput.vit_forward_gflops);
-images/s: the median of timed forwards on random batches, in --dtype. Writes compare.json and
-compare.md into --out and prints the table.
+stopped early is measured where it stopped; the step is reported). Each row's top-1, GFLOPs (XLA's count of
+the forward with XLA attention, lowered for the CPU) and images/s (median of timed forwards on random batches,
+in --dtype) are tokax.bench.measure.reduction_row's, the row of tokax.evaluate and the sweep. Writes
+compare.json and compare.md into --out and prints the table.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokax.bench import throughput
+from tokax.bench import measure
 
 
 def parse_run(text: str) -> tuple[str, str]:
@@ -40,25 +41,23 @@ def parse_run(text: str) -> tuple[str, str]:
 def measure_run(name: str, workdir: str, *, batch_size: int = 256, dtype: Any = jnp.bfloat16,
                 warmup: int = 3, repeats: int = 10, eval_batch_size: int = 250, split: str = "test") -> dict[str, Any]:
   """One row: the run's step, parameter count, top-1 on `split`, GFLOPs per image and images/s."""
-  from tokax.train import evaluate, restore
+  from tokax.train import restore
   from tokax.train.tasks import classifier
 
   run = restore.load_run(workdir)
   if run.task != "classifier":
     raise restore.RunError(f"{workdir!r} holds a {run.task} run; compare_runs measures classifiers")
   model, step = run.model.clone(dtype=jnp.dtype(dtype)), run.step
-  variables = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, run.variables)
+  variables = measure.cast_floating(run.variables, dtype)
   data = classifier.load_split(run.config, split)
-  predictions = evaluate.predict(evaluate.make_predict_fn(model), variables, data, eval_batch_size)
-  shape = (batch_size, model.image_size, model.image_size, 3)
-  timing = throughput.measure(lambda p, x: model.apply(p, x), variables, shape, jnp.dtype(dtype),
-                              warmup=warmup, repeats=repeats)
+  row = measure.reduction_row(model, variables, model.reduction, data, method=name, eval_batch_size=eval_batch_size,
+                              bench_batch_size=batch_size, dtype=jnp.dtype(dtype), warmup=warmup, repeats=repeats)
   return {"name": name, "workdir": workdir, "step": step,
           "image_size": model.image_size,
           "params_m": sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables)) / 1e6,
-          "top1": float(np.mean(predictions == data.labels)), "split": split,
-          "gflops_per_image": throughput.vit_forward_gflops(model, variables, shape, jnp.dtype(dtype)),
-          "images_per_s": timing["images_per_s"], "median_ms": timing["median_ms"]}
+          "top1": row["top1"], "top5": row["top5"], "tokens": row["tokens"], "split": split,
+          "gflops_per_image": row["gflops_per_image"],
+          "images_per_s": row["images_per_s"], "median_ms": row["median_ms"]}
 
 
 def to_markdown(rows: list[dict[str, Any]], caption: str = "") -> str:

@@ -77,6 +77,12 @@ def vit_forward_gflops(model: Any, params: Any, batch_shape: tuple[int, ...], dt
   return cpu_gflops_per_image(lambda p, x: xla.apply(p, x), params, batch_shape, dtype)
 
 
+def cast_floating(variables: Any, dtype: Any) -> Any:
+  """`variables` with every floating leaf in `dtype` (the dtype to time and count in); other leaves as they are."""
+  return jax.tree.map(lambda p: jnp.asarray(p, dtype) if jnp.issubdtype(jnp.result_type(p), jnp.floating) else p,
+                      variables)
+
+
 # --- the timer -----------------------------------------------------------------------------------------
 
 
@@ -133,14 +139,24 @@ def measure(apply_fn: Callable, params: Any, batch_shape: tuple[int, ...], dtype
     {"images_per_s": B / median, "median_ms": median call time, "gflops_per_image": XLA's count / B}
     (the compiled executable's count: on GPUs it misses cuBLAS / cuDNN calls; see vit_forward_gflops).
   """
+  images = jax.ShapeDtypeStruct(tuple(batch_shape), jnp.dtype(dtype))
+  compiled = jax.jit(apply_fn).lower(params, images).compile()
+  return {**time_forward(compiled, params, batch_shape, dtype, warmup=warmup, repeats=repeats, clock=clock),
+          "gflops_per_image": compiled_flops(compiled) / batch_shape[0] / 1e9}
+
+
+def time_forward(fn: Callable, variables: Any, batch_shape: Sequence[int], dtype: Any = jnp.float32, *,
+                 warmup: int = 3, repeats: int = 10, clock: Clock = time.perf_counter) -> dict[str, float]:
+  """Times fn(variables, images) (fn already jitted or compiled) on three random [0, 1) batches in `dtype`.
+
+  Returns {"images_per_s": B / median, "median_ms": median call time} (call_seconds' calls).
+  """
   if repeats < 1:
     raise ValueError(f"measure: repeats must be >= 1; got {repeats}")
   batches = random_batches(tuple(batch_shape), jnp.dtype(dtype))
-  compiled = jax.jit(apply_fn).lower(params, batches[0]).compile()
-  median = statistics.median(call_seconds(lambda x: compiled(params, x), batches, warmup=warmup, repeats=repeats,
+  median = statistics.median(call_seconds(lambda x: fn(variables, x), batches, warmup=warmup, repeats=repeats,
                                           clock=clock))
-  return {"images_per_s": batch_shape[0] / median, "median_ms": median * 1e3,
-          "gflops_per_image": compiled_flops(compiled) / batch_shape[0] / 1e9}
+  return {"images_per_s": batch_shape[0] / median, "median_ms": median * 1e3}
 
 
 # --- post-encoder reducers -----------------------------------------------------------------------------
@@ -253,8 +269,8 @@ def forward_fn(model: Any, reduction: Any, input_fn: Callable[[jax.Array], jax.A
   return forward
 
 
-def _block_counts(model: Any, variables: Any, image_shape: Sequence[int]) -> tuple[int, ...]:
-  """Token slots after each block of `model` on (H, W, 3) images; shapes only, nothing runs."""
+def block_counts(model: Any, variables: Any, image_shape: Sequence[int]) -> tuple[int, ...]:
+  """Token slots after each block of `model` (with its own reduction) on (H, W, 3) images; shapes only, nothing runs."""
   is_block = lambda m, name: name == "__call__" and type(m).__name__ == "Block"
 
   def forward(v, x):
@@ -264,15 +280,47 @@ def _block_counts(model: Any, variables: Any, image_shape: Sequence[int]) -> tup
   return tuple(int(inter[f"blocks_{i}"]["__call__"][0].x.shape[1]) for i in range(model.arch.depth))
 
 
+def row_forward(model: Any, reduction: Any, input_fn: Callable[[jax.Array], jax.Array] = normalize_images
+                ) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
+  """The executable a row runs and times: jitted (variables, images) -> (top-5 classes (B, 5), valid tokens (B,)).
+
+  forward_fn's logits reduced to their top-5 (top-k for fewer classes) and the valid token count after
+  the last block (the slot count unless the method masks).
+  """
+  forward = forward_fn(model, reduction, input_fn)
+  k = min(5, model.num_classes)
+
+  @jax.jit
+  def run(variables, images):
+    logits, tokens = forward(variables, images)
+    valid = (jnp.full(tokens.size.shape[:1], tokens.size.shape[1], jnp.float32) if tokens.mask is None
+             else jnp.sum(tokens.mask, -1).astype(jnp.float32))
+    return jax.lax.top_k(logits.astype(jnp.float32), k)[1], valid
+
+  return run
+
+
+def time_row(model: Any, variables: Any, reduction: Any, batch_shape: Sequence[int], dtype: Any = jnp.float32, *,
+             input_fn: Callable[[jax.Array], jax.Array] = normalize_images, warmup: int = 2, repeats: int = 5,
+             clock: Clock = time.perf_counter) -> dict[str, float]:
+  """{"images_per_s", "median_ms"} of a row's executable (row_forward) alone: what reduction_row times.
+
+  For timings to subtract from a row's (bench.sweep's no-plan bounds): the same executable, batches and timer.
+  """
+  return time_forward(row_forward(model, reduction, input_fn), variables, batch_shape, dtype, warmup=warmup,
+                      repeats=repeats, clock=clock)
+
+
 def _dataset_batches(dataset: offline.ArrayDataset, batch_size: int) -> Batches:
   return lambda: offline.iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
 
 
-def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.ArrayDataset | Batches,
+def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.ArrayDataset | Batches | None,
                   dense_predictions: np.ndarray | None = None, *, method: str | None = None,
                   input_fn: Callable[[jax.Array], jax.Array] = normalize_images, eval_batch_size: int = 64,
                   bench_batch_size: int = 64, dtype: Any = jnp.float32, warmup: int = 2, repeats: int = 5,
-                  timed: bool = True, progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+                  timed: bool = True, image_shape: Sequence[int] | None = None,
+                  progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
                   clock: Clock = time.perf_counter) -> dict[str, Any]:
   """One table row: `model` (a classifier ViT; its own reduction is replaced) with `reduction`.
 
@@ -280,14 +328,17 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
     model, variables: the ViT and what its apply takes ({"params": ...}), in the dtype to time.
     reduction: a built method (tokax.reduction.build; block or "post"), or None for the dense model.
     data: an in-memory dataset (images (N, H, W, 3) in [0, 1]) or a function returning one pass of
-      batches {"image": (B, H, W, 3) in [0, 1] or uint8, "label": (B,), "mask": (B,) bool (padding)}.
+      batches {"image": (B, H, W, 3) in [0, 1] or uint8, "label": (B,), "mask": (B,) bool (padding)};
+      None: no accuracy pass (random weights): top1, top5, agreement and predictions are None, and a
+      masking method's mean valid tokens are read on one random [0, 1) batch of bench_batch_size.
     dense_predictions: (N,) the dense model's top-1 predictions, for the agreement column; None:
       this is the reference row (agreement 1.0).
     method: the row's label (default: type name, "dense" for None).
     input_fn: images -> the model's inputs (normalize_images: [-1, 1]).
     eval_batch_size: batch of an in-memory dataset's accuracy pass.
     bench_batch_size, dtype, warmup, repeats, clock: the timing: the row's jitted forward (with its
-      top-5) on random [0, 1) batches in `dtype`, as call_seconds; timed=False skips it.
+      top-5) on random [0, 1) batches in `dtype`, as time_row; timed=False skips it.
+    image_shape: (H, W, 3) of the images; default: the data's, or (model.image_size,) * 2 + (3,) without data.
     progress: wraps the accuracy pass's batches (a tqdm bar), or None.
 
   Returns:
@@ -295,55 +346,50 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
     output for post reducers), "layer_tokens", "gflops_per_image", "images_per_s", "median_ms", "top1",
     "top5", "agreement", "num_examples", "predictions" ((N,) int32 numpy: pop it before serialising)}.
   """
-  batches = _dataset_batches(data, eval_batch_size) if isinstance(data, offline.ArrayDataset) else data
-  forward = forward_fn(model, reduction, input_fn)
-  k = min(5, model.num_classes)
-
-  @jax.jit
-  def evaluate(v, images):
-    logits, tokens = forward(v, images)
-    valid = (jnp.full(tokens.size.shape[:1], tokens.size.shape[1], jnp.float32) if tokens.mask is None
-             else jnp.sum(tokens.mask, -1).astype(jnp.float32))
-    return jax.lax.top_k(logits.astype(jnp.float32), k)[1], valid
-
-  tops, labels, valid_counts, image_shape = [], [], [], None
-  outputs = []
-  for batch in (progress(batches()) if progress else batches()):
-    images = jnp.asarray(batch["image"])
-    image_shape = images.shape[1:]
-    outputs.append((evaluate(variables, images), np.asarray(batch["mask"], bool), np.asarray(batch["label"])))
-  for (top, valid), mask, label in outputs:
-    tops.append(np.asarray(top)[mask])
-    valid_counts.append(np.asarray(valid)[mask])
-    labels.append(label[mask])
-  if image_shape is None:
-    raise ValueError("reduction_row: the data gave no batches")
-  top, labels = np.concatenate(tops), np.concatenate(labels)
-  predictions = top[:, 0].astype(np.int32)
-  reference = predictions if dense_predictions is None else np.asarray(dense_predictions)
-  if reference.shape != predictions.shape:
-    raise ValueError(f"reduction_row: dense_predictions has {reference.shape[0]} examples, the data {len(predictions)}")
+  evaluate = row_forward(model, reduction, input_fn)
+  row = {"method": method or ("dense" if reduction is None else type(reduction).__name__),
+         "tokens": None, "layer_tokens": None, "gflops_per_image": None, "images_per_s": None, "median_ms": None,
+         "top1": None, "top5": None, "agreement": None, "num_examples": 0, "predictions": None}
+  valid_counts = []
+  if data is not None:
+    batches = _dataset_batches(data, eval_batch_size) if isinstance(data, offline.ArrayDataset) else data
+    tops, labels, outputs = [], [], []
+    for batch in (progress(batches()) if progress else batches()):
+      images = jnp.asarray(batch["image"])
+      image_shape = images.shape[1:]
+      outputs.append((evaluate(variables, images), np.asarray(batch["mask"], bool), np.asarray(batch["label"])))
+    for (top, valid), mask, label in outputs:
+      tops.append(np.asarray(top)[mask])
+      valid_counts.append(np.asarray(valid)[mask])
+      labels.append(label[mask])
+    if not outputs:
+      raise ValueError("reduction_row: the data gave no batches")
+    top, labels = np.concatenate(tops), np.concatenate(labels)
+    predictions = top[:, 0].astype(np.int32)
+    reference = predictions if dense_predictions is None else np.asarray(dense_predictions)
+    if reference.shape != predictions.shape:
+      raise ValueError(f"reduction_row: dense_predictions has {reference.shape[0]} examples, the data {len(predictions)}")
+    row.update(top1=float(np.mean(predictions == labels)),
+               top5=float(np.mean(np.any(top == labels[:, None], axis=1))),
+               agreement=float(np.mean(predictions == reference)), num_examples=int(len(predictions)),
+               predictions=predictions)
+  image_shape = tuple(image_shape or (model.image_size, model.image_size, 3))
+  variable_tokens = getattr(reduction, "variable_tokens", False)
+  if data is None and variable_tokens:
+    batch = random_batches((bench_batch_size, *image_shape), dtype, count=1, seed=1)[0]
+    valid_counts.append(np.asarray(evaluate(variables, batch)[1]))
 
   xla_model = model.clone(attention="xla")
-  gflops = cpu_gflops_per_image(lambda v, x: forward_fn(xla_model, reduction, input_fn)(v, x)[0], variables,
-                                (1, *image_shape), dtype)
-  dense_shape_model = model.clone(reduction=None if is_post(reduction) else reduction)
-  layer_tokens = _block_counts(dense_shape_model, variables, image_shape)
-  out_tokens = jax.eval_shape(lambda v, x: forward(v, x)[1].size, variables,
-                              jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)).shape[1]
-  tokens: float | int = int(out_tokens)
-  if getattr(reduction, "variable_tokens", False):
-    tokens = float(np.mean(np.concatenate(valid_counts)))
-  row = {"method": method or ("dense" if reduction is None else type(reduction).__name__),
-         "tokens": tokens, "layer_tokens": list(layer_tokens), "gflops_per_image": gflops,
-         "images_per_s": None, "median_ms": None,
-         "top1": float(np.mean(predictions == labels)),
-         "top5": float(np.mean(np.any(top == labels[:, None], axis=1))),
-         "agreement": float(np.mean(predictions == reference)),
-         "num_examples": int(len(predictions)), "predictions": predictions}
+  row["gflops_per_image"] = cpu_gflops_per_image(
+      lambda v, x: forward_fn(xla_model, reduction, input_fn)(v, x)[0], variables, (1, *image_shape), dtype)
+  row["layer_tokens"] = list(block_counts(model.clone(reduction=None if is_post(reduction) else reduction), variables,
+                                          image_shape))
+  forward = forward_fn(model, reduction, input_fn)
+  row["tokens"] = int(jax.eval_shape(lambda v, x: forward(v, x)[1].size, variables,
+                                     jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)).shape[1])
+  if variable_tokens:
+    row["tokens"] = float(np.mean(np.concatenate(valid_counts)))
   if timed:  # the accuracy pass's executable, on random batches (the same shapes compile once)
-    batch = random_batches((bench_batch_size, *image_shape), jnp.dtype(dtype))
-    median = statistics.median(call_seconds(lambda x: evaluate(variables, x), batch, warmup=warmup,
-                                            repeats=repeats, clock=clock))
-    row.update(images_per_s=bench_batch_size / median, median_ms=median * 1e3)
+    row.update(time_forward(evaluate, variables, (bench_batch_size, *image_shape), dtype, warmup=warmup,
+                            repeats=repeats, clock=clock))
   return row

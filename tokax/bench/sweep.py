@@ -3,11 +3,12 @@ r"""Every reduction method at several strengths on one model: one table and one 
   python -m tokax.bench.sweep --config configs/sweep_vit_b16.py --workdir /tmp/sweep_b16
   python -m tokax.bench.sweep --config configs/sweep_cluttered_digits.py --workdir /tmp/sweep_digits
 
-For each (method, strength) row: tokens after the last block (the mean valid count for masked
-methods), GFLOPs per image (XLA's cost analysis of the forward with XLA attention, because XLA
-does not count cuDNN's custom calls), images/s of the configured forward (median of timed calls,
-rotating random batches), top-1 on the eval split when the config names one, the speed-up over
-dense and the speed-up that the GFLOPs predict.
+For each (method, strength) row, tokax.bench.measure.reduction_row (the row of tokax.evaluate and
+the main job): tokens after the last block (the mean valid count for masked methods), GFLOPs per
+image (XLA's count of the forward with XLA attention lowered for the CPU, because XLA:GPU does not
+count cuDNN's custom calls), images/s of the configured forward (median of timed calls, rotating
+random batches), and with an eval split top-1, top-5 and the agreement with the dense row's
+predictions. Added here: the speed-up over dense and the speed-up that the GFLOPs predict.
 
 Methods: config.methods (and config.post_methods, read the same way) map a registry name
 (tokax.reduction.METHODS), or "<name>_noprop" for the method without proportional attention, to
@@ -24,7 +25,8 @@ only), once with the attention scores the method asks for and once without. Then
                                            materialised where the method needs them)
 Post-encoder reducers (DivPrune, ToDRE, DCT, FasterVLM's [CLS] selection) leave the encoder's
 compute unchanged; they get their own rows: the reducer's time on the encoder's output tokens
-against the dense forward.
+against the dense forward, and (measure.reduction_row, measure.post_forward) the tokens it keeps,
+the GFLOPs of encoder + reducer + head and, with an eval split, the head's top-1 on its tokens.
 
 Trained rows (config.trained: name -> dict(workdir) of a finished fine-tuning run, e.g. SiT,
 MCTF consistency, DeiT distillation): each run's model with the reduction it was trained with, restored
@@ -42,15 +44,14 @@ import json
 import logging
 import os
 import textwrap
-import time
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokax.bench import throughput
-from tokax.models.vit import Block, ViT
+from tokax.bench import measure
+from tokax.models.vit import ViT
 from tokax.reduction import METHODS, Tokens, build, calibrate_dtome
 from tokax.reduction.base import layer_scores
 
@@ -151,15 +152,7 @@ class ScheduleBound:
     return None if n == self._before(layer) else (lambda tokens, deterministic=True: self._keep(tokens, n))
 
 
-def layer_token_counts(model: ViT, params: Any, image_shape: Sequence[int]) -> tuple[int, ...]:
-  """Token slots after each block of `model` on (H, W, 3) images; static shapes only, nothing runs."""
-  def forward(p, x):
-    _, state = model.apply(p, x, capture_intermediates=lambda m, name: name == "__call__" and isinstance(m, Block),
-                           mutable=["intermediates"])
-    return state["intermediates"]
-
-  inter = jax.eval_shape(forward, params, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
-  return tuple(int(inter[f"blocks_{i}"]["__call__"][0].x.shape[1]) for i in range(model.arch.depth))
+layer_token_counts = measure.block_counts  # token slots after each block of a model (its own reduction); shapes only
 
 
 def bounds(model: ViT, counts: tuple[int, ...], num_tokens: int) -> tuple[ViT, ViT]:
@@ -181,7 +174,7 @@ def bounds(model: ViT, counts: tuple[int, ...], num_tokens: int) -> tuple[ViT, V
 # --- measurements --------------------------------------------------------------------------------
 
 
-forward_gflops = throughput.vit_forward_gflops
+forward_gflops = measure.vit_forward_gflops
 
 
 def params_for(model: ViT, params: Any, image_shape: Sequence[int]) -> tuple[Any, bool]:
@@ -202,84 +195,93 @@ def params_for(model: ViT, params: Any, image_shape: Sequence[int]) -> tuple[Any
   return traverse.unflatten_dict(merged), False
 
 
-def mean_valid_tokens(model: ViT, params: Any, images: jax.Array) -> float:
-  """Mean number of valid tokens after the last block (the slot count unless the method masks)."""
-  _, inter = jax.jit(lambda p, x: model.apply(p, x, return_intermediates=True))(params, images)
-  mask = inter["mask"]
-  return float(inter["size"].shape[1] if mask is None else jnp.mean(jnp.sum(mask, -1)))
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """How rows are measured: timing batch (B, H, W, 3), its dtype, warm-up and timed calls."""
+  """How rows are measured: timing batch (B, H, W, 3), its dtype, warm-up and timed calls; the eval split.
+
+  data: the eval split (images in [0, 1]) for top-1 / top-5 / agreement, or None (random weights);
+  dense_predictions: the dense row's (N,) top-1 predictions once it is measured (the agreement column).
+  """
   batch_shape: tuple[int, ...]
   dtype: Any
   warmup: int
   repeats: int
+  data: Any = None
+  eval_batch_size: int = 64
+  dense_predictions: np.ndarray | None = None
+
+  def row(self, model: ViT, params: Any, reduction: Any, *, method: str, timed: bool = True) -> dict[str, Any]:
+    """measure.reduction_row of `model` with `reduction` in these settings (without an eval split: no accuracy keys)."""
+    row = measure.reduction_row(model, params, reduction, self.data, self.dense_predictions, method=method,
+                                eval_batch_size=self.eval_batch_size, bench_batch_size=self.batch_shape[0],
+                                dtype=self.dtype, warmup=self.warmup, repeats=self.repeats, timed=timed,
+                                image_shape=self.batch_shape[1:])
+    if self.data is None:  # random weights: nothing to be accurate about
+      for key in ("top1", "top5", "agreement", "num_examples"):
+        row.pop(key)
+    return row
 
   def time(self, model: ViT, params: Any) -> dict[str, float]:
-    return throughput.measure(lambda p, x: model.apply(p, x), params, self.batch_shape, self.dtype,
-                              warmup=self.warmup, repeats=self.repeats)
+    """{"images_per_s", "median_ms"} of `model` (with its reduction) timed as a row's forward (measure.time_row)."""
+    return measure.time_row(model, params, model.reduction, self.batch_shape, self.dtype, warmup=self.warmup,
+                            repeats=self.repeats)
 
 
 def block_row(model: ViT, params: Any, settings: Settings, *, method: str, strength: Any, dense: dict[str, Any],
-              overhead: bool, predict: Callable[[ViT, Any], np.ndarray] | None, labels: np.ndarray | None,
-              trained: bool = True, token_images: jax.Array | None = None) -> dict[str, Any]:
+              overhead: bool, trained: bool = True, with_predictions: bool = False) -> dict[str, Any]:
   """One table row for `model` (a ViT with its reduction); `dense` is the dense row of the same run.
 
-  token_images: (B, H, W, 3) model inputs on which a masking method's mean valid token count is
-  read (the eval images, normalised); None: random images.
+  Tokens, GFLOPs, images/s and (with an eval split) top-1, top-5 and agreement with dense are
+  measure.reduction_row's; added here: the speed-ups against `dense` and, with `overhead`, the
+  no-plan bounds. trained=False (a reducer with freshly initialised parameters): no accuracy.
+  with_predictions: the row keeps reduction_row's (N,) "predictions" (pop them before saving).
   """
-  image_shape = settings.batch_shape[1:]
-  timing = settings.time(model, params)
-  counts = layer_token_counts(model, params, image_shape)
-  row = {"method": method, "strength": strength, "tokens": counts[-1], "layer_tokens": list(counts),
-         "gflops_per_image": forward_gflops(model, params, settings.batch_shape, settings.dtype),
-         "images_per_s": timing["images_per_s"], "median_ms": timing["median_ms"], "trained": trained}
-  if model.reduction is not None and model.reduction.variable_tokens:
-    if token_images is None:
-      token_images = throughput.random_batches(settings.batch_shape, settings.dtype, count=1, seed=1)[0]
-    row["tokens"] = mean_valid_tokens(model, params, token_images)
+  measured = settings.row(model, params, model.reduction, method=method)
+  predictions = measured.pop("predictions")
+  row = {"method": method, "strength": strength, **{k: v for k, v in measured.items() if k != "method"},
+         "trained": trained}
+  if with_predictions:
+    row["predictions"] = predictions
+  if not trained and "top1" in row:
+    row.update(top1=None, top5=None, agreement=None)
   if dense:
     row["speedup"] = row["images_per_s"] / dense["images_per_s"]
     row["predicted_speedup"] = dense["gflops_per_image"] / row["gflops_per_image"]
     row["speedup_vs_predicted"] = row["speedup"] / row["predicted_speedup"]
   if overhead:
+    image_shape = settings.batch_shape[1:]
     num_tokens = layer_token_counts(model.clone(reduction=None), params, image_shape)[0]
-    with_scores, plain = bounds(model, counts, num_tokens)
+    with_scores, plain = bounds(model, tuple(row["layer_tokens"]), num_tokens)
     scored_ms = settings.time(with_scores, params)["median_ms"]
     plain_ms = settings.time(plain, params)["median_ms"]
     if dense:
       row["bound_speedup"] = dense["median_ms"] / plain_ms
     row.update(bound_ms=plain_ms, bound_scores_ms=scored_ms, plan_ms=row["median_ms"] - scored_ms,
                score_ms=scored_ms - plain_ms, plan_fraction=(row["median_ms"] - scored_ms) / row["median_ms"])
-  if predict is not None and labels is not None:
-    predictions = predict(model, params)
-    row["top1"] = float(np.mean(predictions == labels)) if trained else None
   return row
 
 
-def post_row(reducer: Any, settings: Settings, *, method: str, strength: Any, width: int, num_tokens: int,
+def post_row(model: ViT, params: Any, reducer: Any, settings: Settings, *, method: str, strength: Any,
              dense_ms: float) -> dict[str, Any]:
-  """A post-encoder reducer timed on (B, num_tokens, width) random tokens with a [CLS] attention row."""
-  batch = settings.batch_shape[0]
+  """A post-encoder reducer on `model`'s dense encoder output.
+
+  reducer_ms: the reducer alone (measure.call_seconds) on (B, tokens, width) random tokens with a
+  random [CLS] attention row; tokens and GFLOPs (and, with an eval split, top-1 / top-5 / agreement
+  with dense of the head on the pooled reduced tokens, measure.post_forward) from measure.reduction_row.
+  """
+  batch, width = settings.batch_shape[0], model.arch.width
+  num_tokens = layer_token_counts(model, params, settings.batch_shape[1:])[-1]  # the dense encoder's output
   kx, ks = jax.random.split(jax.random.key(2))
   x = jax.random.normal(kx, (batch, num_tokens, width), jnp.float32).astype(settings.dtype)
   cls = jax.nn.softmax(jax.random.normal(ks, (batch, num_tokens), jnp.float32), axis=-1)
   forward = jax.jit(lambda x, cls: reducer(Tokens.create(x), {"cls": cls}))
-  out = jax.block_until_ready(forward(x, cls))
-  times = []
-  for _ in range(settings.repeats):
-    times.append(_timed(lambda: jax.block_until_ready(forward(x, cls))))
-  ms = float(np.median(times)) * 1e3
-  return {"method": method, "strength": strength, "tokens": int(out.num_tokens), "reducer_ms": ms,
-          "fraction_of_dense": ms / dense_ms}
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
+  jax.block_until_ready(forward(x, cls))  # compiles
+  ms = float(np.median(measure.call_seconds(lambda args: forward(*args), [(x, cls)], warmup=0,
+                                            repeats=settings.repeats))) * 1e3
+  row = settings.row(model, params, reducer, method=method, timed=False)
+  accuracy = {k: row[k] for k in ("top1", "top5", "agreement", "num_examples") if k in row}
+  return {"method": method, "strength": strength, "tokens": row["tokens"], "reducer_ms": ms,
+          "fraction_of_dense": ms / dense_ms, "gflops_per_image": row["gflops_per_image"], **accuracy}
 
 
 # --- the sweep -------------------------------------------------------------------------------------
@@ -293,10 +295,6 @@ class Setup:
   description: str
   eval_data: Any = None  # tokax.data.offline.ArrayDataset, images in [0, 1]
   calibration_images: np.ndarray | None = None  # (N, H, W, 3) in [0, 1]
-
-
-def _cast(params: Any, dtype: Any) -> Any:
-  return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
 def _overrides(config: Any) -> dict[str, Any]:
@@ -334,12 +332,12 @@ def setup_from_config(config: Any) -> Setup:
     model = model.clone(reduction=None, **overrides)
     evaluation = classifier.load_split(train_config, config.eval_split)
     calibration = classifier.load_split(train_config, config.calibration_split)
-    return Setup(model, _cast(params, dtype),
+    return Setup(model, measure.cast_floating(params, dtype),
                  f"{train_config.data.name} checkpoint at step {step} ({config.checkpoint.workdir})",
                  evaluation, calibration.images)
   model = ViT(**{k: v for k, v in config.model.items()}, **overrides)
   image = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
-  params = _cast(jax.jit(model.init)(jax.random.key(config.seed), image), dtype)
+  params = measure.cast_floating(jax.jit(model.init)(jax.random.key(config.seed), image), dtype)
   return Setup(model, params, "random weights")
 
 
@@ -368,8 +366,7 @@ def reduction_label(reduction: Any) -> str:
   return f"r={r}" if r is not None else type(reduction).__name__
 
 
-def trained_rows(config: Any, setup: Setup, settings: Settings, dense: dict[str, Any], predict: Any,
-                 labels: np.ndarray | None) -> Iterable[dict[str, Any]]:
+def trained_rows(config: Any, setup: Setup, settings: Settings, dense: dict[str, Any]) -> Iterable[dict[str, Any]]:
   """One row per config.trained entry with a workdir: the run's model with its own reduction, fine_tuned=True.
 
   Each run is rebuilt from its own config.json (tokax.train.restore.load_run); a run without a
@@ -393,9 +390,8 @@ def trained_rows(config: Any, setup: Setup, settings: Settings, dense: dict[str,
       raise ValueError(f"sweep config: trained.{name} runs at {model.image_size} px, the dense checkpoint at "
                        f"{setup.model.image_size} px; the rows must share the eval images")
     model = model.clone(**_overrides(config))
-    row = block_row(model, _cast(variables, settings.dtype), settings, method=f"{name} (trained)",
-                    strength=reduction_label(model.reduction), dense=dense, overhead=False, predict=predict,
-                    labels=labels)
+    row = block_row(model, measure.cast_floating(variables, settings.dtype), settings, method=f"{name} (trained)",
+                    strength=reduction_label(model.reduction), dense=dense, overhead=False)
     row.update(fine_tuned=True, run=spec.workdir, step=step)
     logging.info("%s (trained): %s", name, row)
     yield row
@@ -408,15 +404,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   model, params = setup.model, setup.params
   depth = model.arch.depth
   image_shape = (model.image_size, model.image_size, 3)
-  settings = Settings((config.batch_size, *image_shape), jnp.dtype(config.dtype), config.warmup, config.repeats)
-  predict, labels, token_images = None, None, None
-  if setup.eval_data is not None:
-    from tokax.train import evaluate
-    from tokax.train.model import normalize_images
-
-    labels = setup.eval_data.labels
-    token_images = normalize_images(jnp.asarray(setup.eval_data.images[:config.eval_batch_size], settings.dtype))
-    predict = lambda m, p: evaluate.predict(evaluate.make_predict_fn(m), p, setup.eval_data, config.eval_batch_size)
+  settings = Settings((config.batch_size, *image_shape), jnp.dtype(config.dtype), config.warmup, config.repeats,
+                      setup.eval_data, config.eval_batch_size)
 
   def calibration_batches():
     size = config.calibration_batch_size
@@ -427,7 +416,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       count = min(len(images) // size, config.calibration_batches)
       return [normalize_images(jnp.asarray(images[i * size:(i + 1) * size], settings.dtype)) for i in range(count)]
     shape = (size, *image_shape)
-    return throughput.random_batches(shape, settings.dtype, count=config.calibration_batches, seed=3)
+    return measure.random_batches(shape, settings.dtype, count=config.calibration_batches, seed=3)
 
   device = jax.devices()[0].device_kind
   arch = model.arch
@@ -445,15 +434,15 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     with open(os.path.join(workdir, "sweep.md"), "w", encoding="utf-8") as f:
       f.write(to_markdown(result) + "\n")
 
-  dense = block_row(model, params, settings, method="dense", strength="-", dense={}, overhead=False, predict=predict,
-                    labels=labels)
+  dense = block_row(model, params, settings, method="dense", strength="-", dense={}, overhead=False,
+                    with_predictions=True)
+  settings = dataclasses.replace(settings, dense_predictions=dense.pop("predictions"))  # every row's agreement
   dense.update(speedup=1.0, predicted_speedup=1.0, speedup_vs_predicted=1.0)
   rows.append(dense)
   logging.info("dense: %s", dense)
-  for row in trained_rows(config, setup, settings, dense, predict, labels):
+  for row in trained_rows(config, setup, settings, dense):
     rows.append(row)
     save()
-  num_tokens = layer_token_counts(model, params, image_shape)[0]
   methods = {**config.methods, **config.get("post_methods", {})}  # post_methods: the same names, kept apart for reading
   for method in methods:  # a mistyped name fails before anything is measured
     method_spec(method, None)
@@ -463,8 +452,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     for strength in strengths:
       reduction = build(method_spec(method, strength))
       if reduction.placement == "post":
-        post_rows.append(post_row(reduction, settings, method=method, strength=strength, width=model.arch.width,
-                                  num_tokens=num_tokens, dense_ms=dense["median_ms"]))
+        post_rows.append(post_row(model, params, reduction, settings, method=method, strength=strength,
+                                  dense_ms=dense["median_ms"]))
         save()
         continue
       if reduction.needs_calibration:
@@ -473,8 +462,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       reduced = model.clone(reduction=reduction)
       reduced_params, trained = params_for(reduced, params, image_shape)
       row = block_row(reduced, reduced_params, settings, method=method, strength=strength, dense=dense,
-                      overhead=strength in timed_overhead, predict=predict, labels=labels,
-                      trained=trained, token_images=token_images)
+                      overhead=strength in timed_overhead, trained=trained)
       rows.append(row)
       save()
       logging.info("%s %s: %s", method, strength, row)
@@ -496,22 +484,26 @@ def to_markdown(result: dict[str, Any]) -> str:
   rows = result["rows"]
   lines = [result["caption"], "",
            "| method | strength | tokens (last block) | GFLOPs/img | images/s | speed-up | GFLOPs-predicted | "
-           "achieved / predicted | no-plan bound speed-up | plan ms (% of forward) | score ms | top-1 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "achieved / predicted | no-plan bound speed-up | plan ms (% of forward) | score ms | top-1 | top-5 | "
+           "same prediction as dense |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     plan = "-" if "plan_ms" not in row else f"{row['plan_ms']:.2f} ({100 * row['plan_fraction']:.1f}%)"
-    top1 = row.get("top1")
-    top1 = ("untrained reducer" if not row.get("trained", True) and "top1" in row else _fmt(top1, ".1f", 100))
+    untrained = not row.get("trained", True) and "top1" in row
+    top1 = "untrained reducer" if untrained else _fmt(row.get("top1"), ".1f", 100)
+    accuracy = f"{top1} | {_fmt(row.get('top5'), '.1f', 100)} | {_fmt(row.get('agreement'), '.1f', 100)}"
     tokens = row["tokens"] if isinstance(row["tokens"], int) else f"{row['tokens']:.1f} (mean valid)"
     lines.append(f"| {row['method']} | {row['strength']} | {tokens} | {row['gflops_per_image']:.2f} | "
                  f"{row['images_per_s']:,.0f} | {row['speedup']:.2f}x | {row['predicted_speedup']:.2f}x | "
-                 f"{100 * row['speedup_vs_predicted']:.0f}% | {_fmt(row.get('bound_speedup'), '.2f')} | {plan} | {_fmt(row.get('score_ms'), '.2f')} | {top1} |")
+                 f"{100 * row['speedup_vs_predicted']:.0f}% | {_fmt(row.get('bound_speedup'), '.2f')} | {plan} | {_fmt(row.get('score_ms'), '.2f')} | {accuracy} |")
   if result["post_rows"]:
     lines += ["", "Post-encoder reducers on the encoder's output tokens (the encoder's compute is the dense row's):", "",
-              "| method | kept fraction | tokens out | reducer ms | % of the dense forward |", "|---|---|---|---|---|"]
+              "| method | kept fraction | tokens out | reducer ms | % of the dense forward | GFLOPs/img | top-1 | "
+              "same prediction as dense |", "|---|---|---|---|---|---|---|---|"]
     for row in result["post_rows"]:
       lines.append(f"| {row['method']} | {row['strength']} | {row['tokens']} | {row['reducer_ms']:.3f} | "
-                   f"{100 * row['fraction_of_dense']:.1f}% |")
+                   f"{100 * row['fraction_of_dense']:.1f}% | {_fmt(row.get('gflops_per_image'), '.2f')} | "
+                   f"{_fmt(row.get('top1'), '.1f', 100)} | {_fmt(row.get('agreement'), '.1f', 100)} |")
   lines += ["", *target_checks(rows), *ordering_checks(rows)]
   return "\n".join(lines)
 

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 # The timer and the GFLOPs count live in tokax.bench.measure; imported here for this module's callers.
-from tokax.bench.measure import (compiled_flops, forward_gflops_per_image, measure, median_seconds,  # noqa: F401
-                                 random_batches, vit_forward_gflops)
+from tokax.bench.measure import (cast_floating, compiled_flops, forward_gflops_per_image, measure,  # noqa: F401
+                                 median_seconds, random_batches, vit_forward_gflops)
 
 
 # --- PyTorch / timm (imported only with --timm) ------------------------------------------------
@@ -126,7 +126,7 @@ def _tokax_rows(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
              dtype=dtype, attention=None if args.attention == "auto" else args.attention,
              gelu_approximate=args.gelu == "tanh")
   params = jax.jit(base.init)(jax.random.key(0), jnp.zeros((1, *shape[1:]), dtype))
-  params = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+  params = cast_floating(params, dtype)
   for spec in args.reduction:
     model = base.clone(reduction=block_reduction(spec, base, params))
     result = measure(lambda p, x, m=model: m.apply(p, x), params, shape, dtype, warmup=args.warmup, repeats=args.repeats)

@@ -18,13 +18,6 @@ from tokax.reduction import visualize
 from tokax.train.model import normalize_images
 
 
-def tokens_after_last_block(model: Any, params: Any, image_shape: tuple[int, ...]) -> int:
-  """Token count after the last block (prefix tokens included) of `model` on (H, W, 3) images; static."""
-  _, inter = jax.eval_shape(lambda p, x: model.apply(p, x, return_intermediates=True),
-                            params, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
-  return int(inter["size"].shape[1])
-
-
 def reduction_table(model: Any, params: Any, dataset: offline.ArrayDataset, reductions: Mapping[str, Any], *,
                     eval_batch_size: int = 250, bench_batch_size: int = 64, warmup: int = 2,
                     repeats: int = 5) -> list[dict[str, Any]]:
