@@ -30,17 +30,17 @@ DIRECTORY = os.path.dirname(os.path.abspath(__file__))
 _DTYPE_FIELDS = ("dtype", "param_dtype")
 
 
-def available() -> tuple[str, ...]:
-  """The names of the shipped models (NAME.json beside NAME.safetensors in this folder)."""
-  names = sorted(f[:-len(".json")] for f in os.listdir(DIRECTORY) if f.endswith(".json"))
-  return tuple(n for n in names if os.path.isfile(os.path.join(DIRECTORY, n + ".safetensors")))
+def available(directory: str = DIRECTORY) -> tuple[str, ...]:
+  """The names of the models in `directory` (NAME.json beside NAME.safetensors; default: the shipped ones)."""
+  names = sorted(f[:-len(".json")] for f in os.listdir(directory) if f.endswith(".json"))
+  return tuple(n for n in names if os.path.isfile(os.path.join(directory, n + ".safetensors")))
 
 
-def info(name: str) -> dict[str, Any]:
+def info(name: str, directory: str = DIRECTORY) -> dict[str, Any]:
   """NAME.json: the model's fields, data, metrics, command, commit, card and the weights' sha256."""
-  if name not in available():
-    raise ValueError(f"tokax.pretrained: no model {name!r}; the package ships {list(available())}")
-  with open(os.path.join(DIRECTORY, name + ".json"), encoding="utf-8") as f:
+  if name not in available(directory):
+    raise ValueError(f"tokax.pretrained: no model {name!r} in {directory}; there are {list(available(directory))}")
+  with open(os.path.join(directory, name + ".json"), encoding="utf-8") as f:
     return json.load(f)
 
 
@@ -53,10 +53,10 @@ def _sha256(path: str, size: int, mtime: float) -> str:
   return digest.hexdigest()
 
 
-def weights_path(name: str) -> str:
+def weights_path(name: str, directory: str = DIRECTORY) -> str:
   """NAME.safetensors, after checking its sha256 against NAME.json (ValueError naming the file if it differs)."""
-  expected = info(name)["sha256"]
-  path = os.path.join(DIRECTORY, name + ".safetensors")
+  expected = info(name, directory)["sha256"]
+  path = os.path.join(directory, name + ".safetensors")
   stat = os.stat(path)
   got = _sha256(path, stat.st_size, stat.st_mtime)
   if got != expected:
@@ -65,21 +65,23 @@ def weights_path(name: str) -> str:
   return path
 
 
-def build(name: str, *, reduction: Any = None, **overrides: Any) -> ViT:
+def build(name: str, *, reduction: Any = None, directory: str = DIRECTORY, **overrides: Any) -> ViT:
   """The ViT of shipped model `name` (no weights), with a tokax.reduction.build spec and field overrides."""
-  fields = {**info(name)["model"], **overrides}
+  fields = {**info(name, directory)["model"], **overrides}
   fields = {k: jnp.dtype(v) if k in _DTYPE_FIELDS and isinstance(v, str) else v for k, v in fields.items()}
   return ViT(**fields, reduction=reduction_lib.build(reduction))
 
 
-def load(name: str, *, reduction: Any = None, **overrides: Any) -> tuple[ViT, dict[str, Any]]:
+def load(name: str, *, reduction: Any = None, directory: str = DIRECTORY,
+         **overrides: Any) -> tuple[ViT, dict[str, Any]]:
   """(model, variables) of shipped model `name`; variables in float32 ({"params": ...}).
 
   Args:
     name: one of available().
     reduction: a tokax.reduction.build spec ("tome:8", dict(name="evit", keep_rate=0.7), ...) or None.
+    directory: where NAME.json and NAME.safetensors are (default: the models that ship with tokax).
     **overrides: ViT fields to change (dtype, attention, ...); architecture fields must keep the
       weights' shapes (load_checkpoint says which field does not fit).
   """
-  model = build(name, reduction=reduction, **overrides)
-  return model, load_checkpoint(weights_path(name), model)
+  model = build(name, reduction=reduction, directory=directory, **overrides)
+  return model, load_checkpoint(weights_path(name, directory), model)
