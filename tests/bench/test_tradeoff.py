@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tokax.bench import tradeoff
 from tokax.data import offline
@@ -9,7 +10,8 @@ from tokax.reduction import ToMe
 from tokax.train.model import build_model
 
 
-def _model_params_data():
+@pytest.fixture(scope="module")
+def model_params_data():  # one init and one data load for the module
   model = build_model(variant="Ti/8", image_size=32, num_classes=10, pool="gap", width=32, depth=2,
                       num_heads=2, mlp_dim=64)
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
@@ -17,8 +19,8 @@ def _model_params_data():
   return model, params, data
 
 
-def test_reduction_table_has_every_row(tmp_path):
-  model, params, data = _model_params_data()
+def test_reduction_table_has_every_row(model_params_data, tmp_path):
+  model, params, data = model_params_data
   reductions = {"dense": None, "ToMe r=2": ToMe(r=2), "ToMe r=4": ToMe(r=4)}
   rows = tradeoff.reduction_table(model, params, data, reductions, eval_batch_size=8, bench_batch_size=4,
                                   warmup=1, repeats=2)
@@ -36,8 +38,8 @@ def test_reduction_table_has_every_row(tmp_path):
   assert path.stat().st_size > 1000
 
 
-def test_merge_figure():
-  model, params, data = _model_params_data()
+def test_merge_figure(model_params_data):
+  model, params, data = model_params_data
   picture = tradeoff.merge_figure(model, params, data.images[:3], ToMe(r=4), patch_size=8)
   assert picture.shape == (64, 96, 3) and picture.dtype == np.uint8
   np.testing.assert_array_equal(picture[:32, :32], np.clip(data.images[0] * 255 + 0.5, 0, 255).astype(np.uint8))

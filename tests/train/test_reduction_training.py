@@ -164,8 +164,9 @@ def test_hard_distillation_step_loss_and_frozen_teacher(batch, tx_schedule):
   def run(state, teacher_vars):  # one compilation for the logits, the step, and d loss / d teacher
     images = normalize_images(batch["image"])
     heads = student.apply(state.params, images, distill_logits=True)
-    loss, teacher_grads = jax.value_and_grad(lambda frozen: step_fn(state, batch, frozen)[1]["loss"])(teacher_vars)
-    return heads, teacher.apply(teacher_vars, images), loss, teacher_grads, step_fn(state, batch, teacher_vars)
+    step = lambda frozen: (lambda out: (out[1]["loss"], out))(step_fn(state, batch, frozen))
+    (loss, stepped), teacher_grads = jax.value_and_grad(step, has_aux=True)(teacher_vars)  # the step traced once
+    return heads, teacher.apply(teacher_vars, images), loss, teacher_grads, stepped
 
   before = jax.device_get(teacher_vars)
   (cls_logits, dist_logits), t_logits, loss, teacher_grads, (new_state, metrics) = run(state, teacher_vars)

@@ -38,7 +38,24 @@ def _tiny_config(total_steps):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def compile_cache(tmp_path_factory):
+  """A persistent compilation cache for this module: the three trainings of one config compile it once."""
+  from jax._src import compilation_cache
+
+  options = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+             "jax_persistent_cache_min_compile_time_secs": 0, "jax_persistent_cache_min_entry_size_bytes": 0}
+  saved = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, compile_cache):
   workdir = tmp_path_factory.mktemp("tok")
   first = training.train(_tiny_config(2), str(workdir))
   return workdir, first

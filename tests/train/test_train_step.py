@@ -78,7 +78,24 @@ def _runlocal_config(name="cluttered_digits_vit"):
   return config
 
 
-def test_periodic_checkpoint_is_the_state_at_its_step(tmp_path):
+@pytest.fixture
+def compile_cache(tmp_path):
+  """A persistent compilation cache for one test: its second training of one config compiles nothing."""
+  from jax._src import compilation_cache
+
+  options = {"jax_compilation_cache_dir": str(tmp_path / "jax_cache"),
+             "jax_persistent_cache_min_compile_time_secs": 0, "jax_persistent_cache_min_entry_size_bytes": 0}
+  saved = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def test_periodic_checkpoint_is_the_state_at_its_step(tmp_path, compile_cache):
   """The step-2 checkpoint, saved asynchronously while step 3 ran on donated buffers, equals a run stopped at 2."""
   import orbax.checkpoint as ocp
 
