@@ -12,6 +12,7 @@ from tokax.train import evaluate_tokenizer
 from tokax.train import logging as metric_logging
 from tokax.train import run as training
 from tokax.train.restore import load_run
+from compile_cache import persistent_compilation_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -40,18 +41,8 @@ def _tiny_config(total_steps):
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
   """A persistent compilation cache for this module: the three trainings of one config compile it once."""
-  from jax._src import compilation_cache
-
-  options = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-             "jax_persistent_cache_min_compile_time_secs": 0, "jax_persistent_cache_min_entry_size_bytes": 0}
-  saved = {name: getattr(jax.config, name) for name in options}
-  for name, value in options.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+  with persistent_compilation_cache(tmp_path_factory.mktemp("jax_cache")):
+    yield
 
 
 @pytest.fixture(scope="module")

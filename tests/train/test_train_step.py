@@ -11,6 +11,7 @@ from tokax.train import augment, checkpoint, optim
 from tokax.train import run as training
 from tokax.train.model import build_model
 from tokax.train.step import init_state, make_train_step
+from compile_cache import persistent_compilation_cache
 
 
 def _tiny_model(num_classes=4):
@@ -81,18 +82,8 @@ def _runlocal_config(name="cluttered_digits_vit"):
 @pytest.fixture
 def compile_cache(tmp_path):
   """A persistent compilation cache for one test: its second training of one config compiles nothing."""
-  from jax._src import compilation_cache
-
-  options = {"jax_compilation_cache_dir": str(tmp_path / "jax_cache"),
-             "jax_persistent_cache_min_compile_time_secs": 0, "jax_persistent_cache_min_entry_size_bytes": 0}
-  saved = {name: getattr(jax.config, name) for name in options}
-  for name, value in options.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+  with persistent_compilation_cache(tmp_path / "jax_cache"):
+    yield
 
 
 def test_periodic_checkpoint_is_the_state_at_its_step(tmp_path, compile_cache):
