@@ -23,8 +23,11 @@ Threads: batches are built by `num_threads` worker threads through grain
 Decoding and resizing run in PIL, which releases the GIL, but the threads stop scaling at 4-8
 (BENCHMARKS.md: 1.1k JPEG img/s on 16 cores). Processes: with `num_workers` > 0, whole batches
 are built by that many worker processes instead (spawned, each with a copy of the iterator; same
-batches, same order). Ending the preprocess in uint8 (no value_range) sends 4x fewer bytes back;
-the trainer reads uint8 images as 0..255 on the device (tokax.train.model.normalize_images).
+batches, same order). A worker writes its batch into a shared-memory block that the main process
+copies out and frees: sending a 224 px batch of 256 (38.5 MB of uint8) through the pool's pipe capped
+the input at ~2k images/s on a 16-core GPU host. Ending the preprocess in uint8 (no value_range)
+moves 4x fewer bytes; the trainer reads uint8 images as 0..255 on the device
+(tokax.train.model.normalize_images).
 
 Names: "tfds:<name>[:split]" (tokax.data.tfds), "folder:<root>" (tokax.data.folder; root/<split>
 if that directory exists), or an embedded dataset "digits" / "cluttered_digits" (also as
@@ -240,24 +243,31 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     return batch
 
 
-def _pool_stream(pool: Any, load: Any, start: int, stop: int, prefetch: int) -> Iterator[Any]:
-  """load(start), load(start + 1), ... in order from an executor, `prefetch` ahead.
+def _pool_stream(pool: Any, load: Any, start: int, stop: int, prefetch: int,
+                 receive: Any = None, discard: Any = None) -> Iterator[Any]:
+  """receive(load(start)), receive(load(start + 1)), ... in order from an executor, `prefetch` ahead.
 
   The pool is shut down at the end and when the stream is dropped early (without waiting for the
-  prefetched batches).
+  prefetched batches); discard(result) is called on each prefetched result that was never received,
+  once it is done.
   """
   import collections  # noqa: PLC0415
 
+  pending = collections.deque()
   try:
-    pending = collections.deque()
     step = start
     while pending or step < stop:
       while step < stop and len(pending) < max(prefetch, 1):
         pending.append(pool.submit(load, step))
         step += 1
-      yield pending.popleft().result()
+      result = pending.popleft().result()
+      yield receive(result) if receive else result
   finally:
     pool.shutdown(wait=False, cancel_futures=True)
+    if discard:
+      for future in pending:
+        future.add_done_callback(
+            lambda f: None if f.cancelled() or f.exception() is not None else discard(f.result()))
 
 
 def _thread_pool_stream(load, start: int, stop: int, num_threads: int, prefetch: int) -> Iterator[Any]:
@@ -277,8 +287,44 @@ def _start_worker(payload: bytes) -> None:
   _WORKER_ITERATOR = pickle.loads(payload)
 
 
-def _worker_load_batch(step: int) -> dict[str, np.ndarray]:
-  return _WORKER_ITERATOR.load_batch(step)
+SharedBatch = tuple[str, list[tuple[str, str, tuple[int, ...], int]]]  # block name, (key, dtype, shape, offset)
+
+
+def _worker_load_batch(step: int) -> SharedBatch:
+  """Batch `step`, written into a new shared-memory block that the main process frees (_receive_batch)."""
+  from multiprocessing import shared_memory  # noqa: PLC0415
+
+  arrays = {k: np.ascontiguousarray(v) for k, v in _WORKER_ITERATOR.load_batch(step).items()}
+  block = shared_memory.SharedMemory(create=True, size=max(1, sum(a.nbytes for a in arrays.values())))
+  layout, offset = [], 0
+  for key, array in arrays.items():
+    np.ndarray(array.shape, array.dtype, buffer=block.buf, offset=offset)[...] = array
+    layout.append((key, array.dtype.str, array.shape, offset))
+    offset += array.nbytes
+  block.close()
+  return block.name, layout
+
+
+def _receive_batch(shared: SharedBatch) -> dict[str, np.ndarray]:
+  """The batch a worker wrote (copied out), its shared-memory block freed."""
+  from multiprocessing import shared_memory  # noqa: PLC0415
+
+  name, layout = shared
+  block = shared_memory.SharedMemory(name=name)
+  try:
+    return {key: np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=offset).copy()
+            for key, dtype, shape, offset in layout}
+  finally:
+    block.close()
+    block.unlink()
+
+
+def _discard_batch(shared: SharedBatch) -> None:
+  from multiprocessing import shared_memory  # noqa: PLC0415
+
+  block = shared_memory.SharedMemory(name=shared[0])
+  block.close()
+  block.unlink()
 
 
 def _process_pool_stream(iterator: DataIterator, start: int, stop: int, num_workers: int,
@@ -299,7 +345,7 @@ def _process_pool_stream(iterator: DataIterator, start: int, stop: int, num_work
                      "use num_workers=0 (threads) or a picklable source") from e
   pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(payload,))
-  return _pool_stream(pool, _worker_load_batch, start, stop, prefetch)
+  return _pool_stream(pool, _worker_load_batch, start, stop, prefetch, _receive_batch, _discard_batch)
 
 
 def make_iterator(name: str | Source, *, batch_size: int, split: str = "train", data_dir: str | None = None,
