@@ -514,6 +514,8 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
     predictions[row["method"]] = row.pop("predictions")
     row.update(spec=label, note=note)
     rows.append(row)
+    print(f"[{len(rows)}/{len(specs)}] {row['method']}: {row['tokens']} tokens, top-1 {_percent(row['top1'], loaded.random_weights)}, "
+          f"{row['images_per_s'] or 0:,.0f} images/s", file=sys.stderr, flush=True)
   device = jax.devices()[0].device_kind
   arch = model.arch
   caption = (f"{loaded.description}: ViT {model.variant} (width {arch.width}, depth {arch.depth}) at "

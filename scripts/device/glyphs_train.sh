@@ -7,7 +7,7 @@
 # Usage: bash scripts/device/glyphs_train.sh OUTDIR [extra --config.x=y overrides]
 #   OUTDIR/glyphs_vit_ti16.safetensors  bf16 parameters (timm layout: tokax.interop.load_checkpoint reads it)
 #   OUTDIR/config.json, metrics.jsonl   the run's resolved config and metrics
-#   OUTDIR/evaluate.md                  the reductions table on the GPU
+#   OUTDIR/evaluate.md                  the reductions table on the GPU (TOKAX_EVAL_S seconds; 0: none)
 #   OUTDIR/times.txt, *.log             wall times and logs
 # CPU smoke run: JAX_PLATFORMS=cpu bash scripts/device/glyphs_train.sh /tmp/gt_smoke --config.total_steps=2 ...
 set -uo pipefail
@@ -41,12 +41,14 @@ state = {k: torch.from_numpy(v.astype("float32")).to(torch.bfloat16).contiguous(
 save_file(state, sys.argv[2], metadata={"step": str(run.step)})
 print("exported", len(state), "arrays at step", run.step)
 EOF
-REDUCTIONS=${TOKAX_REDUCTIONS:-tome:4 tome:8 tome:12 pitome:0.9 evit:0.7 mctf:8 divprune:0.5 fastervlm:0.5}
-run evaluate $((TRAIN_S + ${TOKAX_EVAL_S:-170})) "$PY" -m tokax.evaluate --model "$WORK" --num_examples 2000 \
-  --batch_size 250 --bench_batch_size 256 --dtype bfloat16 --no_progress --out "$WORK/evaluate" \
-  $(for r in $REDUCTIONS; do printf -- '--reduction %s ' "$r"; done)
-cp "$WORK/evaluate/results.md" "$OUT_DIR/evaluate.md" 2>/dev/null
-cp "$WORK/evaluate/results.json" "$OUT_DIR/evaluate.json" 2>/dev/null
+if (( ${TOKAX_EVAL_S:-200} > 0 )); then  # TOKAX_EVAL_S=0: no reductions table here
+  REDUCTIONS=${TOKAX_REDUCTIONS:-tome:8 tome:12 pitome:0.9 evit:0.7 mctf:8 divprune:0.5}
+  run evaluate $((TRAIN_S + ${TOKAX_EVAL_S:-200})) "$PY" -m tokax.evaluate --model "$WORK" --num_examples 2000 \
+    --batch_size 250 --bench_batch_size 250 --dtype bfloat16 --no_progress --out "$WORK/evaluate" \
+    $(for r in $REDUCTIONS; do printf -- '--reduction %s ' "$r"; done)
+  cp "$WORK/evaluate/results.md" "$OUT_DIR/evaluate.md" 2>/dev/null
+  cp "$WORK/evaluate/results.json" "$OUT_DIR/evaluate.json" 2>/dev/null
+fi
 grep -h '"test/accuracy"' "$WORK/metrics.jsonl" | tail -1
 cat "$OUT_DIR/times.txt"
 cat "$OUT_DIR/evaluate.md" 2>/dev/null
