@@ -1,9 +1,21 @@
-"""Shared test set-up: tests run on the CPU in float32 with the golden files beside them."""
+"""Shared test set-up: tests run on the CPU in float32 with the golden files beside them.
+
+Every process of a test run (the pytest-xdist workers, the CLIs and notebook kernels the tests start)
+shares one persistent XLA compilation cache, made for the run and removed after it: most of the suite's
+time is spent compiling small programs, and many are the same program compiled in another process.
+"""
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process (the xdist controller) makes it
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="tokax-tests-jax-cache-")
+  os.environ["TOKAX_TESTS_CACHE_OWNER"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 TESTS = pathlib.Path(__file__).parent
 if str(TESTS) not in sys.path:
   sys.path.insert(0, str(TESTS))
@@ -11,6 +23,11 @@ if str(TESTS) not in sys.path:
 
 import chex  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+  if os.environ.get("TOKAX_TESTS_CACHE_OWNER") == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

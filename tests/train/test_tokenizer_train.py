@@ -12,7 +12,6 @@ from tokax.train import evaluate_tokenizer
 from tokax.train import logging as metric_logging
 from tokax.train import run as training
 from tokax.train.restore import load_run
-from compile_cache import persistent_compilation_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -39,14 +38,7 @@ def _tiny_config(total_steps):
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  """A persistent compilation cache for this module: the three trainings of one config compile it once."""
-  with persistent_compilation_cache(tmp_path_factory.mktemp("jax_cache")):
-    yield
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, compile_cache):
+def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("tok")
   first = training.train(_tiny_config(2), str(workdir))
   return workdir, first

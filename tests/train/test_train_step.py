@@ -11,7 +11,6 @@ from tokax.train import augment, checkpoint, optim
 from tokax.train import run as training
 from tokax.train.model import build_model
 from tokax.train.step import init_state, make_train_step
-from compile_cache import persistent_compilation_cache
 
 
 def _tiny_model(num_classes=4):
@@ -79,14 +78,7 @@ def _runlocal_config(name="cluttered_digits_vit"):
   return config
 
 
-@pytest.fixture
-def compile_cache(tmp_path):
-  """A persistent compilation cache for one test: its second training of one config compiles nothing."""
-  with persistent_compilation_cache(tmp_path / "jax_cache"):
-    yield
-
-
-def test_periodic_checkpoint_is_the_state_at_its_step(tmp_path, compile_cache):
+def test_periodic_checkpoint_is_the_state_at_its_step(tmp_path):
   """The step-2 checkpoint, saved asynchronously while step 3 ran on donated buffers, equals a run stopped at 2."""
   import orbax.checkpoint as ocp
 
