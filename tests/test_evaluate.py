@@ -104,6 +104,11 @@ def _random_params(model, seed=0):
   return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
 
 
+def _forward(model, params, images):
+  """model's logits of images in [0, 1], jitted (an eager forward compiles each op on its own)."""
+  return jax.jit(lambda p, x: model.apply(p, normalize_images(x)))(params, jnp.asarray(images))
+
+
 @pytest.fixture(scope="module")
 def augreg_npz(tmp_path_factory):
   """(path, model, params): a randomly initialised 2-block ViT written in the vision_transformer .npz layout."""
@@ -138,7 +143,7 @@ def test_augreg_npz_with_post_reducers(augreg_npz, tmp_path):
   result = evaluate.main(["--model", str(path), "--data", "cluttered_digits", "--num_examples", "16",
                           "--reduction", "fastervlm:0.5", "--reduction", "divprune:0.5", "--out", str(tmp_path), *FAST])
   images = offline.load("cluttered_digits", "test", image_size=32, num_examples=16).images
-  expected = np.asarray(jnp.argmax(model.apply(params, normalize_images(jnp.asarray(images))), -1))
+  expected = np.asarray(jnp.argmax(_forward(model, params, images), -1))
   np.testing.assert_array_equal(result["predictions"]["dense"], expected)
   rows = {row["method"]: row for row in result["rows"]}
   assert rows["fastervlm:0.5"]["tokens"] == 8  # the prefix dropped, half of the 16 patches kept
@@ -157,7 +162,7 @@ def test_tfds_mock_data(augreg_npz, tmp_path):
                                      num_epochs=1, preprocess="decode|resize_small(36)|central_crop(32)|value_range(0, 1)")
     batch = next(iter(batches))
   assert result["rows"][0]["num_examples"] == 12
-  expected = np.asarray(jnp.argmax(model.apply(params, normalize_images(jnp.asarray(batch["image"]))), -1))
+  expected = np.asarray(jnp.argmax(_forward(model, params, batch["image"]), -1))
   np.testing.assert_array_equal(result["predictions"]["dense"], expected)
   assert result["rows"][0]["top1"] == pytest.approx(np.mean(expected == batch["label"]))
 

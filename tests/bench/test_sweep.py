@@ -1,4 +1,5 @@
 """tokax.bench.sweep: the bound models, DToMe calibration, the target checks and one end-to-end run."""
+import functools
 import json
 import os
 
@@ -11,14 +12,16 @@ from tokax.models import ViT
 from tokax.reduction import DToMeCalibration, build, calibrate_dtome
 from tokax.train import config_utils
 
+from random_variables import random_variables
+
 IMAGE = (32, 32, 3)
 
 
 @pytest.fixture(scope="module")
 def tiny():
   model = ViT(variant="Ti/8", width=32, depth=3, num_heads=2, image_size=32, num_classes=10)
-  images = jax.random.uniform(jax.random.key(1), (8, *IMAGE))
-  return model, model.init(jax.random.key(0), images), images
+  images = np.random.default_rng(1).uniform(size=(8, *IMAGE)).astype(np.float32)
+  return model, random_variables(model, IMAGE), images  # no init compiled
 
 
 @pytest.mark.parametrize("method,strength", [("tome", 2), ("mctf", 3), ("evit", 0.5), ("slim", 0.5), ("pitome", 0.8)])
@@ -40,7 +43,7 @@ def test_calibrated_dtome_merges_r_per_block_on_its_calibration_batch(tiny):
   model, params, images = tiny
   dtome = calibrate_dtome(model, params, [images], DToMeCalibration(r=(3, 0, 0)))
   assert dtome.thresholds[1:] == (float("inf"),) * 2
-  _, inter = model.clone(reduction=dtome).apply(params, images, return_intermediates=True)
+  _, inter = jax.jit(functools.partial(model.clone(reduction=dtome).apply, return_intermediates=True))(params, images)
   valid = np.asarray(inter["mask"]).sum(-1)
   assert valid.mean() == 17 - 3 and valid.min() < valid.max()  # per-image counts differ, the batch total is exact
 

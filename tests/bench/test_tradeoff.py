@@ -1,6 +1,4 @@
 """The main job's table, plot and merge picture on a runlocal-size model."""
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -9,12 +7,14 @@ from tokax.data import offline
 from tokax.reduction import ToMe
 from tokax.train.model import build_model
 
+from random_variables import random_variables
+
 
 @pytest.fixture(scope="module")
 def model_params_data():  # one init and one data load for the module
   model = build_model(variant="Ti/8", image_size=32, num_classes=10, pool="gap", width=32, depth=2,
                       num_heads=2, mlp_dim=64)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  params = random_variables(model, (32, 32, 3))  # no init compiled
   data = offline.load("cluttered_digits", "test", image_size=32, num_examples=20)
   return model, params, data
 

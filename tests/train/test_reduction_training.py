@@ -3,7 +3,6 @@
 Loss values against float64 numpy closed forms and the official SiT DistillationLoss (golden); the
 jitted steps against those losses, with the teacher frozen and one compile for all MCTF schedules.
 """
-import functools
 import json
 import pathlib
 
@@ -19,6 +18,8 @@ from tokax.train import losses, objectives, optim
 from tokax.train.model import normalize_images
 from tokax.train.step import init_state, make_train_step
 
+from random_variables import random_like, random_variables
+
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden"
 IMAGE, CLASSES, BATCH = 16, 5, 4
 
@@ -28,25 +29,19 @@ def _vit(**kwargs):
                 "num_heads": 2, "mlp_dim": 32, **kwargs})
 
 
-def _jitter(variables, seed, scale=0.3):
-  """Random offsets on every parameter (the zero-initialised heads give every class the same logit)."""
-  leaves, treedef = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-
 def _state(model, tx, seed, init_variables=None):
-  def init(rng):
-    state = init_state(model, tx, rng, (IMAGE, IMAGE, 3), init_variables=init_variables)
-    return state.replace(params=_jitter(state.params, seed + 100))
-
-  return jax.jit(init)(jax.random.key(seed))
+  """A train state of random parameters (random_like: no init program to compile; the zero-initialised heads
+  would give every class the same logit). The variables' structure is init_variables' (model.init's)."""
+  init = init_variables or (lambda rng: model.init(rng, jnp.zeros((1, IMAGE, IMAGE, 3))))
+  params = random_like(jax.eval_shape(init, jax.random.key(0)), seed, scale=0.3)
+  return jax.jit(lambda p: init_state(model, tx, jax.random.key(seed), (IMAGE, IMAGE, 3), init_variables=lambda _: p))(
+      params)
 
 
 @pytest.fixture(scope="module")
 def batch():
-  return {"image": jax.random.uniform(jax.random.key(7), (BATCH, IMAGE, IMAGE, 3)),
-          "label": jnp.array([0, 3, 1, 4], jnp.int32)}
+  return {"image": np.random.default_rng(7).uniform(size=(BATCH, IMAGE, IMAGE, 3)).astype(np.float32),
+          "label": np.array([0, 3, 1, 4], np.int32)}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +102,7 @@ def test_sit_step_trains_reverse_modules_against_a_frozen_teacher(batch, tx_sche
   objective = objectives.sit_frd(student, teacher, lambda_token=2.0, lambda_logits=1.5, tau=2.0)
   init = objectives.sit_init_variables(student, (IMAGE, IMAGE, 3))
   state = _state(student, tx, 0, init)
-  teacher_vars = jax.jit(lambda images: _jitter(teacher.init(jax.random.key(3), images), 4))(batch["image"])
+  teacher_vars = random_variables(teacher, (IMAGE, IMAGE, 3), seed=4, scale=0.3)
   # reverse modules exist only in the train state, for both blocks after the first slimming (16 -> 8 tokens)
   assert sorted(state.params) == ["params", "reverse"] and sorted(state.params["reverse"]) == ["blocks_0", "blocks_1"]
   # the student starts from the teacher: every teacher array lands in the student
@@ -151,13 +146,10 @@ def test_hard_distillation_step_loss_and_frozen_teacher(batch, tx_schedule):
   teacher = _vit(width=24, depth=1, num_heads=3, mlp_dim=48)  # any classifier
   objective = objectives.hard_distillation(teacher, alpha=0.5, label_smoothing=0.0)
   state = _state(student, tx, 1)
-  def teacher_init(images):
-    variables = _jitter(teacher.init(jax.random.key(5), images), 6)
-    head = variables["params"]["head"]
-    head["kernel"], head["bias"] = 3.0 * jax.random.normal(jax.random.key(8), head["kernel"].shape), 0 * head["bias"]
-    return variables
-
-  teacher_vars = jax.jit(teacher_init)(batch["image"])
+  teacher_vars = random_variables(teacher, (IMAGE, IMAGE, 3), seed=6, scale=0.3)
+  head = teacher_vars["params"]["head"]  # confident, varied teacher labels
+  head["kernel"] = (3.0 * np.random.default_rng(8).standard_normal(head["kernel"].shape)).astype(np.float32)
+  head["bias"] = 0 * head["bias"]
   step_fn = make_train_step(model=student, tx=tx, schedule=schedule, **objective.step_kwargs())
 
   @jax.jit

@@ -1,4 +1,4 @@
-"""The real command line, end to end, on the runlocal config: outputs, resume, config errors."""
+"""The real command line, end to end, on the runlocal config: outputs, resume; config errors (its entry point in process)."""
 import importlib.util
 import json
 import os
@@ -14,10 +14,10 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "digits_vit.py")
 
 
-def _train(workdir, *overrides, config=CONFIG + ":runlocal"):
+def _train(workdir, *overrides):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   return subprocess.run(
-      [sys.executable, "-m", "tokax.train", f"--config={config}", f"--workdir={workdir}", *overrides],
+      [sys.executable, "-m", "tokax.train", f"--config={CONFIG}:runlocal", f"--workdir={workdir}", *overrides],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -48,17 +48,29 @@ def test_train_then_resume(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 5
 
 
-def test_mistyped_override_names_the_field(tmp_path):
-  proc = _train(tmp_path, "--config.bach_size=8")
-  assert proc.returncode != 0
-  assert "bach_size" in proc.stderr
+def _cli_in_process(capsys, *argv):
+  """(exit status, stderr) of tokax.train's entry point (absl's app.run) run in this process: for argument errors,
+  which end before anything trains, without starting a Python."""
+  from absl import app
+
+  from tokax.train import main as cli
+
+  with pytest.raises(SystemExit) as exited:
+    app.run(cli.main, argv=["tokax.train", *argv])
+  return exited.value.code, capsys.readouterr().err
+
+
+def test_mistyped_override_names_the_field(tmp_path, capsys):
+  status, stderr = _cli_in_process(capsys, f"--config={CONFIG}:runlocal", f"--workdir={tmp_path}", "--config.bach_size=8")
+  assert status == 1
+  assert "bach_size" in stderr
   assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_unknown_config_argument_is_an_error(tmp_path):
-  proc = _train(tmp_path, config=CONFIG + ":runlokal")
-  assert proc.returncode != 0
-  assert "runlokal" in proc.stderr
+def test_unknown_config_argument_is_an_error(tmp_path, capsys):
+  status, stderr = _cli_in_process(capsys, f"--config={CONFIG}:runlokal", f"--workdir={tmp_path}")
+  assert status == 1
+  assert "runlokal" in stderr
 
 
 def _load_config_module(name):
