@@ -54,23 +54,32 @@ def _unit_cases():
   return [pytest.param(case, id=case["tag"]) for case in meta["cases"]]
 
 
+MERGES = ("scatter", "matmul")
+
+
+@functools.partial(jax.jit, static_argnames=("ratio", "margin", "bsm", "num_prefix"))
+def _merge(metric, x, size, *, ratio, margin, bsm, num_prefix):
+  """The plan, the tokens it merges by every apply_plan method, and its matrix T."""
+  plan = pitome_plan(metric, ratio, margin, bsm=bsm, num_prefix=num_prefix)
+  tokens = Tokens.create(x, has_cls=bool(num_prefix)).replace(size=size)
+  return plan, [apply_plan(tokens, plan, method=method) for method in MERGES], plan_matrix(plan, tokens.size)
+
+
 @pytest.mark.parametrize("case", _unit_cases())
-@pytest.mark.parametrize("method", ["scatter", "matmul"])
-def test_plan_equals_official_merge(unit, case, method):
+def test_plan_equals_official_merge(unit, case):
   _, data = unit
   tag, num_prefix, n = case["tag"], int(case["class_token"]), case["num_tokens"]
   metric, x, size = data["metric"][:, :n], data["x"][:, :n], data["size"][:, :n]
-  plan = pitome_plan(jnp.asarray(metric), case["ratio"], case["margin"], bsm=case["mode"] == "bsm",
-                     num_prefix=num_prefix)
+  plan, outs, t = _merge(metric, x, size, ratio=case["ratio"], margin=case["margin"], bsm=case["mode"] == "bsm",
+                         num_prefix=num_prefix)
   assert plan.num_out == case["num_out"] == data[f"x_{tag}"].shape[1]
   # Same groups in the same output order ([CLS, protected, B] / [CLS, unmerged A, B]); for the
   # r = 0 case (bsm_..._n9) the same permutation.
   np.testing.assert_array_equal(np.asarray(plan.dst), data[f"dst_{tag}"])
-  tokens = Tokens.create(jnp.asarray(x), has_cls=bool(num_prefix)).replace(size=jnp.asarray(size))
-  out = apply_plan(tokens, plan, method=method)
-  np.testing.assert_array_equal(np.asarray(out.size), data[f"size_{tag}"])
-  np.testing.assert_allclose(np.asarray(out.x), data[f"x_{tag}"], rtol=1e-5, atol=1e-6)
-  t = np.asarray(plan_matrix(plan, tokens.size), np.float64)  # X' = T X with T = diag(S s)^-1 S diag(s)
+  for method, out in zip(MERGES, outs):
+    np.testing.assert_array_equal(np.asarray(out.size), data[f"size_{tag}"], err_msg=method)
+    np.testing.assert_allclose(np.asarray(out.x), data[f"x_{tag}"], rtol=1e-5, atol=1e-6, err_msg=method)
+  t = np.asarray(t, np.float64)  # X' = T X with T = diag(S s)^-1 S diag(s)
   np.testing.assert_allclose(t @ x.astype(np.float64), data[f"x_{tag}"], rtol=1e-5, atol=1e-6)
 
 
@@ -106,8 +115,9 @@ def golden(request):
   return name, meta, data, model, mode, params
 
 
-def _run(model, params, images):
-  return jax.jit(lambda p, x: model.apply(p, x, return_intermediates=True))(params, images)
+@functools.partial(jax.jit, static_argnums=0)
+def forward(model, params, images):
+  return model.apply(params, images, return_intermediates=True)
 
 
 def test_schedule_matches_official_patch(golden):
@@ -123,11 +133,11 @@ def test_schedule_matches_official_patch(golden):
 
 def test_ratio_one_is_the_dense_model(golden):
   _, _, data, model, mode, params = golden
-  logits, inter = _run(model.clone(reduction=PiToMe(ratio=1.0, mode=mode)), params, data["images"])
+  logits, inter = forward(model.clone(reduction=PiToMe(ratio=1.0, mode=mode)), params, data["images"])
   assert _relative(logits, data["logits_r1.0"]) <= 1e-4
   assert _relative(logits, data["logits_dense"]) <= 1e-4
   np.testing.assert_array_equal(np.asarray(inter["num_tokens"]), data["tokens_r1.0"])
-  np.testing.assert_array_equal(np.asarray(logits), np.asarray(jax.jit(model.apply)(params, data["images"])))
+  np.testing.assert_array_equal(np.asarray(logits), np.asarray(forward(model, params, data["images"])[0]))
 
 
 @pytest.mark.slow
@@ -135,7 +145,7 @@ def test_ratio_one_is_the_dense_model(golden):
 def test_pitome_equals_official_patch(golden, ratio):
   name, meta, data, model, mode, params = golden
   tag = f"r{ratio}"
-  logits, inter = _run(model.clone(reduction=PiToMe(ratio=ratio, mode=mode)), params, data["images"])
+  logits, inter = forward(model.clone(reduction=PiToMe(ratio=ratio, mode=mode)), params, data["images"])
   np.testing.assert_array_equal(np.asarray(inter["num_tokens"]), data[f"tokens_{tag}"])
   # The MAE golden pools with the official /3 divisor and tokax with the patch count: equal up to
   # fc_norm's eps (quantified in test_mae_pooling_*), far below this tolerance.
@@ -171,11 +181,11 @@ def mae_tiny():
   model = ViT(variant="Ti/16", depth=2, image_size=64, num_classes=10, pool="gap",
               reduction=PiToMe(ratio=0.75, mode="mae"))
   images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  params = model.init(jax.random.key(1), images)
+  params = jax.jit(model.clone(reduction=None).init)(jax.random.key(1), images)  # PiToMe adds no parameters
   head = params["params"]["head"]
   params["params"]["head"] = {"kernel": jax.random.normal(jax.random.key(2), head["kernel"].shape) * 0.1,
                               "bias": jax.random.normal(jax.random.key(3), head["bias"].shape) * 0.1}
-  logits, inter = jax.jit(functools.partial(model.apply, return_intermediates=True))(params, images)
+  logits, inter = forward(model, params, images)
   feats, size = np.asarray(inter["features"], np.float64), np.asarray(inter["size"], np.float64)
   return params, np.asarray(logits, np.float64), feats, size
 
@@ -223,33 +233,37 @@ def test_mae_pooling_official_divisor_differs_only_through_fc_norm_eps(mae_tiny)
 
 # ------------------------------------------------------------------------------------ edge cases
 
-def test_jit_compiles_once_per_schedule():
-  model = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64, reduction=PiToMe(ratio=0.8))
-  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  params = model.init(jax.random.key(1), x)
+SMALL = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)  # 16 patches + cls
+
+
+@pytest.fixture(scope="module")
+def small_params():
+  return jax.jit(SMALL.init)(jax.random.key(1), jax.random.normal(jax.random.key(0), (2, 64, 64, 3)))
+
+
+def test_jit_compiles_once_per_schedule(small_params):
+  model = SMALL.clone(reduction=PiToMe(ratio=0.8))
 
   @jax.jit
   @chex.assert_max_traces(n=1)
-  def forward(p, images):
+  def logits(p, images):
     return model.apply(p, images)
 
   for seed in range(3):
-    forward(params, jax.random.normal(jax.random.key(seed), (2, 64, 64, 3)))
+    logits(small_params, jax.random.normal(jax.random.key(seed), (2, 64, 64, 3)))
 
 
-def test_degenerate_inputs_give_no_nan():
+def test_degenerate_inputs_give_no_nan(small_params):
   """Constant images, identical patch tokens (no position embedding) and all-zero keys."""
-  model = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)
   x = jnp.full((2, 64, 64, 3), 0.5)
-  params = model.init(jax.random.key(1), jax.random.normal(jax.random.key(0), x.shape))
+  params = small_params
   duplicates = jax.tree.map(lambda v: v, params)
   duplicates["params"]["pos_embed"] = jnp.zeros_like(params["params"]["pos_embed"])
   zero_keys = jax.tree_util.tree_map_with_path(  # F.normalize's eps keeps the similarities at 0
       lambda path, v: jnp.zeros_like(v) if "qkv" in jax.tree_util.keystr(path) else v, params)
   for reduction in (PiToMe(ratio=0.5), PiToMe(ratio=0.8, mode="mae"), PiToMe(ratio=0.9, mode=("pitome",) * 4)):
-    forward = jax.jit(functools.partial(model.clone(reduction=reduction).apply, return_intermediates=True))
     for case in (params, duplicates, zero_keys):
-      logits, inter = forward(case, x)
+      logits, inter = forward(SMALL.clone(reduction=reduction), case, x)
       assert np.isfinite(np.asarray(logits)).all()
       assert np.isfinite(np.asarray(inter["size"])).all()
       assert list(np.asarray(inter["num_tokens"])) == list(reduction.token_counts(17, 4))
@@ -295,10 +309,11 @@ def test_invalid_settings_raise(kwargs, match):
 def test_per_layer_lengths_are_checked_against_depth():
   model = ViT(variant="Ti/16", depth=2, num_classes=10, image_size=32)
   x = jnp.zeros((1, 32, 32, 3))
+  init = lambda reduction: jax.eval_shape(model.clone(reduction=reduction).init, jax.random.key(0), x)  # no compile
   with pytest.raises(ValueError, match=r"PiToMe.ratio: the per-layer tuple has 3 entries but the model has 2"):
-    model.clone(reduction=PiToMe(ratio=(0.9, 0.9, 0.9))).init(jax.random.key(0), x)
+    init(PiToMe(ratio=(0.9, 0.9, 0.9)))
   with pytest.raises(ValueError, match=r"PiToMe.mode: the per-layer tuple has 1 entries but the model has 2"):
-    model.clone(reduction=PiToMe(mode=("bsm",))).init(jax.random.key(0), x)
+    init(PiToMe(mode=("bsm",)))
 
 
 def test_ratio_one_returns_the_tokens_unchanged():
@@ -329,12 +344,13 @@ def test_schedules_and_explicit_modes():
 def test_reduce_per_image_plans_in_a_batch():
   """Each image gets its own plan: the batch result equals running the images one by one."""
   rng = np.random.default_rng(5)
-  keys = jnp.asarray(rng.standard_normal((3, 21, 8)), jnp.float32)
-  tokens = Tokens.create(jnp.asarray(rng.standard_normal((3, 21, 6)), jnp.float32))
+  keys = rng.standard_normal((3, 21, 8)).astype(np.float32)
+  x = rng.standard_normal((3, 21, 6)).astype(np.float32)
+  reduce = jax.jit(lambda x, keys, layer: PiToMe(ratio=0.7).reduce(Tokens.create(x), {"keys": keys}, layer=layer,
+                                                                   depth=12), static_argnums=2)
   for layer in (0, 11):  # a "bsm" then a "pitome" layer of the DeiT order
-    batched = PiToMe(ratio=0.7).reduce(tokens, {"keys": keys}, layer=layer, depth=12)
+    batched = reduce(x, keys, layer)
     for b in range(3):
-      single = PiToMe(ratio=0.7).reduce(
-          Tokens.create(tokens.x[b:b + 1]), {"keys": keys[b:b + 1]}, layer=layer, depth=12)
+      single = reduce(x[b:b + 1], keys[b:b + 1], layer)
       np.testing.assert_array_equal(np.asarray(batched.assign[b]), np.asarray(single.assign[0]))
       np.testing.assert_allclose(np.asarray(batched.x[b]), np.asarray(single.x[0]), rtol=1e-6)

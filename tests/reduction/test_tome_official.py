@@ -1,4 +1,5 @@
 """ToMe equals the official facebookresearch/ToMe timm patch (goldens in tests/golden)."""
+import functools
 import json
 
 import chex
@@ -22,6 +23,11 @@ SETTINGS = {
 }
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def forward(model, params, images):
+  return model.apply(params, images, return_intermediates=True)
+
+
 def _relative(a, b):
   return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
 
@@ -42,7 +48,7 @@ def golden(request):
 
 def test_dense_logits_equal_timm(golden):
   _, _, data, model, params = golden
-  logits = jax.jit(model.apply)(params, data["images"])
+  logits, _ = forward(model, params, data["images"])
   assert _relative(logits, data["logits_dense"]) <= 1e-4
 
 
@@ -50,8 +56,7 @@ def test_dense_logits_equal_timm(golden):
 @pytest.mark.parametrize("tag", sorted(SETTINGS))
 def test_tome_equals_official(golden, tag):
   name, meta, data, model, params = golden
-  reduced = model.clone(reduction=SETTINGS[tag])
-  logits, inter = jax.jit(lambda p, x: reduced.apply(p, x, return_intermediates=True))(params, data["images"])
+  logits, inter = forward(model.clone(reduction=SETTINGS[tag]), params, data["images"])
   np.testing.assert_array_equal(np.asarray(inter["num_tokens"]), data[f"tokens_{tag}"])
   assert _relative(logits, data[f"logits_{tag}"]) <= 1e-4, name
   if tag != "r0":
@@ -62,31 +67,36 @@ def test_tome_equals_official(golden, tag):
     np.testing.assert_allclose(np.asarray(inter["size"]), data[f"source_{tag}"].sum(-1))
 
 
-def test_jit_compiles_once_per_schedule():
-  model = ViT(variant="Ti/16", num_classes=10, image_size=64, reduction=ToMe(r=4))
-  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  params = model.init(jax.random.key(1), x)
+SMALL = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)  # 16 patches + cls
+
+
+@pytest.fixture(scope="module")
+def small_params():
+  return jax.jit(SMALL.init)(jax.random.key(1), jax.random.normal(jax.random.key(0), (2, 64, 64, 3)))
+
+
+def test_jit_compiles_once_per_schedule(small_params):
+  model = SMALL.clone(reduction=ToMe(r=4))
 
   @jax.jit
   @chex.assert_max_traces(n=1)
-  def forward(p, images):
+  def logits(p, images):
     return model.apply(p, images)
 
   for seed in range(3):
-    forward(params, jax.random.normal(jax.random.key(seed), (2, 64, 64, 3)))
+    logits(small_params, jax.random.normal(jax.random.key(seed), (2, 64, 64, 3)))
 
 
 @pytest.mark.parametrize("images", ["constant", "zeros_keys"])
-def test_degenerate_inputs_give_no_nan(images):
-  model = ViT(variant="Ti/16", num_classes=10, image_size=64)
+def test_degenerate_inputs_give_no_nan(small_params, images):
   x = jnp.full((2, 64, 64, 3), 0.5)
-  params = model.init(jax.random.key(1), jax.random.normal(jax.random.key(0), x.shape))
+  params = small_params
   if images == "zeros_keys":  # every key exactly zero: ToMe's official code divides 0 by 0 here
     params = jax.tree_util.tree_map_with_path(
         lambda path, v: jnp.zeros_like(v) if "qkv" in jax.tree_util.keystr(path) else v, params)
   for r in (4, 100, (8, -1)):  # 100 is more than half the tokens: clipped, as ToMe does
-    logits, inter = model.clone(reduction=ToMe(r=r)).apply(params, x, return_intermediates=True)
+    logits, inter = forward(SMALL.clone(reduction=ToMe(r=r)), params, x)
     assert np.isfinite(np.asarray(logits)).all()
     assert np.isfinite(np.asarray(inter["size"])).all()
-  counts = model.clone(reduction=ToMe(r=100)).apply(params, x, return_intermediates=True)[1]["num_tokens"]
-  assert list(np.asarray(counts)[:3]) == [9, 5, 3]  # 17 -> 1 + 16//2 ... half the unprotected tokens per layer
+    if r == 100:  # 17 -> 1 + 16//2 ... half the unprotected tokens per layer
+      assert list(np.asarray(inter["num_tokens"])[:3]) == [9, 5, 3]

@@ -1,6 +1,11 @@
 """Every method on one small ViT: the registry contract (over tokax.reduction.METHODS, here REGISTRY, so a new method is
-tested without edits), jax.export round trip, visualisation, degenerate inputs."""
+tested without edits), jax.export round trip, visualisation, degenerate inputs.
+
+One model (4 blocks, 8 x 8 patches + cls) and one image batch throughout, run through the jitted `init` and `forward`
+below: each (method, shape) compiles once per process, and the methods without parameters share one dense init.
+"""
 import dataclasses
+import functools
 import re
 
 import jax
@@ -17,10 +22,12 @@ from tokax.reduction.registry import METHODS as REGISTRY, fields_of
 from tokax.reduction.dtome import DToMe
 from tokax.reduction.visualize import draw_merges
 
-DEPTH = 4
+TINY = dict(variant="Ti/4", width=32, depth=4, num_heads=2, mlp_dim=64, image_size=32, num_classes=10)
+DEPTH, PATCH, NUM_TOKENS = TINY["depth"], 4, 65  # 8 x 8 patches + cls
+MODEL = ViT(**TINY)
 METHODS = {
     "tome": ToMe(r=8),
-    "pitome": PiToMe(ratio=0.8),
+    "pitome": PiToMe(ratio=0.6),
     "mctf": MCTF(r=8),
     "evit": EViT(keep_rate=0.6, layers=(1, 2)),
     "evit_nofuse": EViT(keep_rate=0.6, layers=(1, 2), fuse_token=False),
@@ -29,38 +36,53 @@ METHODS = {
 }
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def init(model, images):
+  return model.init(jax.random.key(0), images)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(model, params, images):
+  return model.apply(params, images, return_intermediates=True)
+
+
 @pytest.fixture(scope="module")
-def setup():
-  model = ViT(variant="Ti/8", depth=DEPTH, image_size=64, num_classes=10)
-  image = skimage.transform.resize(skimage.data.astronaut(), (64, 64), anti_aliasing=True).astype(np.float32)
-  images = np.stack([image, image[::-1]])
-  params = {}
-  for name, method in METHODS.items():  # Slim adds its own parameters
-    params[name] = model.clone(reduction=method).init(jax.random.key(0), images)
-  return model, images, params
+def images():
+  image = skimage.transform.resize(skimage.data.astronaut(), (32, 32), anti_aliasing=True).astype(np.float32)
+  return np.stack([image, image[::-1]])
+
+
+@pytest.fixture(scope="module")
+def dense(images):
+  """Parameters of every method but Slim (the only one that adds its own)."""
+  return init(MODEL, images)
+
+
+def params_for(method, dense, images):
+  return init(MODEL.clone(reduction=method), images) if method.placement == "end" else dense
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_export_round_trip_gives_the_same_logits(setup, name):
-  model, images, params = setup
-  reduced = model.clone(reduction=METHODS[name])
-  forward = jax.jit(reduced.apply)
-  exported = jax.export.export(forward)(params[name], images)
+def test_export_round_trip_gives_the_same_outputs(dense, images, name):
+  reduced = MODEL.clone(reduction=METHODS[name])
+  params = params_for(METHODS[name], dense, images)
+  exported = jax.export.export(jax.jit(functools.partial(reduced.apply, return_intermediates=True)))(params, images)
   restored = jax.export.deserialize(exported.serialize())
-  np.testing.assert_allclose(restored.call(params[name], images), forward(params[name], images), rtol=1e-6, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+               jax.jit(restored.call)(params, images), forward(reduced, params, images))
   assert "stablehlo" in exported.mlir_module()[:2000] or "func.func" in exported.mlir_module()
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_merge_map_draws_every_method(setup, name):
-  model, images, params = setup
-  _, inter = model.clone(reduction=METHODS[name]).apply(params[name], images, return_intermediates=True)
+def test_merge_map_draws_every_method(dense, images, name):
+  reduced = MODEL.clone(reduction=METHODS[name])
+  _, inter = forward(reduced, params_for(METHODS[name], dense, images), images)
   assign = np.asarray(inter["assign"][0])
-  picture = draw_merges(images[0], assign, patch_size=8, num_prefix=1)
-  assert picture.shape == (64, 64, 3) and picture.dtype == np.uint8
+  picture = draw_merges(images[0], assign, patch_size=PATCH, num_prefix=1)
+  assert picture.shape == (32, 32, 3) and picture.dtype == np.uint8
   patches = assign[1:]
   if name == "evit_nofuse":  # pruned patches are drawn dark grey
-    centres = picture[4::8, 4::8]  # one pixel inside every patch, away from the outlines
+    centres = picture[PATCH // 2::PATCH, PATCH // 2::PATCH]  # one pixel inside every patch, away from the outlines
     assert (patches < 0).any() and np.allclose(centres[patches.reshape(8, 8) < 0], 51, atol=1)
   else:
     assert (patches >= 0).all() and len(np.unique(patches)) < patches.size  # patches share tokens
@@ -68,34 +90,26 @@ def test_merge_map_draws_every_method(setup, name):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 @pytest.mark.parametrize("case", ["constant", "duplicate_tokens"])
-def test_degenerate_images_give_finite_logits(setup, name, case):
-  model, _, params = setup
+def test_degenerate_images_give_finite_logits(dense, images, name, case):
   if case == "constant":
-    images = np.full((2, 64, 64, 3), 0.3, np.float32)
-  else:  # one 8x8 patch tiled: every patch token identical, positions differ
-    patch = np.random.default_rng(0).uniform(size=(1, 8, 8, 3)).astype(np.float32)
-    images = np.tile(patch, (2, 8, 8, 1))
-  logits = model.clone(reduction=METHODS[name]).apply(params[name], images)
-  assert np.isfinite(np.asarray(logits)).all()
+    bad = np.full(images.shape, 0.3, np.float32)
+  else:  # one patch tiled: every patch token identical, positions differ
+    patch = np.random.default_rng(0).uniform(size=(1, PATCH, PATCH, 3)).astype(np.float32)
+    bad = np.tile(patch, (2, 8, 8, 1))
+  logits, inter = forward(MODEL.clone(reduction=METHODS[name]), params_for(METHODS[name], dense, images), bad)
+  assert np.isfinite(np.asarray(logits)).all() and np.isfinite(np.asarray(inter["features"])).all()
 
 
 @pytest.mark.parametrize("method", [ToMe(r=1000), PiToMe(ratio=0.5), MCTF(r=1000), EViT(keep_rate=0.01, layers=(0, 1, 2, 3)),
                                     DToMe(thresholds=(-float("inf"),) * DEPTH)])
-def test_amounts_beyond_the_tokens_are_clipped(setup, method):
+def test_amounts_beyond_the_tokens_are_clipped(dense, images, method):
   """Every method clips an amount it cannot apply to what the tokens allow; none crashes."""
-  model, images, _ = setup
-  reduced = model.clone(reduction=method)
-  params = reduced.init(jax.random.key(0), images)
-  logits, inter = reduced.apply(params, images, return_intermediates=True)
+  logits, inter = forward(MODEL.clone(reduction=method), dense, images)
   counts = np.asarray(inter["num_tokens"])
   assert np.isfinite(np.asarray(logits)).all() and counts.min() >= 2 and np.all(np.diff(counts) <= 0)
 
 
 # --- the registry contract, for every entry of REGISTRY ------------------------------------------------
-
-TINY = dict(variant="Ti/4", width=32, depth=4, num_heads=2, mlp_dim=64, image_size=32, num_classes=10)
-NUM_TOKENS = 65  # 8 x 8 patches + cls
-
 
 def two_strengths(cls):
   """Two valid strengths: counts for an int strength field, kept fractions otherwise."""
@@ -103,13 +117,6 @@ def two_strengths(cls):
   if isinstance(default, int) and not isinstance(default, bool):
     return (2, 8)
   return (0.9, 0.6)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-  model = ViT(**TINY)
-  images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
-  return model, model.init(jax.random.key(0), images), images
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -166,27 +173,23 @@ def test_config_dicts_build_like_dicts():
   assert build(config.reduction) == MCTF(r=4, activate_layers=(1, 2))
 
 
-def _block_counts(model, params, images):
-  params = model.init(jax.random.key(0), images) if params is None else params
-  _, inter = model.apply(params, images, return_intermediates=True)
-  return tuple(int(n) for n in inter["num_tokens"]), params
+def _block_counts(method, dense, images):
+  _, inter = forward(MODEL.clone(reduction=method), params_for(method, dense, images), images)
+  return tuple(int(n) for n in inter["num_tokens"])
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in REGISTRY.items() if c.placement != "post"))
-def test_token_counts_equal_the_forward(tiny, name):
-  model, params, images = tiny
+def test_token_counts_equal_the_forward(dense, images, name):
   cls = REGISTRY[name]
   counts = []
   for strength in two_strengths(cls):
     method = build(f"{name}:{strength}")
-    reduced = model.clone(reduction=method)
-    got, reduced_params = _block_counts(reduced, None if cls.placement == "end" else params, images)
-    assert got == method.token_counts(NUM_TOKENS, TINY["depth"], 1), strength
+    got = _block_counts(method, dense, images)
+    assert got == method.token_counts(NUM_TOKENS, DEPTH, 1), strength
     counts.append(got)
     if cls.needs_calibration:
-      calibrated = calibrate_dtome(model, params, [images], method)
-      assert _block_counts(model.clone(reduction=calibrated), params, images)[0] == calibrated.token_counts(
-          NUM_TOKENS, TINY["depth"], 1)
+      calibrated = calibrate_dtome(MODEL, dense, [images], method)
+      assert _block_counts(calibrated, dense, images) == calibrated.token_counts(NUM_TOKENS, DEPTH, 1)
   if not cls.variable_tokens:
     assert counts[0] != counts[1] and counts[1][-1] < NUM_TOKENS  # the strength does something
 
@@ -199,13 +202,13 @@ def test_post_reducers_report_their_output_tokens(name):
   outs = []
   for strength in two_strengths(cls):
     reducer = build(f"{name}:{strength}")
-    out = reducer(Tokens.create(x), {"cls": cls_row})  # one call signature for every post reducer
+    call = lambda x, c: reducer(Tokens.create(x), {"cls": c})  # one call signature for every post reducer
+    out = jax.jit(call)(x, cls_row)
     assert out.num_tokens == reducer.output_tokens(NUM_TOKENS, 1) < NUM_TOKENS
     outs.append(out.num_tokens)
   assert outs[0] != outs[1]
-  model = ViT(**TINY, reduction=build(name))
   with pytest.raises(ValueError, match="post-encoder"):
-    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    MODEL.clone(reduction=build(name)).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,8 +234,8 @@ HOOKS = {"mid": {"reduce"}, "pre": {"attention_layer", "reduce_with_attention"},
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in REGISTRY.items() if c.placement != "post"))
-def test_the_block_calls_the_hooks_of_the_placement(tiny, name):
-  model, _, images = tiny
+def test_the_block_calls_the_hooks_of_the_placement(images, name):
   CALLS.clear()
-  model.clone(reduction=Spy(build(name))).init(jax.random.key(0), images)
+  spied = MODEL.clone(reduction=Spy(build(name)))
+  jax.eval_shape(lambda x: spied.init(jax.random.key(0), x), images)  # traces the blocks; compiles nothing
   assert CALLS == HOOKS[REGISTRY[name].placement]
