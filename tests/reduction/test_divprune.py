@@ -1,4 +1,5 @@
 """DivPrune equals the official vbdi/divprune selection (goldens); ToDRE equals a float64 brute force."""
+import functools
 import json
 
 import chex
@@ -12,6 +13,8 @@ from tokax.reduction.divprune import (DivPrune, ToDRE, cosine_similarity, divpru
                                       keep_count, todre, todre_plan, todre_select)
 
 MARGIN = 1e-6  # float64 score gap below which float32 code may legitimately pick the other token
+_divprune_select = jax.jit(divprune_select, static_argnums=1)
+_todre_select = jax.jit(todre_select, static_argnums=2, static_argnames="mode")
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +74,9 @@ def test_golden_picks_equal_official_per_image_on_a_batch(golden, divprune_jit):
   # one image at a time gives the same plan as the batch (per-image plans)
   x, k = data["x_random"], 56
   batched = np.asarray(divprune_jit(x, k)[1])
+  plan_index = jax.jit(lambda x: divprune_plan(x, k).index)
   for b in range(x.shape[0]):
-    np.testing.assert_array_equal(np.asarray(divprune_jit(x[b:b + 1], k)[1])[0], batched[b])
+    np.testing.assert_array_equal(np.asarray(plan_index(x[b:b + 1]))[0], batched[b])
 
 
 def _divprune_float64(x, k):
@@ -89,7 +93,7 @@ def _divprune_float64(x, k):
 
 def test_divprune_equals_float64_rule_on_other_shapes():
   x = np.random.default_rng(3).standard_normal((2, 50, 7))
-  picks = np.asarray(divprune_select(jnp.asarray(x, jnp.float32), 20))
+  picks = np.asarray(_divprune_select(jnp.asarray(x, jnp.float32), 20))
   for b in range(2):
     np.testing.assert_array_equal(picks[b], _divprune_float64(x[b], 20))
 
@@ -97,24 +101,35 @@ def test_divprune_equals_float64_rule_on_other_shapes():
 def test_prefix_tokens_are_kept_and_not_compared():
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.standard_normal((2, 1 + 49, 16)), jnp.float32)
-  tokens = Tokens.create(x, has_cls=True)
-  out = DivPrune(ratio=0.25)(tokens)
   k = keep_count(0.25, 49)
+
+  @jax.jit
+  def run(x):  # the reducer, the plan and the picks among the patch tokens alone
+    return DivPrune(ratio=0.25)(Tokens.create(x, has_cls=True)), divprune_plan(x, k, num_prefix=1).index, \
+        divprune_select(x[:, 1:], k)
+
+  out, index, picks = run(x)
   assert out.x.shape == (2, 1 + k, 16)
   np.testing.assert_array_equal(out.x[:, 0], x[:, 0])
-  expected = np.sort(np.asarray(divprune_select(x[:, 1:], k)), axis=-1) + 1
-  np.testing.assert_array_equal(divprune_plan(x, k, num_prefix=1).index[:, 1:], expected)
+  expected = np.sort(np.asarray(picks), axis=-1) + 1
+  np.testing.assert_array_equal(index[:, 1:], expected)
   np.testing.assert_array_equal(out.x[:, 1:], np.take_along_axis(np.asarray(x), expected[..., None], axis=1))
   assert (np.asarray(out.assign) >= -1).all() and np.asarray(out.assign)[:, 0].tolist() == [0, 0]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _three_plans(x, num_keep):
+  plans = (divprune_plan(x, num_keep), todre_plan(x, x[..., 0], num_keep),
+           todre_plan(x, x[..., 0], num_keep, mode="k_center"))
+  return [plan.index for plan in plans]
 
 
 @pytest.mark.parametrize("num_keep", [5, 49, 1000])
 def test_amounts_above_n_are_clipped(num_keep):
   x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 49, 8)), jnp.float32)
   k = min(num_keep, 49)
-  for plan in (divprune_plan(x, num_keep), todre_plan(x, x[..., 0], num_keep),
-               todre_plan(x, x[..., 0], num_keep, mode="k_center")):
-    index = np.asarray(plan.index)
+  for index in _three_plans(x, num_keep):
+    index = np.asarray(index)
     assert index.shape == (2, k)
     assert all(len(set(row)) == k for row in index) and (np.diff(index, axis=-1) > 0).all()
   assert DivPrune(num_keep=num_keep).kept(49) == k
@@ -156,7 +171,7 @@ def test_degenerate_features_give_distinct_picks_and_no_nan(kind):
 def test_zero_vector_is_isolated_in_closed_form():
   x = np.zeros((1, 4, 2), np.float32)
   x[0, 1:] = [[1, 0], [1, 1e-3], [0.999, 0]]  # three nearly parallel tokens and one zero vector
-  assert int(divprune_select(jnp.asarray(x), 1)[0, 0]) == 0
+  assert int(_divprune_select(jnp.asarray(x), 1)[0, 0]) == 0
 
 
 def test_jit_compiles_once():
@@ -167,8 +182,8 @@ def test_jit_compiles_once():
     return DivPrune(ratio=0.25)(tokens).x, ToDRE(ratio=0.25)(tokens, {"cls": score}).x
 
   for seed in range(3):
-    x = jax.random.normal(jax.random.key(seed), (2, 65, 16))
-    reduce(x, jax.random.uniform(jax.random.key(seed + 10), (2, 65)))
+    rng = np.random.default_rng(seed)
+    reduce(rng.standard_normal((2, 65, 16)).astype(np.float32), rng.uniform(size=(2, 65)).astype(np.float32))
 
 
 def _todre_float64(x, pivot, k, mode):
@@ -193,8 +208,7 @@ def test_todre_equals_float64_brute_force(mode):
   rng = np.random.default_rng(7)
   x = rng.standard_normal((2, 80, 12))
   score = rng.uniform(size=(2, 80))
-  picks = np.asarray(jax.jit(todre_select, static_argnums=2, static_argnames="mode")(
-      jnp.asarray(x, jnp.float32), jnp.asarray(score, jnp.float32), 24, mode=mode))
+  picks = np.asarray(_todre_select(jnp.asarray(x, jnp.float32), jnp.asarray(score, jnp.float32), 24, mode=mode))
   for b in range(2):
     np.testing.assert_array_equal(picks[b], _todre_float64(x[b], np.argmax(score[b]), 24, mode))
   assert (picks[:, 0] == score.argmax(-1)).all()  # the pivot is the top-[CLS]-attention token
@@ -208,10 +222,10 @@ def test_todre_covers_clusters_first(mode):
   member = np.stack([rng.permutation(np.arange(60) % 6) for _ in range(2)])
   x = centers[member] * rng.uniform(0.5, 2.0, size=(2, 60, 1))
   score = rng.uniform(size=(2, 60))
-  picks = np.asarray(todre_select(jnp.asarray(x, jnp.float32), jnp.asarray(score, jnp.float32), 6, mode=mode))
+  picks = np.asarray(_todre_select(jnp.asarray(x, jnp.float32), jnp.asarray(score, jnp.float32), 6, mode=mode))
   for b in range(2):
     assert sorted(member[b, picks[b]]) == list(range(6))
-  divprune_picks = np.asarray(divprune_select(jnp.asarray(x, jnp.float32), 6))
+  divprune_picks = np.asarray(_divprune_select(jnp.asarray(x, jnp.float32), 6))
   for b in range(2):
     assert sorted(member[b, divprune_picks[b]]) == list(range(6))
 

@@ -11,7 +11,6 @@ import functools
 import json
 import math
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from tokax.models.vit import Attention, Block
 from tokax.reduction import ToMe, Tokens, apply_plan, bipartite_matching_plan, source_matrix
 from tokax.reduction.dtome import (DToMe, DToMeCalibration, ThresholdState, batch_level_plan, calibrate_thresholds,
                                    r_schedule, threshold_plan)
+from vit_testing import apply, random_params, traces
 
 NUM_BATCHES, BATCH = 2, 4
 VIT_GOLDENS = {"dtome_vit_ti_cls": dict(class_token=True, pool="cls"),
@@ -87,6 +87,9 @@ def _run(model, depth):
   return jax.jit(forward)
 
 
+_calibrate = jax.jit(calibrate_thresholds, static_argnames=("r", "has_cls", "max_r"))
+
+
 def _valid_rows_equal(ours_source, golden_pos, counts):
   for b, n in enumerate(counts):
     np.testing.assert_array_equal(np.asarray(ours_source)[b, :n], golden_pos[b, :n])
@@ -102,11 +105,8 @@ def vit_golden(request):
   name = request.param
   meta, data = _load(name)
   model = ViT(variant="Ti/16", num_classes=1000, **VIT_GOLDENS[name])
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
-  shapes = {k: v.shape for k, v in export_state_dict(zeros).items()}
-  assert sorted(shapes) == meta["weight_names"]
-  params = convert_state_dict(random_state_dict(shapes, meta["weight_seed"]))
+  params = random_params(model, meta["weight_seed"])
+  assert sorted(export_state_dict(params)) == meta["weight_names"]
   return name, meta, data, model, params
 
 
@@ -133,9 +133,7 @@ def test_vit_calibration_equals_official(vit_golden, tag):
   images = _images(data["images"])
   calibrating = model.clone(reduction=DToMeCalibration(r=rs, max_r=max_r))
   forward = _run(calibrating, 12)
-  update = jax.jit(lambda st, keys, masks: calibrate_thresholds(st, keys, masks, r=rs, max_r=max_r,
-                                                                  has_cls=model.class_token))
-  state = None
+  state = ThresholdState.create(12)  # = calibrate_thresholds' start from None, one compile for both batches
   for k in range(NUM_BATCHES):
     out, inter, keys, masks_in, counts = forward(params, images[k * BATCH:(k + 1) * BATCH])
     np.testing.assert_array_equal(np.asarray(counts), data[f"{tag}_calib_ntoks"][k])
@@ -147,7 +145,7 @@ def test_vit_calibration_equals_official(vit_golden, tag):
     else:
       for b, n in enumerate(final):
         assert _relative(inter["features"][b, :n], data[f"{tag}_calib_out"][k][b, :n]) <= 1e-5
-    state = update(state, keys, masks_in)
+    state = _calibrate(state, keys, masks_in, r=rs, max_r=max_r, has_cls=model.class_token)
     official = data[f"{tag}_thresholds"][k]
     calibrated = np.asarray(state.counts) > 0
     # official layers with r = 0 keep the buffer's initial 1.0 ("no merging"); tokax keeps count 0
@@ -237,7 +235,7 @@ def test_openclip_blocks_equal_official():
   tag, rs = setting["tag"], tuple(setting["r_per_layer"])
   tokens_in = data["tokens"]
   n0 = tokens_in.shape[1]
-  state = None
+  state = ThresholdState.create(len(rs))
   for k in range(NUM_BATCHES):
     tokens, keys, masks_in, counts = _run_stack(DToMeCalibration(r=rs), params, tokens_in[k * BATCH:(k + 1) * BATCH])
     np.testing.assert_array_equal(np.asarray(counts), data[f"{tag}_calib_ntoks"][k])
@@ -245,7 +243,7 @@ def test_openclip_blocks_equal_official():
     _valid_rows_equal(source_matrix(tokens.assign, n0), data[f"{tag}_calib_pos"][k], final)
     for b, n in enumerate(final):
       assert _relative(tokens.x[b, :n], data[f"{tag}_calib_out"][k][b, :n]) <= 1e-5
-    state = calibrate_thresholds(state, keys, masks_in, r=rs, has_cls=True)
+    state = _calibrate(state, keys, masks_in, r=rs, has_cls=True)
     np.testing.assert_allclose(np.asarray(state.thresholds), data[f"{tag}_thresholds"][k], rtol=0, atol=1e-6)
   for dtome in (_official_dtome(setting, data, tag), DToMe.from_state(state)):
     tokens, _, _, counts = _run_stack(dtome, params, tokens_in[NUM_BATCHES * BATCH:])
@@ -261,13 +259,15 @@ def test_openclip_blocks_equal_official():
 # Closed forms and edge cases.
 
 
-@functools.lru_cache(maxsize=None)
-def _jit_apply(model):
-  return jax.jit(lambda p, x: model.apply(p, x, return_intermediates=True))
-
-
 def _tiny(reduction=None, **kw):
-  return ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64, reduction=reduction, **kw)
+  return ViT(variant="Ti/16", depth=3, num_classes=10, image_size=64, reduction=reduction, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A depth-3 ViT with a class token on 64 x 64 images (17 tokens), with random weights."""
+  model = _tiny()
+  return model, random_params(model, seed=1)
 
 
 @functools.partial(jax.jit, static_argnames=("has_cls", "max_r"))
@@ -326,13 +326,18 @@ def test_threshold_plan_matches_float64_reference(has_cls, theta):
         assert src[0, 0] == 1 and src[0].sum() == 1
 
 
+@functools.partial(jax.jit, static_argnames=("has_cls", "has_dist"))
+def _minus_infinity_and_tome(metric, *, has_cls, has_dist):
+  return (threshold_plan(metric, None, -math.inf, has_cls=has_cls, has_dist=has_dist),
+          bipartite_matching_plan(metric, 1000, has_cls=has_cls, has_dist=has_dist))
+
+
 @pytest.mark.parametrize("has_cls,has_dist", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("n", [17, 18])
 def test_minus_infinity_threshold_is_tomes_plan(has_cls, has_dist, n):
   """theta = -inf: every image merges ToMe's clip (N - P) // 2, in ToMe's exact output layout."""
   metric = jnp.asarray(np.random.default_rng(n).standard_normal((2, n, 8)), jnp.float32)
-  plan, r = jax.jit(lambda m: threshold_plan(m, None, -math.inf, has_cls=has_cls, has_dist=has_dist))(metric)
-  tome = bipartite_matching_plan(metric, 1000, has_cls=has_cls, has_dist=has_dist)
+  (plan, r), tome = _minus_infinity_and_tome(metric, has_cls=has_cls, has_dist=has_dist)
   assert r.tolist() == [n - tome.num_out] * 2
   np.testing.assert_array_equal(np.asarray(plan.dst), np.asarray(tome.dst))
 
@@ -378,9 +383,8 @@ def test_calibrate_thresholds_is_a_running_mean():
   batch_thetas = []
   for step in range(3):
     ks = [k + step for k in keys]
-    state = calibrate_thresholds(state, ks, [None] * 3, r=rs, has_cls=True)
-    batch_thetas.append([float(batch_level_plan(k, None, r, has_cls=True)[1]) if r else 0.0
-                         for k, r in zip(ks, rs)])
+    state = _calibrate(state, ks, [None] * 3, r=rs, has_cls=True)  # the first step starts from None
+    batch_thetas.append([float(_batch_merge(k, r=r)[1]) if r else 0.0 for k, r in zip(ks, rs)])
   expected = np.mean(np.asarray(batch_thetas), axis=0)
   np.testing.assert_allclose(np.asarray(state.thresholds)[[0, 2]], expected[[0, 2]], rtol=1e-6)
   assert np.asarray(state.counts).tolist() == [3, 0, 3] and math.isinf(float(state.thresholds[1]))
@@ -388,62 +392,55 @@ def test_calibrate_thresholds_is_a_running_mean():
   assert dtome.thresholds[1] == math.inf and dtome.thresholds[0] == pytest.approx(expected[0], rel=1e-6)
 
 
-def test_jit_compiles_once_with_data_dependent_counts():
-  model = _tiny(DToMe(thresholds=(0.3, 0.4, 0.5, 0.6), max_r=(None, 4, None, None)))
-  params = jax.jit(model.init)(jax.random.key(1), jnp.zeros((2, 64, 64, 3)))
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def forward(p, images):
-    return model.apply(p, images, return_intermediates=True)
-
+def test_jit_compiles_once_with_data_dependent_counts(tiny):
+  model, params = tiny
+  model = model.clone(reduction=DToMe(thresholds=(0.3, 0.4, 0.5), max_r=(None, 4, None)))
+  before = traces(model)
   seen = set()
   rng = np.random.default_rng(0)
   for grid in (2, 4, 8):  # image 0 piecewise constant (redundant), image 1 noise
     smooth = np.kron(rng.standard_normal((grid, grid, 3)), np.ones((64 // grid, 64 // grid, 1)))
     images = np.stack([smooth, rng.standard_normal((64, 64, 3))]).astype(np.float32)
-    logits, inter = forward(params, images)
+    logits, inter = apply(model, params, images)
     assert np.isfinite(np.asarray(logits)).all()
     seen.add(tuple(np.asarray(inter["mask"].sum(-1)).tolist()))
   assert len(seen) > 1
+  assert traces(model) - before <= 1
 
 
 @pytest.mark.parametrize("case", ["constant", "zero_keys"])
-def test_degenerate_inputs_give_no_nan_and_clip(case):
-  model = _tiny()
+def test_degenerate_inputs_give_no_nan_and_clip(tiny, case):
+  model, params = tiny
   x = jnp.full((2, 64, 64, 3), 0.5)
-  params = jax.jit(model.init)(jax.random.key(1), jax.random.normal(jax.random.key(0), x.shape))
   # constant image AND no positional embedding: every token identical -> every edge = 1 > theta
   params = jax.tree_util.tree_map_with_path(
       lambda path, v: jnp.zeros_like(v) if "pos_embed" in jax.tree_util.keystr(path) else v, params)
   if case == "zero_keys":  # every key exactly zero: the official normalisation divides 0 by 0
     params = jax.tree_util.tree_map_with_path(
         lambda path, v: jnp.zeros_like(v) if "qkv" in jax.tree_util.keystr(path) else v, params)
-  for thresholds in ((0.5,) * 4, (-math.inf,) * 4, (math.inf,) * 4):
-    logits, inter = _jit_apply(model.clone(reduction=DToMe(thresholds=thresholds)))(params, x)
+  for thresholds in ((0.5,) * 3, (-math.inf,) * 3, (math.inf,) * 3):  # each compiles once for both cases
+    logits, inter = apply(model.clone(reduction=DToMe(thresholds=thresholds)), params, x)
     assert np.isfinite(np.asarray(logits)).all() and np.isfinite(np.asarray(inter["size"])).all()
     counts = None if inter["mask"] is None else np.asarray(inter["mask"].sum(-1))
     if thresholds[0] == math.inf:
       assert counts is None
     elif case == "constant" or thresholds[0] == -math.inf:  # clipped to half the unprotected tokens per layer
-      assert counts.tolist() == [2, 2]  # 17 -> 9 -> 5 -> 3 -> 2
+      assert counts.tolist() == [3, 3]  # 17 -> 9 -> 5 -> 3
     else:  # zero keys: similarity 0 < 0.5, nothing merges
       assert counts.tolist() == [17, 17]
-  calib = model.clone(reduction=DToMeCalibration(r=(100,) * 4))
-  logits, inter = _jit_apply(calib)(params, x)
+  logits, inter = apply(model.clone(reduction=DToMeCalibration(r=(100,) * 3)), params, x)
   assert np.isfinite(np.asarray(logits)).all()
 
 
-def test_infinite_thresholds_are_the_dense_model_and_minus_infinity_is_tome():
-  model = _tiny(class_token=True)
-  x = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
-  params = jax.jit(model.init)(jax.random.key(1), x)
-  dense, _ = _jit_apply(model)(params, x)
-  none, _ = _jit_apply(model.clone(reduction=DToMe(thresholds=(math.inf,) * 4)))(params, x)
+def test_infinite_thresholds_are_the_dense_model_and_minus_infinity_is_tome(tiny):
+  model, params = tiny
+  x = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
+  dense, _ = apply(model, params, x)
+  none, _ = apply(model.clone(reduction=DToMe(thresholds=(math.inf,) * 3)), params, x)
   np.testing.assert_array_equal(np.asarray(none), np.asarray(dense))
   # theta = -inf merges as much as ToMe's clip allows: the same tokens as ToMe with a huge r
-  all_in, inter = _jit_apply(model.clone(reduction=DToMe(thresholds=(-math.inf,) * 4)))(params, x)
-  tome, tome_inter = _jit_apply(model.clone(reduction=ToMe(r=100)))(params, x)
+  all_in, inter = apply(model.clone(reduction=DToMe(thresholds=(-math.inf,) * 3)), params, x)
+  tome, tome_inter = apply(model.clone(reduction=ToMe(r=100)), params, x)
   np.testing.assert_allclose(np.asarray(all_in), np.asarray(tome), rtol=1e-5, atol=1e-6)
   n = int(tome_inter["num_tokens"][-1])
   np.testing.assert_array_equal(np.asarray(inter["mask"].sum(-1)), [n, n])
@@ -452,15 +449,15 @@ def test_infinite_thresholds_are_the_dense_model_and_minus_infinity_is_tome():
 
 
 def test_masked_slots_do_not_change_valid_outputs():
-  model = _tiny(DToMe(thresholds=(0.2, 0.2, 0.3, 0.3)), pool="gap", class_token=False)
-  x = jax.random.normal(jax.random.key(3), (2, 64, 64, 3))
-  params = jax.jit(model.init)(jax.random.key(1), x)
-  logits, inter = _jit_apply(model)(params, x)
+  model = _tiny(DToMe(thresholds=(0.2, 0.2, 0.3)), pool="gap", class_token=False)
+  x = np.random.default_rng(3).standard_normal((2, 64, 64, 3)).astype(np.float32)
+  params = random_params(model, seed=1)
+  logits, inter = apply(model, params, x)
   n = np.asarray(inter["mask"].sum(-1))
   assert (n < 16).all()
   # the same images alone (B = 1) give the same logits: no leakage across the padded slots or the batch
   for b in range(2):
-    alone, _ = _jit_apply(model)(params, x[b:b + 1])
+    alone, _ = apply(model, params, x[b:b + 1])
     np.testing.assert_allclose(np.asarray(alone[0]), np.asarray(logits[b]), rtol=1e-5, atol=1e-6)
 
 
@@ -469,8 +466,8 @@ def test_configuration_errors_name_the_field():
     DToMe(thresholds=(0.5, float("nan")))
   with pytest.raises(ValueError, match="DToMe.max_r"):
     DToMe(thresholds=(0.5,), max_r=-1)
-  with pytest.raises(ValueError, match="DToMe.thresholds: 2 thresholds for a depth-4"):
-    _tiny(DToMe(thresholds=(0.5, 0.5))).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  with pytest.raises(ValueError, match="DToMe.thresholds: 2 thresholds for a depth-3"):
+    jax.eval_shape(_tiny(DToMe(thresholds=(0.5, 0.5))).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   with pytest.raises(ValueError, match="DToMeCalibration.r"):
     DToMeCalibration(r=(1, -1))
   with pytest.raises(ValueError, match="r_schedule"):

@@ -1,9 +1,9 @@
 """EViT equals the official youweiliang/evit model and block (goldens in tests/golden), plus
 closed-form, tie, degenerate-input, jit and validation checks."""
+import functools
 import json
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +15,7 @@ from tokax.models import ViT
 from tokax.models.vit import Block
 from tokax.reduction import DensePlan, SelectPlan, ToMe, Tokens, apply_plan, plan_matrix
 from tokax.reduction.evit import EViT, evit_num_keep, evit_plan
+from vit_testing import apply, random_params, traces
 
 SETTINGS = {
     "fuse07": EViT(keep_rate=0.7, layers=(3, 6, 9), fuse_token=True),
@@ -22,6 +23,17 @@ SETTINGS = {
     "fuse05": EViT(keep_rate=0.5, layers=(3, 6, 9), fuse_token=True),
     "ties_fuse07": EViT(keep_rate=0.7, layers=(3, 6, 9), fuse_token=True),
 }
+
+
+# evit_plan compiled once per (scores shape, k, options)
+_plan = jax.jit(evit_plan, static_argnums=1, static_argnames=("fuse_token", "num_prefix"))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _reduce(tokens, scores, k, fuse_token=True):
+  """apply_plan(tokens, evit_plan(scores, k)) and the plan."""
+  plan = evit_plan(scores, k, fuse_token=fuse_token)
+  return apply_plan(tokens, plan), plan
 
 
 def _relative(a, b):
@@ -80,8 +92,7 @@ def test_evit_model_equals_official(golden, tag):
   params = convert_state_dict(dict(state, pos_embed=data["pos_embed_ties"]) if ties else state)
   images = np.full_like(data["images"], 0.25) if ties else data["images"]
   reduction = SETTINGS[tag]
-  logits, inter = jax.jit(lambda p, x: model.clone(reduction=reduction).apply(p, x, return_intermediates=True))(
-      params, images)
+  logits, inter = apply(model.clone(reduction=reduction), params, images)  # ties reuse fuse07's compile
   np.testing.assert_array_equal(np.asarray(inter["num_tokens"]), data[f"tokens_{tag}"])
   assert reduction.token_counts(197, 12) == tuple(data[f"tokens_{tag}"])
   assert _relative(logits, data[f"logits_{tag}"]) <= 1e-5  # measured ~9e-7 (ties: 2e-6) on CPU
@@ -110,8 +121,7 @@ def test_plan_from_official_attention_equals_official_selection(golden, tag):
     full = np.concatenate([np.full((batch, 1), 0.3, np.float32), cls_attn], axis=1)  # column 0 unused
     k = evit_num_keep(SETTINGS[tag].keep_rate, n)
     assert k == idx.shape[1]
-    plan = evit_plan(jnp.asarray(full), k, fuse_token=True)
-    t = np.asarray(plan_matrix(plan, jnp.ones((batch, n))))
+    t = np.asarray(_plan_matrix(jnp.asarray(full), k))
     expected = np.zeros((batch, k + 2, n), np.float32)
     expected[:, 0, 0] = 1
     for b in range(batch):
@@ -119,6 +129,11 @@ def test_plan_from_official_attention_equals_official_selection(golden, tag):
       dropped = np.setdiff1d(np.arange(n - 1), idx[b])
       expected[b, k + 1, dropped + 1] = cls_attn[b, dropped]
     np.testing.assert_array_equal(t, expected)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _plan_matrix(scores, k):
+  return plan_matrix(evit_plan(scores, k, fuse_token=True), jnp.ones(scores.shape))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,6 +188,11 @@ def _block_float64(state, x, keep_rate, num_heads, fuse):
   return x + h @ w["mlp.fc2.weight"].T + w["mlp.fc2.bias"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _block_apply(block, params, x):  # the random and duplicate cases share one compile
+  return block.apply(params, Tokens.create(x)).x
+
+
 @pytest.mark.parametrize("case", ["random", "duplicates"])
 @pytest.mark.parametrize("fuse", [True, False])
 def test_block_equals_official(block_golden, case, fuse):
@@ -181,7 +201,7 @@ def test_block_equals_official(block_golden, case, fuse):
   cfg = meta["block"]
   block = Block(num_heads=cfg["num_heads"], mlp_dim=4 * cfg["dim"], layer=0, depth=1,
                 reduction=EViT(keep_rate=cfg["keep_rate"], layers=(0,), fuse_token=fuse))
-  out = np.asarray(block.apply(params, Tokens.create(jnp.asarray(data[f"{case}_x"]))).x)
+  out = np.asarray(_block_apply(block, params, jnp.asarray(data[f"{case}_x"])))
   official = data[f"{tag}_out"]
   assert out.shape == official.shape
   # On duplicates the [CLS] attention ties (margin 0 in the json): torch and jax may keep different
@@ -208,9 +228,8 @@ def test_plan_on_official_state_equals_official_reduction(block_golden, case, fu
   mid, cls_attn = data[f"{tag}_mid"], data[f"{tag}_cls_attn"]
   full = jnp.concatenate([jnp.full((mid.shape[0], 1), 0.5), jnp.asarray(cls_attn)], axis=1)
   k = data[f"{tag}_idx"].shape[1]
-  plan = evit_plan(full, k, fuse_token=fuse)
+  reduced, plan = _reduce(Tokens.create(jnp.asarray(mid)), full, k, fuse)
   assert isinstance(plan, DensePlan if fuse else SelectPlan)
-  reduced = apply_plan(Tokens.create(jnp.asarray(mid)), plan)
   np.testing.assert_allclose(np.asarray(reduced.x), data[f"{tag}_reduced"], rtol=1e-6, atol=1e-6)
   if case == "random":
     index = plan.index if not fuse else jnp.argmax(plan.matrix[:, 1:k + 1], axis=-1)
@@ -229,7 +248,7 @@ def test_plan_against_float64_reference():
   cls_attn = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
   size = rng.integers(1, 4, (batch, n)).astype(np.float32)
   tokens = Tokens.create(jnp.asarray(x)).replace(size=jnp.asarray(size))
-  out = apply_plan(tokens, evit_plan(jnp.asarray(cls_attn), k, fuse_token=True))
+  out, plan = _reduce(tokens, jnp.asarray(cls_attn), k)
   for b in range(batch):  # float64 numpy: top-k by descending attention, then the raw-weighted fusion
     order = np.argsort(-cls_attn[b, 1:].astype(np.float64), kind="stable")
     kept, dropped = order[:k] + 1, np.sort(order[k:]) + 1
@@ -242,23 +261,23 @@ def test_plan_against_float64_reference():
     np.testing.assert_array_equal(assign[kept], np.arange(1, k + 1))
     np.testing.assert_array_equal(assign[dropped], np.full(len(dropped), k + 1))
   # weights are NOT renormalised: the fused row sums to the dropped tokens' attention mass (< 1)
-  t = np.asarray(evit_plan(jnp.asarray(cls_attn), k).matrix)
+  t = np.asarray(plan.matrix)
   assert np.all(t[:, -1].sum(-1) < 1) and np.allclose(t[:, -1].sum(-1), 1 - np.sort(cls_attn[:, 1:])[:, -k:].sum(-1)
                                                       - cls_attn[:, 0], atol=1e-6)
 
 
 def test_per_image_plans_in_a_batch():
   scores = jnp.asarray([[0.5, 0.1, 0.2, 0.3, 0.4], [0.5, 0.4, 0.3, 0.2, 0.1]])
-  plan = evit_plan(scores, 2, fuse_token=False)
+  plan = _plan(scores, 2, fuse_token=False)
   np.testing.assert_array_equal(np.asarray(plan.index), [[0, 4, 3], [0, 1, 2]])  # descending attention
 
 
 def test_ties_lower_index_first_and_distillation_token_protected():
   scores = jnp.asarray([[0.9, 0.05, 0.2, 0.2, 0.1, 0.2, 0.05]])
-  np.testing.assert_array_equal(np.asarray(evit_plan(scores, 3, fuse_token=False).index), [[0, 2, 3, 5]])
+  np.testing.assert_array_equal(np.asarray(_plan(scores, 3, fuse_token=False).index), [[0, 2, 3, 5]])
   # with [CLS, dist] both are kept first and the dist token is never scored (the official code
   # would score it like a patch token)
-  np.testing.assert_array_equal(np.asarray(evit_plan(scores, 2, num_prefix=2, fuse_token=False).index),
+  np.testing.assert_array_equal(np.asarray(_plan(scores, 2, num_prefix=2, fuse_token=False).index),
                                 [[0, 1, 2, 3]])
 
 
@@ -268,8 +287,8 @@ def test_duplicate_tokens_give_the_same_features_whichever_copy_is_kept():
   copies = np.asarray([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
   x = np.concatenate([rng.standard_normal((1, 16)), base[copies]]).astype(np.float32)[None]
   scores = np.concatenate([[0.3], np.asarray([0.1, 0.05, 0.02, 0.03])[copies]]).astype(np.float32)[None]
-  out = apply_plan(Tokens.create(jnp.asarray(x)), evit_plan(jnp.asarray(scores), 4))
-  kept = np.asarray(evit_plan(jnp.asarray(scores), 4).matrix)[0, 1:5].argmax(-1)
+  out, plan = _reduce(Tokens.create(jnp.asarray(x)), jnp.asarray(scores), 4)
+  kept = np.asarray(plan.matrix)[0, 1:5].argmax(-1)
   np.testing.assert_array_equal(kept, [1, 5, 9, 2])  # jax: lower index first among equal scores
   # a tie-breaking that prefers the HIGHER index among copies (torch's order is unspecified)
   order = np.lexsort((-np.arange(10), -scores[0, 1:].astype(np.float64)))
@@ -301,47 +320,45 @@ def test_token_counts():
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)
-  params = model.init(jax.random.key(1), jax.random.normal(jax.random.key(0), (2, 64, 64, 3)))
-  return model, params
+  """A depth-3 ViT on 64 x 64 images (17 tokens) with random weights."""
+  model = ViT(variant="Ti/16", depth=3, num_classes=10, image_size=64)
+  return model, random_params(model, seed=1)
+
+
+def _images(seed):
+  return np.random.default_rng(seed).standard_normal((2, 64, 64, 3)).astype(np.float32)
 
 
 def test_keep_rate_one_is_the_identity(tiny):
   model, params = tiny
-  x = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
-  dense = model.apply(params, x)
+  x = _images(2)
+  dense, _ = apply(model, params, x)
   for fuse in (True, False):
-    logits, inter = model.clone(reduction=EViT(keep_rate=1.0, layers=(0, 1, 2), fuse_token=fuse)).apply(
-        params, x, return_intermediates=True)
+    logits, inter = apply(model.clone(reduction=EViT(keep_rate=1.0, layers=(0, 1, 2), fuse_token=fuse)), params, x)
     np.testing.assert_array_equal(np.asarray(logits), np.asarray(dense))
-    assert list(np.asarray(inter["num_tokens"])) == [17] * 4
+    assert list(np.asarray(inter["num_tokens"])) == [17] * 3
   # ceil(0.99 * 16) = 16 = every candidate: the official code returns early, no fused token
-  logits, inter = model.clone(reduction=EViT(keep_rate=0.99, layers=(1,))).apply(params, x, return_intermediates=True)
-  assert list(np.asarray(inter["num_tokens"])) == [17] * 4
+  logits, inter = apply(model.clone(reduction=EViT(keep_rate=0.99, layers=(1,))), params, x)
+  assert list(np.asarray(inter["num_tokens"])) == [17] * 3
   np.testing.assert_array_equal(np.asarray(logits), np.asarray(dense))
 
 
 def test_tiny_keep_rate_keeps_one_token(tiny):
   model, params = tiny
-  x = jax.random.normal(jax.random.key(3), (2, 64, 64, 3))
-  logits, inter = model.clone(reduction=EViT(keep_rate=1e-6, layers=(0, 2))).apply(params, x, return_intermediates=True)
-  assert list(np.asarray(inter["num_tokens"])) == [3, 3, 3, 3]
+  logits, inter = apply(model.clone(reduction=EViT(keep_rate=1e-6, layers=(0, 2))), params, _images(3))
+  assert list(np.asarray(inter["num_tokens"])) == [3, 3, 3]
   assert np.isfinite(np.asarray(logits)).all()
   np.testing.assert_array_equal(np.asarray(inter["size"]).sum(-1), [17, 17])  # nothing is lost: fused
 
 
 def test_jit_compiles_once(tiny):
   model, params = tiny
-  reduced = model.clone(reduction=EViT(keep_rate=0.5, layers=(1, 2)))
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def forward(p, images):
-    return reduced.apply(p, images)
-
+  reduced = model.clone(reduction=EViT(keep_rate=0.5, layers=(0, 1, 2)))  # as test_degenerate_inputs_give_no_nan
+  before = traces(reduced)
   for seed in range(3):
-    out = forward(params, jax.random.normal(jax.random.key(seed), (2, 64, 64, 3)))
+    out, _ = apply(reduced, params, _images(seed))
   assert out.shape == (2, 10)
+  assert traces(reduced) - before <= 1
 
 
 @pytest.mark.parametrize("images", ["constant", "zero_keys"])
@@ -352,7 +369,7 @@ def test_degenerate_inputs_give_no_nan(tiny, images):
     params = jax.tree_util.tree_map_with_path(
         lambda path, v: jnp.zeros_like(v) if "qkv" in jax.tree_util.keystr(path) else v, params)
   for reduction in (EViT(keep_rate=0.5, layers=(0, 1, 2)), EViT(keep_rate=0.3, layers=(1,), fuse_token=False)):
-    logits, inter = model.clone(reduction=reduction).apply(params, x, return_intermediates=True)
+    logits, inter = apply(model.clone(reduction=reduction), params, x)  # one compile for both kinds
     assert np.isfinite(np.asarray(logits)).all()
     assert np.isfinite(np.asarray(inter["size"])).all()
 
@@ -373,11 +390,11 @@ def test_layers_outside_the_model_and_missing_class_token(tiny):
   model, params = tiny
   x = jnp.ones((1, 64, 64, 3))
   with pytest.raises(ValueError, match="EViT.layers"):
-    model.clone(reduction=EViT(layers=(4,))).apply(params, x)
+    jax.eval_shape(model.clone(reduction=EViT(layers=(3,))).apply, params, x)
   gap = ViT(variant="Ti/16", depth=2, num_classes=10, image_size=64, pool="gap", class_token=False,
             reduction=EViT(layers=(0,)))
   with pytest.raises(ValueError, match="class token"):
-    gap.init(jax.random.key(0), x)
+    jax.eval_shape(gap.init, jax.random.key(0), x)
 
 
 def test_list_layers_are_hashable():

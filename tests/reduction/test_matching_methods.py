@@ -8,16 +8,17 @@ import pytest
 from tokax.models import ViT
 from tokax.reduction import PiToMe, ToMe
 from tokax.reduction.dtome import DToMe, threshold_plan
+from vit_testing import apply, random_params
 
 
 @pytest.mark.slow
 def test_tome_pallas_gives_the_xla_plan_and_logits():
   model = ViT(variant="Ti/8", depth=1, image_size=32, num_classes=10)
-  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
-  xla, pallas = (model.clone(reduction=ToMe(r=4, matching=m, interpret=m == "pallas")) for m in ("xla", "pallas"))
-  params = xla.init(jax.random.key(1), images)
-  run = lambda model: jax.jit(lambda p, x: model.apply(p, x, return_intermediates=True))(params, images)
-  (ref_logits, ref_inter), (got_logits, got_inter) = run(xla), run(pallas)
+  images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  params = random_params(model, seed=1)
+  (ref_logits, ref_inter), (got_logits, got_inter) = (
+      apply(model.clone(reduction=ToMe(r=4, matching=m, interpret=m == "pallas")), params, images)
+      for m in ("xla", "pallas"))
   ref_assign, got_assign = (jax.tree.leaves(t) for t in (ref_inter, got_inter))
   assert len(ref_assign) == len(got_assign)
   for ref, got in zip(ref_assign, got_assign):  # assign (where every patch ended up: the composed plans), sizes, features
@@ -30,13 +31,17 @@ def test_pitome_and_dtome_pallas_plans_equal_xla():
   from tokax.reduction.pitome import pitome_plan
   rng = np.random.default_rng(5)
   metric = jnp.asarray(rng.standard_normal((2, 29, 8)), jnp.float32)
-  ref = pitome_plan(metric, 0.7, 0.5, bsm=True)
-  got = pitome_plan(metric, 0.7, 0.5, bsm=True, matching_implementation="pallas", interpret=True)
-  np.testing.assert_array_equal(got.dst, ref.dst)
   mask = jnp.asarray(np.arange(29)[None] < np.array([[29], [20]]))
-  ref, ref_r = threshold_plan(metric, mask, 0.1, has_cls=True)
-  got, got_r = threshold_plan(metric, mask, 0.1, has_cls=True, matching_implementation="pallas", interpret=True)
+  pallas = dict(matching_implementation="pallas", interpret=True)
+
+  @jax.jit
+  def plans(metric, mask):  # xla and pallas, PiToMe and DToMe, in one compiled call
+    return ([pitome_plan(metric, 0.7, 0.5, bsm=True, **kw) for kw in ({}, pallas)],
+            [threshold_plan(metric, mask, 0.1, has_cls=True, **kw) for kw in ({}, pallas)])
+
+  (ref, got), ((ref_dtome, ref_r), (got_dtome, got_r)) = plans(metric, mask)
   np.testing.assert_array_equal(got.dst, ref.dst)
+  np.testing.assert_array_equal(got_dtome.dst, ref_dtome.dst)
   np.testing.assert_array_equal(got_r, ref_r)
   assert int(ref_r.min()) > 0
 

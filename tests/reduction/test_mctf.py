@@ -1,19 +1,18 @@
 """MCTF equals the official mlvlab/MCTF code (goldens in tests/golden/mctf_*), plus its edge cases."""
 import dataclasses
+import functools
 import json
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from golden.weights import random_state_dict
-from tokax.interop.timm import convert_state_dict, export_state_dict
 from tokax.models import ViT
 from tokax.reduction import PreReduction, Tokens, apply_plan, source_matrix
 from tokax.reduction.mctf import (MCTF, attention_received, bidirectional_fusion_plan, fusion_weights, layer_r,
                                   mctf_fuse, merge_attention, multi_criteria_scores)
+from vit_testing import apply, random_params, traces
 
 MODEL = "deit_tiny_patch16_224"
 SETTINGS = {
@@ -53,11 +52,22 @@ def _unit_inputs(case, data, *, has_dist=False):
   return tokens.replace(size=jnp.asarray(size)), jnp.asarray(attn)
 
 
-def _fuse(case, tokens, attn, merge="auto"):
+_fuse = jax.jit(mctf_fuse, static_argnums=2,
+                static_argnames=("tau_sim", "tau_info", "tau_size", "bidirection", "pooling_type", "merge"))
+
+
+def _case_args(case):
   r = layer_r(case["r"], case["num_tokens"], case["num_protected"])
   assert r == case["r_applied"]
-  return mctf_fuse(tokens, attn, r, tau_sim=case["tau_sim"], tau_info=case["tau_info"], tau_size=case["tau_size"],
-                   bidirection=bool(case["bidirection"]), pooling_type=case["pooling_type"], merge=merge)
+  return dict(r=r, tau_sim=case["tau_sim"], tau_info=case["tau_info"], tau_size=case["tau_size"],
+              bidirection=bool(case["bidirection"]), pooling_type=case["pooling_type"])
+
+
+@functools.partial(jax.jit, static_argnames=("r", "tau_sim", "tau_info", "tau_size", "bidirection", "pooling_type"))
+def _fuse_both(tokens, attn, **kw):
+  """mctf_fuse with the scatter and the matmul group sums, in one compiled call."""
+  r = kw.pop("r")
+  return {merge: mctf_fuse(tokens, attn, r, merge=merge, **kw) for merge in ("scatter", "matmul")}
 
 
 UNIT_CASES = ["base", "base_even", "first", "pool0", "unidir", "unidir_pool0", "odd_r", "frac", "clip", "small",
@@ -65,19 +75,29 @@ UNIT_CASES = ["base", "base_even", "first", "pool0", "unidir", "unidir_pool0", "
 
 
 @pytest.mark.parametrize("tag", UNIT_CASES)
-@pytest.mark.parametrize("merge", ["scatter", "matmul"])
-def test_fusion_equals_official(unit, tag, merge):
+def test_fusion_equals_official(unit, tag):
   cases, data = unit
   case = cases[tag]
   tokens, attn = _unit_inputs(case, data)
-  out, attn_out = jax.jit(lambda t, a: _fuse(case, t, a, merge))(tokens, attn)
   n_out = case["num_tokens"] - case["r_applied"]
-  # Groups AND output order: [kept A (cls first, original order), kept B (descending score)].
-  np.testing.assert_array_equal(np.asarray(source_matrix(out.assign, n_out)), data[f"{tag}_source"])
-  np.testing.assert_array_equal(np.asarray(out.size), data[f"{tag}_size"])
-  np.testing.assert_allclose(np.asarray(out.x), data[f"{tag}_x"], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(attn_out), data[f"{tag}_attn"], rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(np.asarray(attn_out).sum(-1), 1.0, atol=1e-5)
+  for merge, (out, attn_out) in _fuse_both(tokens, attn, **_case_args(case)).items():
+    # Groups AND output order: [kept A (cls first, original order), kept B (descending score)].
+    np.testing.assert_array_equal(np.asarray(source_matrix(out.assign, n_out)), data[f"{tag}_source"], err_msg=merge)
+    np.testing.assert_array_equal(np.asarray(out.size), data[f"{tag}_size"], err_msg=merge)
+    np.testing.assert_allclose(np.asarray(out.x), data[f"{tag}_x"], rtol=1e-5, atol=1e-6, err_msg=merge)
+    np.testing.assert_allclose(np.asarray(attn_out), data[f"{tag}_attn"], rtol=1e-5, atol=1e-7, err_msg=merge)
+    np.testing.assert_allclose(np.asarray(attn_out).sum(-1), 1.0, atol=1e-5, err_msg=merge)
+
+
+@functools.partial(jax.jit, static_argnames=("r", "tau_sim", "tau_info", "tau_size", "bidirection", "pooling_type"))
+def _plan_parts(tokens, attn, *, r, tau_sim, tau_info, tau_size, bidirection, pooling_type):
+  """tokax's single plan for one layer: (plan, float32 fusion weights, merged attention)."""
+  received = attention_received(attn)
+  scores = multi_criteria_scores(tokens.x, received, tokens.size, tau_sim=tau_sim, tau_info=tau_info,
+                                 tau_size=tau_size)
+  plan = bidirectional_fusion_plan(scores, r, has_cls=True, bidirection=bidirection)
+  w = fusion_weights(received, tokens.size, pooling_type)
+  return plan, w, merge_attention(attn, plan.replace(weight=w))
 
 
 @pytest.mark.parametrize("tag", ["base", "pool0", "odd_r", "clip"])
@@ -90,12 +110,8 @@ def test_one_plan_is_the_official_two_step_merge_float64(unit, tag):
   cases, data = unit
   case = cases[tag]
   tokens, attn = _unit_inputs(case, data)
-  r = case["r_applied"]
-  received = attention_received(attn)
-  scores = multi_criteria_scores(tokens.x, received, tokens.size, tau_sim=case["tau_sim"],
-                                 tau_info=case["tau_info"], tau_size=case["tau_size"])
-  plan = bidirectional_fusion_plan(scores, r, has_cls=True, bidirection=bool(case["bidirection"]))
-  w = np.asarray(fusion_weights(received, tokens.size, case["pooling_type"]), np.float64)
+  plan, w, tokax_attn = _plan_parts(tokens, attn, **_case_args(case))
+  w = np.asarray(w, np.float64)
   dst = np.asarray(plan.dst)
   groups = (dst[:, None, :] == np.arange(plan.num_out)[None, :, None]).astype(np.float64)  # S (B, N', N)
   t = groups * w[:, None, :]
@@ -105,8 +121,7 @@ def test_one_plan_is_the_official_two_step_merge_float64(unit, tag):
   np.testing.assert_allclose(t @ x64, data[f"{tag}_x"], rtol=2e-6, atol=2e-7)
   merged_attn = np.einsum("bpq,bhqk,bmk->bhpm", t, a64, groups)
   np.testing.assert_allclose(merged_attn, data[f"{tag}_attn"], rtol=2e-6, atol=1e-8)
-  np.testing.assert_allclose(np.asarray(merge_attention(attn, plan.replace(weight=jnp.asarray(w, jnp.float32)))),
-                             merged_attn, rtol=2e-6, atol=1e-8)
+  np.testing.assert_allclose(np.asarray(tokax_attn), merged_attn, rtol=2e-6, atol=1e-8)
   # Chains A -> B -> A exist in these cases: some output slot holds tokens of both parities.
   if case["bidirection"]:
     parity_mix = [(groups[b, m] * (np.arange(dst.shape[1]) % 2)).sum() not in (0, groups[b, m].sum())
@@ -131,7 +146,7 @@ def test_distillation_token_official_indexing_vs_tokax(unit):
   r = layer_r(case["r"], case["num_tokens"], tokens.num_prefix)
   assert r == case["r_applied"]
   for bidirection in (True, False):
-    out, attn_out = mctf_fuse(tokens, attn, r, bidirection=bidirection)
+    out, attn_out = _fuse(tokens, attn, r, bidirection=bidirection)
     ours = np.asarray(source_matrix(out.assign, out.num_tokens))
     assert ours.shape[1] == case["num_tokens"] - r
     np.testing.assert_array_equal(ours[:, 0], np.eye(case["num_tokens"])[[0, 0]])
@@ -141,14 +156,19 @@ def test_distillation_token_official_indexing_vs_tokax(unit):
 
   # Emulating the official indexing (row 1 of A masked instead of column 0 of B) with tokax's plan
   # reproduces the official groups and order exactly: the protection index is the only difference.
+  emulated = _official_protection(tokens, attn, r)
+  np.testing.assert_array_equal(np.asarray(source_matrix(emulated.assign, case["num_tokens"] - r)), official)
+  np.testing.assert_allclose(np.asarray(emulated.x), data["dist_official_x"], rtol=1e-5, atol=1e-6)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _official_protection(tokens, attn, r):
+  """tokax's plan with the official protection of the first two A rows (tokens 0 and 2)."""
   received = attention_received(attn)
   scores = multi_criteria_scores(tokens.x, received, tokens.size)
   scores = scores.at[:, 1, :].set(-jnp.inf)
   plan = bidirectional_fusion_plan(scores, r, has_cls=True, has_dist=False)
-  emulated = Tokens.create(tokens.x, has_cls=True)
-  emulated = apply_plan(emulated, plan.replace(weight=fusion_weights(received, tokens.size)))
-  np.testing.assert_array_equal(np.asarray(source_matrix(emulated.assign, plan.num_out)), official)
-  np.testing.assert_allclose(np.asarray(emulated.x), data["dist_official_x"], rtol=1e-5, atol=1e-6)
+  return apply_plan(Tokens.create(tokens.x, has_cls=True), plan.replace(weight=fusion_weights(received, tokens.size)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,11 +178,7 @@ def test_distillation_token_official_indexing_vs_tokax(unit):
 def deit():
   meta, data = _golden(MODEL)
   model = ViT(variant="Ti/16", num_classes=1000)
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
-  shapes = {k: v.shape for k, v in export_state_dict(zeros).items()}
-  params = convert_state_dict(random_state_dict(shapes, meta["weight_seed"]))
-  return meta, data, model, params
+  return meta, data, model, random_params(model, meta["weight_seed"])
 
 
 def test_dense_logits_equal_official(deit):
@@ -182,7 +198,7 @@ def test_token_counts_are_static_and_official(deit, tag):
 def test_mctf_equals_official(deit, tag):
   meta, data, model, params = deit
   reduced = model.clone(reduction=SETTINGS[tag])
-  logits, inter = jax.jit(lambda p, x: reduced.apply(p, x, return_intermediates=True))(params, data["images"])
+  logits, inter = apply(reduced, params, data["images"])
   np.testing.assert_array_equal(np.asarray(inter["num_tokens"]), data[f"tokens_{tag}"])
   assert _relative(logits, data[f"logits_{tag}"]) <= 1e-4
   n_final = int(data[f"tokens_{tag}"][-1])
@@ -204,33 +220,26 @@ def test_layer_r_official_rule(r, n, p, want):
   assert layer_r(r, n, p) == want
 
 
-def _tiny(**kw):
-  return ViT(variant="Ti/16", num_classes=10, image_size=64, **kw)
+@pytest.fixture(scope="module")
+def tiny():
+  """A depth-3 ViT on 64 x 64 images (17 tokens), random weights and two random images."""
+  model = ViT(variant="Ti/16", depth=3, num_classes=10, image_size=64)
+  images = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+  return model, random_params(model, seed=1), images
 
 
-def _init(model, x):
-  return jax.jit(model.init)(jax.random.key(1), x)
-
-
-def _apply(model, params, x):
-  return jax.jit(lambda p, images: model.apply(p, images, return_intermediates=True))(params, x)
-
-
-def test_jit_compiles_once_per_schedule():
-  model = _tiny(depth=4, reduction=MCTF(r=4))
-  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  params = _init(model, x)
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def forward(p, images):
-    return model.apply(p, images)
-
+def test_jit_compiles_once_per_schedule(tiny):
+  model, params, images = tiny
+  reduced = model.clone(reduction=MCTF(r=4))
+  before = traces(reduced)
   for seed in range(3):
-    forward(params, jax.random.normal(jax.random.key(seed), (2, 64, 64, 3)))
+    logits, inter = apply(reduced, params, images + seed)
+    assert np.isfinite(np.asarray(logits)).all()
+    assert list(np.asarray(inter["num_tokens"])) == [13, 10, 10]
+  assert traces(reduced) - before <= 1
 
 
-def test_student_and_teacher_are_separate_static_reductions():
+def test_student_and_teacher_are_separate_static_reductions(tiny):
   student = MCTF.released()
   teacher = dataclasses.replace(student, r=8)
   assert teacher != student and hash(teacher) != hash(student)
@@ -238,21 +247,17 @@ def test_student_and_teacher_are_separate_static_reductions():
   assert student.token_counts(197, 12)[-1] == 21 and teacher.token_counts(197, 12)[-1] == 109
   with pytest.raises(ValueError, match="MCTF.r"):
     dataclasses.replace(student, r=1.5)
-  model = _tiny(depth=3)
-  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  params = _init(model, x)
-  s = _apply(model.clone(reduction=MCTF(r=4)), params, x)[1]["num_tokens"]
-  t = _apply(model.clone(reduction=dataclasses.replace(MCTF(r=4), r=2)), params, x)[1]
+  model, params, x = tiny
+  s = apply(model.clone(reduction=MCTF(r=4)), params, x)[1]["num_tokens"]
+  t = apply(model.clone(reduction=dataclasses.replace(MCTF(r=4), r=2)), params, x)[1]
   assert list(np.asarray(s)) == [13, 10, 10] and list(np.asarray(t["num_tokens"])) == [15, 13, 11]
 
 
-def test_r0_and_inactive_layers_equal_dense():
-  model = _tiny(depth=4)
-  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  params = _init(model, x)
-  dense = _apply(model, params, x)[0]
+def test_r0_and_inactive_layers_equal_dense(tiny):
+  model, params, x = tiny
+  dense = apply(model, params, x)[0]
   for reduction in (MCTF(r=0), MCTF(r=4, activate_layers=())):
-    np.testing.assert_allclose(_apply(model.clone(reduction=reduction), params, x)[0], dense, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(apply(model.clone(reduction=reduction), params, x)[0], dense, rtol=1e-5, atol=1e-6)
 
 
 def _degenerate_params(params, kind):
@@ -267,12 +272,12 @@ def _degenerate_params(params, kind):
 
 
 @pytest.mark.parametrize("kind", ["duplicates", "zeros"])
-def test_degenerate_inputs_give_no_nan(kind):
-  model = _tiny(depth=3)
+def test_degenerate_inputs_give_no_nan(tiny, kind):
+  model, params, _ = tiny
   x = jnp.full((2, 64, 64, 3), 0.5)
-  params = _degenerate_params(_init(model, jax.random.normal(jax.random.key(0), x.shape)), kind)
+  params = _degenerate_params(params, kind)
   for reduction in (MCTF(r=4), MCTF(r=100, pooling_type=0), MCTF(r=0.35, bidirection=False)):
-    logits, inter = _apply(model.clone(reduction=reduction), params, x)
+    logits, inter = apply(model.clone(reduction=reduction), params, x)
     assert np.isfinite(np.asarray(logits)).all(), reduction
     assert np.isfinite(np.asarray(inter["features"])).all(), reduction
     np.testing.assert_array_equal(np.asarray(inter["num_tokens"]), reduction.token_counts(17, 3))
@@ -281,12 +286,11 @@ def test_degenerate_inputs_give_no_nan(kind):
 
 def test_zero_attention_received_gives_no_nan():
   """Every query attends only to token 0: 1/ā is inf for the others (official: inf/inf = NaN)."""
-  key = jax.random.key(3)
-  x = jax.random.normal(key, (2, 21, 16))
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 21, 16)), jnp.float32)
   probs = jnp.zeros((2, 2, 21, 21)).at[..., 0].set(1.0)
   tokens = Tokens.create(x).replace(size=jnp.ones((2, 21)).at[:, 5].set(3.0))
   for pooling_type in (0, 1):
-    out, merged = jax.jit(lambda t, a: mctf_fuse(t, a, 6, pooling_type=pooling_type))(tokens, probs)
+    out, merged = _fuse(tokens, probs, 6, pooling_type=pooling_type)
     assert out.num_tokens == 15 and merged.shape == (2, 2, 15, 15)
     assert np.isfinite(np.asarray(out.x)).all() and np.isfinite(np.asarray(merged)).all()
     np.testing.assert_allclose(np.asarray(merged).sum(-1), 1.0, atol=1e-6)
@@ -294,38 +298,37 @@ def test_zero_attention_received_gives_no_nan():
 
 def test_more_tokens_than_available_are_clipped_as_official():
   assert MCTF(r=100).token_counts(197, 12) == (99, 50, 26, 14, 10, 10, 10, 10, 10, 10, 10, 10)
-  tokens = Tokens.create(jax.random.normal(jax.random.key(0), (2, 9, 8)))
-  probs = jax.nn.softmax(jax.random.normal(jax.random.key(1), (2, 2, 9, 9)), -1)
+  rng = np.random.default_rng(0)
+  tokens = Tokens.create(jnp.asarray(rng.standard_normal((2, 9, 8)), jnp.float32))
+  probs = jnp.asarray(rng.dirichlet(np.ones(9), (2, 2, 9)), jnp.float32)
   out, same = MCTF(r=16).reduce_with_attention(tokens, probs, layer=0, depth=1)  # official crashes (r = -1)
   assert out is tokens and same is probs
 
 
-def test_distilled_model_keeps_cls_and_dist_alone():
-  model = _tiny(depth=4, distilled=True, reduction=MCTF(r=4))
-  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  params = _init(model, x)
-  logits, inter = _apply(model, params, x)
+def test_distilled_model_keeps_cls_and_dist_alone(tiny):
+  _, _, x = tiny
+  model = ViT(variant="Ti/16", depth=3, num_classes=10, image_size=64, distilled=True, reduction=MCTF(r=4))
+  logits, inter = apply(model, random_params(model, seed=1), x)
   assert np.isfinite(np.asarray(logits)).all()
   assign = np.asarray(inter["assign"])
   np.testing.assert_array_equal(assign[:, :2], [[0, 1], [0, 1]])
   assert (assign[:, 2:] > 1).all()
   np.testing.assert_array_equal(np.asarray(inter["size"])[:, :2], 1.0)
-  assert list(np.asarray(inter["num_tokens"])) == list(model.reduction.token_counts(18, 4, num_prefix=2))
+  assert list(np.asarray(inter["num_tokens"])) == list(model.reduction.token_counts(18, 3, num_prefix=2))
 
 
-def test_gradients_are_finite():
-  model = _tiny(depth=3, reduction=MCTF(r=3))
-  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  params = _init(model, x)
+def test_gradients_are_finite(tiny):
+  model, params, x = tiny
+  model = model.clone(reduction=MCTF(r=3))
   grads = jax.jit(jax.grad(lambda p: model.apply(p, x).sum()))(params)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  assert np.abs(np.asarray(grads["params"]["blocks_2"]["attn"]["qkv"]["kernel"])).max() > 0
 
 
-def test_activate_layer_beyond_depth_is_an_error():
-  model = _tiny(depth=4, reduction=MCTF(r=2, activate_layers=(3, 6, 9)))
-  x = jnp.zeros((1, 64, 64, 3))
+def test_activate_layer_beyond_depth_is_an_error(tiny):
+  model = tiny[0].clone(reduction=MCTF(r=2, activate_layers=(3, 6, 9)))
   with pytest.raises(ValueError, match="activate_layers"):
-    model.init(jax.random.key(0), x)
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
 
 
 @pytest.mark.parametrize("kwargs, field", [

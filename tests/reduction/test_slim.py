@@ -1,6 +1,7 @@
 """SiT token slimming equals the official TokenSlimmingModule / ReverseTSM (goldens in tests/golden),
 follows the official LV-ViT schedule, and slims a tokax ViT at the stage ends with convex token
 matrices; plus gradient, jit, degenerate-input, mask and validation checks."""
+import functools
 import json
 
 import chex
@@ -15,6 +16,10 @@ from tokax.models import ViT
 from tokax.reduction import EndReduction, Tokens, plan_matrix
 from tokax.reduction.slim import (ReverseSlim, Slim, TokenSlimming, apply_slim, keep_schedule, slim_layers,
                                   slim_plan, slim_weights, soft_sizes)
+from vit_testing import apply
+
+_slim_weights = jax.jit(slim_weights)
+
 
 def _load(name):
   from conftest import TESTS
@@ -88,6 +93,11 @@ def _tsm_case(meta, tag):
   return next(c for c in meta["tsm_cases"] if c["tag"] == tag)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _tsm_apply(module, params, tokens):  # cases of equal shapes share one compile
+  return module.apply({"params": params}, tokens, mutable=["intermediates"])
+
+
 @pytest.mark.parametrize("tag", ["c64_n196", "c48_n49", "c30_n7", "duplicate", "zeros"])
 @pytest.mark.parametrize("prefix", [0, 1, 2])
 def test_token_slimming_equals_official(modules_golden, tag, prefix):
@@ -98,8 +108,7 @@ def test_token_slimming_equals_official(modules_golden, tag, prefix):
   rng = np.random.default_rng(7)
   front = rng.standard_normal((x.shape[0], prefix, x.shape[2])).astype(np.float32)
   tokens = Tokens.create(jnp.asarray(np.concatenate([front, x], 1)), has_cls=prefix >= 1, has_dist=prefix == 2)
-  module = TokenSlimming(num_out=case["keep"])
-  out, state = jax.jit(lambda p, t: module.apply({"params": p}, t, mutable=["intermediates"]))(params, tokens)
+  out, state = _tsm_apply(TokenSlimming(num_out=case["keep"]), params, tokens)
   weights = state["intermediates"]["weights"][0]
   assert out.x.shape == (x.shape[0], prefix + case["keep"], x.shape[2]) and out.x.dtype == jnp.float32
   np.testing.assert_array_equal(out.x[:, :prefix], front)  # prefix tokens unchanged, in front
@@ -170,7 +179,7 @@ def test_reverse_slim_equals_official(modules_golden, tag):
 def test_weights_are_a_softmax_over_the_input_axis():
   rng = np.random.default_rng(0)
   logits = rng.standard_normal((2, 9, 4)).astype(np.float32)
-  w = np.asarray(slim_weights(jnp.asarray(logits), jnp.float32(2.5)))
+  w = np.asarray(_slim_weights(jnp.asarray(logits), jnp.float32(2.5)))
   z = 2.5 * logits.astype(np.float64)
   expected = np.exp(z - z.max(1, keepdims=True))
   expected /= expected.sum(1, keepdims=True)  # normalised over the N INPUTS (axis 1), not the N' outputs
@@ -179,20 +188,25 @@ def test_weights_are_a_softmax_over_the_input_axis():
   assert not np.allclose(w.sum(2), 1.0)
 
 
+@jax.jit
+def _plan_and_slim(tokens, w):
+  """The token matrix of slim_plan (one prefix token) and apply_slim's output."""
+  return plan_matrix(slim_plan(w, num_prefix=1), tokens.size), apply_slim(tokens, w)
+
+
 def test_plan_is_block_diagonal_with_convex_rows_and_matches_features():
   rng = np.random.default_rng(1)
   x = rng.standard_normal((2, 1 + 12, 6)).astype(np.float32)
-  w = slim_weights(jnp.asarray(rng.standard_normal((2, 12, 5)), jnp.float32), 1.3)
+  w = _slim_weights(jnp.asarray(rng.standard_normal((2, 12, 5)), jnp.float32), 1.3)
   tokens = Tokens.create(jnp.asarray(x)).replace(size=jnp.asarray(rng.integers(1, 4, (2, 13)), jnp.float32))
-  plan = slim_plan(w, num_prefix=1)
-  t = np.asarray(plan_matrix(plan, tokens.size), np.float64)
+  t, out = _plan_and_slim(tokens, w)
+  t = np.asarray(t, np.float64)
   assert t.shape == (2, 6, 13)
   np.testing.assert_array_equal(t[:, 0, 0], 1.0)
   assert not t[:, 0, 1:].any() and not t[:, 1:, 0].any()
   np.testing.assert_allclose(t[:, 1:, 1:], np.swapaxes(np.asarray(w), 1, 2), rtol=1e-7)
   assert (t >= 0).all()
   np.testing.assert_allclose(t.sum(-1), 1.0, atol=1e-6)  # every output a convex combination
-  out = apply_slim(tokens, w)
   np.testing.assert_allclose(out.x, np.einsum("bmn,bnc->bmc", t, x.astype(np.float64)), rtol=1e-5, atol=1e-6)
   # sizes: every input's size spread over the outputs by its weights; the total is kept
   share = t / t.sum(1, keepdims=True)
@@ -257,14 +271,20 @@ class _Recorder:
     return out
 
 
-def test_vit_slims_at_stage_ends_with_convex_token_matrices():
-  model = ViT(variant="Ti/16", depth=4, num_classes=0, reduction=Slim(stage_blocks=(1, 1, 1, 1)))
-  images = jnp.asarray(np.random.default_rng(3).standard_normal((2, 224, 224, 3)), jnp.float32)
-  variables = jax.jit(model.init)(jax.random.key(0), images)
+@pytest.fixture(scope="module")
+def slim_vit():
+  """A depth-4 ViT slimming after blocks 0, 1, 2 on 64 x 64 images (16 patches -> 8 -> 4 -> 2), initialised."""
+  model = ViT(variant="Ti/16", depth=4, num_classes=0, image_size=64, reduction=Slim(stage_blocks=(1, 1, 1, 1)))
+  return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 64, 64, 3)))
+
+
+def test_vit_slims_at_stage_ends_with_convex_token_matrices(slim_vit):
+  model, variables = slim_vit
+  images = jnp.asarray(np.random.default_rng(3).standard_normal((2, 64, 64, 3)), jnp.float32)
   params = variables["params"]
   assert [k for k in params if k.startswith("blocks_") and "slim" in params[k]] == ["blocks_0", "blocks_1", "blocks_2"]
-  assert params["blocks_0"]["slim"]["fc2"]["kernel"].shape == (96, 98)  # C // 2 hidden
-  assert params["blocks_2"]["slim"]["fc2"]["kernel"].shape == (96, 24)
+  assert params["blocks_0"]["slim"]["fc2"]["kernel"].shape == (96, 8)  # C // 2 hidden
+  assert params["blocks_2"]["slim"]["fc2"]["kernel"].shape == (96, 2)
   np.testing.assert_array_equal(params["blocks_0"]["slim"]["scale"], np.ones((1, 1, 1)))
   recorder = _Recorder()
 
@@ -277,9 +297,9 @@ def test_vit_slims_at_stage_ends_with_convex_token_matrices():
 
   ((_, inter), state), calls = run(variables, images)
   paths = [path for path, _, _ in recorder.calls]
-  np.testing.assert_array_equal(inter["num_tokens"], [1 + 98, 1 + 49, 1 + 24, 1 + 24])  # 196 -> 98 -> 49 -> 24
+  np.testing.assert_array_equal(inter["num_tokens"], [1 + 8, 1 + 4, 1 + 2, 1 + 2])  # 16 -> 8 -> 4 -> 2
   assert paths == [("blocks_0", "slim"), ("blocks_1", "slim"), ("blocks_2", "slim")]
-  for path, (before, after), n_in, n_out in zip(paths, calls, (196, 98, 49), (98, 49, 24)):
+  for path, (before, after), n_in, n_out in zip(paths, calls, (16, 8, 4), (8, 4, 2)):
     w = np.asarray(state["intermediates"][path[0]]["slim"]["weights"][0], np.float64)  # (B, N, N')
     assert w.shape == (2, n_in, n_out)
     t = np.swapaxes(w, 1, 2)
@@ -289,16 +309,16 @@ def test_vit_slims_at_stage_ends_with_convex_token_matrices():
     np.testing.assert_array_equal(xa[:, 0], xb[:, 0])  # [CLS] untouched
     np.testing.assert_allclose(xa[:, 1:], np.einsum("bmn,bnc->bmc", t, xb[:, 1:]), rtol=1e-5,
                                atol=1e-5 * np.abs(xb).max())
-    np.testing.assert_allclose(np.asarray(after.size).sum(1), 197.0, rtol=1e-5)  # sizes keep the total
+    np.testing.assert_allclose(np.asarray(after.size).sum(1), 17.0, rtol=1e-5)  # sizes keep the total
   assign = np.asarray(inter["assign"])
-  assert assign.shape == (2, 197) and (assign[:, 0] == 0).all() and ((assign[:, 1:] >= 1) & (assign[:, 1:] <= 24)).all()
+  assert assign.shape == (2, 17) and (assign[:, 0] == 0).all() and ((assign[:, 1:] >= 1) & (assign[:, 1:] <= 2)).all()
 
 
-def test_scale_gets_gradients_through_the_vit_and_jit_traces_once():
-  model = ViT(variant="Ti/16", depth=2, num_classes=0, image_size=64, reduction=Slim(stage_blocks=(1, 1)))
+def test_scale_gets_gradients_through_the_vit_and_jit_traces_once(slim_vit):
+  model, variables = slim_vit
+  params = variables["params"]
   rng = np.random.default_rng(4)
   images = jnp.asarray(rng.standard_normal((2, 64, 64, 3)), jnp.float32)
-  params = jax.jit(model.init)(jax.random.key(1), images)["params"]
   probe = jnp.asarray(rng.standard_normal((2, 192)), jnp.float32)
 
   @jax.jit
@@ -308,20 +328,19 @@ def test_scale_gets_gradients_through_the_vit_and_jit_traces_once():
 
   grads = grad_fn(params, images)
   grads = grad_fn(params, images + 0.5)
-  assert set(grads["blocks_0"]["slim"]) == {"norm", "fc1", "fc2", "scale"} and "slim" not in grads["blocks_1"]
+  assert set(grads["blocks_0"]["slim"]) == {"norm", "fc1", "fc2", "scale"} and "slim" not in grads["blocks_3"]
   g = float(np.asarray(grads["blocks_0"]["slim"]["scale"]).reshape(()))
   assert np.isfinite(g) and abs(g) > 0
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(grads))
 
 
 @pytest.mark.parametrize("kind", ["constant", "zeros"])
-def test_constant_images_give_no_nan(kind):
-  model = ViT(variant="Ti/16", depth=2, num_classes=10, image_size=64, reduction=Slim(stage_blocks=(1, 1)))
+def test_constant_images_give_no_nan(slim_vit, kind):
+  model, variables = slim_vit
   images = jnp.full((2, 64, 64, 3), 0.3 if kind == "constant" else 0.0, jnp.float32)
-  variables = jax.jit(model.init)(jax.random.key(2), images)
-  logits, inter = jax.jit(lambda v, im: model.apply(v, im, return_intermediates=True))(variables, images)
-  assert np.isfinite(np.asarray(logits)).all() and np.isfinite(np.asarray(inter["features"])).all()
-  np.testing.assert_array_equal(inter["num_tokens"], [1 + 8, 1 + 8])
+  features, inter = apply(model, variables, images)  # one compile for both kinds
+  assert np.isfinite(np.asarray(features)).all() and np.isfinite(np.asarray(inter["features"])).all()
+  np.testing.assert_array_equal(inter["num_tokens"], [1 + 8, 1 + 4, 1 + 2, 1 + 2])
   np.testing.assert_allclose(np.asarray(inter["size"]).sum(1), 17.0, rtol=1e-5)
 
 
@@ -330,8 +349,8 @@ def test_distillation_token_is_protected_and_bf16_stays_bf16():
   x = jnp.asarray(rng.standard_normal((2, 2 + 16, 8)), jnp.bfloat16)
   tokens = Tokens.create(x, has_cls=True, has_dist=True)
   module = TokenSlimming(stage=1)
-  variables = module.init(jax.random.key(0), tokens)
-  out = module.apply(variables, tokens)
+  variables = jax.jit(module.init)(jax.random.key(0), tokens)
+  out = jax.jit(module.apply)(variables, tokens)
   assert out.x.shape == (2, 2 + 8, 8) and out.x.dtype == jnp.bfloat16  # N0 = 16 from tokens.assign
   np.testing.assert_array_equal(np.asarray(out.x[:, :2], np.float32), np.asarray(x[:, :2], np.float32))
   assert np.isfinite(np.asarray(out.x, np.float32)).all()
@@ -342,12 +361,12 @@ def test_masked_inputs_get_no_weight():
   rng = np.random.default_rng(6)
   logits = jnp.asarray(rng.standard_normal((2, 6, 3)), jnp.float32)
   mask = jnp.asarray([[True, False, True, True, False, True], [False] * 6])
-  w = np.asarray(slim_weights(logits, 1.0, mask))
+  w = np.asarray(_slim_weights(logits, 1.0, mask))
   assert np.isfinite(w).all()
   assert not w[0, [1, 4]].any() and not w[1].any()  # an all-padding image gets all-zero weights, not NaN
   np.testing.assert_allclose(w[0].sum(0), 1.0, atol=1e-6)
   tokens = Tokens.create(jnp.asarray(rng.standard_normal((2, 6, 4)), jnp.float32), has_cls=False)
-  out = apply_slim(tokens.replace(mask=mask), jnp.asarray(w))
+  out = jax.jit(apply_slim)(tokens.replace(mask=mask), jnp.asarray(w))
   np.testing.assert_array_equal(out.mask, [[True] * 3, [False] * 3])
   assert np.isfinite(np.asarray(out.x)).all() and np.isfinite(np.asarray(out.size)).all()
 
@@ -401,7 +420,7 @@ def test_other_field_validation_and_protocol():
   with pytest.raises(ValueError, match="Slim.hidden_ratio"):
     Slim(stage_blocks=(1, 1), hidden_ratio=0)
   with pytest.raises(ValueError, match="TokenSlimming.num_out"):
-    TokenSlimming(num_out=0).init(jax.random.key(0), Tokens.create(jnp.ones((1, 5, 4))))
+    jax.eval_shape(TokenSlimming(num_out=0).init, jax.random.key(0), Tokens.create(jnp.ones((1, 5, 4))))
   slim = Slim(stage_blocks=(1, 1))
   assert (slim.placement, slim.scores, slim.prop_attn) == ("end", (), False)
   assert slim.module(layer=1, depth=2) is None
