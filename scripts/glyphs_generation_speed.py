@@ -46,7 +46,7 @@ def main() -> None:
   parser.add_argument("--processes", type=int, default=0)
   parser.add_argument("--pool_images", type=int, default=100_000)
   parser.add_argument("--pipeline_workers", type=int, default=0,
-                      help="also time pipeline.make_iterator('glyphs', batch 256, 224 px) with this many processes")
+                      help="also time pipeline.make_iterator('glyphs', batch 256) at each size with this many processes")
   parser.add_argument("--pipeline_batches", type=int, default=200)
   args = parser.parse_args()
   print(f"cpu_count={os.cpu_count()}", flush=True)
@@ -67,17 +67,18 @@ def main() -> None:
   if args.pipeline_workers:
     from tokax.data import pipeline
 
-    it = pipeline.make_iterator("glyphs", batch_size=256, preprocess="resize(224)", num_workers=args.pipeline_workers,
-                                source_kwargs=dict(image_size=224, num_examples=2_560_000))
-    next(it)  # workers started and warm
-    start = time.perf_counter()
-    for _ in range(args.pipeline_batches):
-      next(it)
-    wall = time.perf_counter() - start
-    it.close()
-    print(f"pipeline, {args.pipeline_workers} worker processes: {256 * args.pipeline_batches / wall:.0f} images/s "
-          f"at 224 px (uint8, batch 256, after the first batch)", flush=True)
-
+    for size in [int(s) for s in args.sizes.split(",")]:
+      it = pipeline.make_iterator("glyphs", batch_size=256, preprocess=f"resize({size})",
+                                  num_workers=args.pipeline_workers,
+                                  source_kwargs=dict(image_size=size, num_examples=2_560_000))
+      next(it)  # workers started and warm
+      start = time.perf_counter()
+      for _ in range(args.pipeline_batches):
+        next(it)
+      wall = time.perf_counter() - start
+      it.close()
+      print(f"pipeline, {args.pipeline_workers} worker processes: {256 * args.pipeline_batches / wall:.0f} images/s "
+            f"at {size} px (uint8, batch 256, after the first batch)", flush=True)
 
 if __name__ == "__main__":
   main()
