@@ -13,6 +13,12 @@ is saved with every checkpoint, so a restarted run continues on exactly the same
   # runlocal: a few steps of a 1-layer model at 16 px, with mixup
   python -m tokax.train --config configs/folder_vit.py:data=folder:/tmp/tiny,runlocal --workdir /tmp/fv_local
 
+Class labels: the train split's class folders, sorted (data.classes pins the list; config.json records
+it, and val/test, restoring and `python -m tokax.evaluate` use it: a class missing from val/ shifts
+nothing; an extra or empty class folder is an error). Unreadable images fail naming the file
+(`python -m tokax.data.folder ROOT` lists them all); data.skip_bad_images=True replaces them and counts
+them instead. data.num_workers > 0 decodes in that many processes instead of data.num_threads threads.
+
 Arguments (`:key=value,flag`): data (the data.name; default "folder:/data/images"), variant
 (default "Ti/4"), image_size (default 32), runlocal.
 """
@@ -31,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = dict(
       name=arg.data, seed=0, data_dir=ml_collections.config_dict.placeholder(str),
       train_split="train", val_split="val", test_split="val", num_classes=optional_int(),
-      num_train=optional_int(), num_val=optional_int(), num_test=optional_int(), num_threads=8,
+      num_train=optional_int(), num_val=optional_int(), num_test=optional_int(), num_threads=8, num_workers=0,
+      classes=(), skip_bad_images=False,
       preprocess=f"decode|resize({size + size // 8})|random_crop({size})|flip_lr|value_range(0, 1)",
       preprocess_eval=f"decode|resize({size})|value_range(0, 1)",
       batch_ops="mixup_cutmix(mixup_alpha=0.8, cutmix_alpha=1.0)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -22,19 +23,33 @@ from absl import app, flags
 from tokax.models.xar import XAR, sample
 
 
-def _define_flags() -> dict:
+def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
   """The command line's flags (defined only when run as a program, so importing this module is free)."""
+  fv = dict(flag_values=flag_values)
   return dict(
-      workdir=flags.DEFINE_string("workdir", None, "Workdir of an xAR training run (config.json, checkpoints/)."),
-      num=flags.DEFINE_integer("num", 100, "Number of samples."),
-      batch_size=flags.DEFINE_integer("batch_size", 500, "Samples per jit call."),
-      num_steps=flags.DEFINE_integer("num_steps", None, "Flow steps per entity (default: the config's)."),
-      cfg=flags.DEFINE_float("cfg", None, "Guidance weight (default: the config's)."),
-      cfg_schedule=flags.DEFINE_enum("cfg_schedule", None, ["linear", "constant"], "Per-entity guidance schedule."),
-      method=flags.DEFINE_enum("method", None, ["euler", "em"], "ODE (euler) or SDE (em) sampler."),
-      seed=flags.DEFINE_integer("seed", 0, "Noise seed."),
-      out=flags.DEFINE_string("out", None, "Output directory (default: the workdir)."),
+      workdir=flags.DEFINE_string("workdir", None, "Workdir of an xAR training run (config.json, checkpoints/).", **fv),
+      num=flags.DEFINE_integer("num", 100, "Number of samples.", **fv),
+      batch_size=flags.DEFINE_integer("batch_size", 500, "Samples per jit call.", **fv),
+      num_steps=flags.DEFINE_integer("num_steps", None, "Flow steps per entity (default: the config's).", **fv),
+      cfg=flags.DEFINE_float("cfg", None, "Guidance weight (default: the config's).", **fv),
+      cfg_schedule=flags.DEFINE_enum("cfg_schedule", None, ["linear", "constant"], "Per-entity guidance schedule.",
+                                     **fv),
+      method=flags.DEFINE_enum("method", None, ["euler", "em"], "ODE (euler) or SDE (em) sampler.", **fv),
+      seed=flags.DEFINE_integer("seed", 0, "Noise seed.", **fv),
+      out=flags.DEFINE_string("out", None, "Output directory (default: the workdir).", **fv),
   )
+
+
+def check_xar_run(workdir: str) -> None:
+  """Refuses (RunError naming config.task) a workdir that holds no xAR run, before any checkpoint is read."""
+  from tokax.train.tasks.base import RunError, read_config
+
+  task = read_config(workdir).get("task", "classifier")
+  if task != "xar":
+    raise RunError(f"--workdir {workdir!r} holds a {task!r} run (config.json task={task!r}); tokax.sample draws "
+                   "images from a class-conditional xAR generator: give the workdir of a run trained with "
+                   "config.task='xar' (e.g. python -m tokax.train --config configs/digits_xar.py); a classifier "
+                   "is evaluated with python -m tokax.evaluate --model WORKDIR")
 
 
 def make_sampler(model: XAR, *, num_steps: int, cfg: float, cfg_schedule: str, method: str):
@@ -80,12 +95,11 @@ def sample_workdir(workdir: str, num: int, *, out: str | None = None, batch_size
   """
   from PIL import Image
 
-  from tokax.train.restore import RunError, load_run
+  from tokax.train.restore import load_run
   from tokax.train.tasks import xar
 
+  check_xar_run(workdir)
   run = load_run(workdir)  # the EMA weights
-  if run.task != "xar":
-    raise RunError(f"workdir={workdir!r} holds a {run.task} run; tokax.sample samples xAR runs (config.task='xar')")
   config, model, latent = run.config, run.model, xar.latent_from_config(run.config)
   s = config.sample
   kwargs = dict(num_steps=num_steps or s.num_steps, cfg=s.cfg if cfg is None else cfg,
@@ -111,7 +125,11 @@ def main(argv: list[str], flag_values: dict) -> None:
   from tokax.train import logging as metric_logging
   metric_logging.quiet_orbax_info()
   v = {k: f.value for k, f in flag_values.items()}
-  summary = sample_workdir(v.pop("workdir"), v.pop("num"), **v)
+  from tokax.train.tasks.base import RunError
+  try:
+    summary = sample_workdir(v.pop("workdir"), v.pop("num"), **v)
+  except RunError as e:  # not an xAR run, no config.json or checkpoint: the message names it and the fix
+    sys.exit(f"python -m tokax.sample: error: {e}")
   print(json.dumps(summary))
 
 

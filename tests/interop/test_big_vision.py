@@ -9,6 +9,7 @@ import pytest
 
 from interop.interop_helpers import images, random_timm, relative, run_timm
 from tokax.interop import from_timm, load_checkpoint, load_npz
+from tokax.interop.big_vision import UnknownKeysError
 
 SIZE, HEADS = 64, 3  # Ti/16 at 64 px
 # layout name -> (prefix, sub-module numbers (attention, LayerNorm, MlpBlock), position key, scanned)
@@ -144,3 +145,23 @@ def test_head_count_is_checked(tiny, tmp_path):
   np.savez(path, **arrays)
   with pytest.raises(ValueError, match=r"block 0 has 6 attention heads .* the model 3"):
     load_npz(path, model)
+
+
+def test_unknown_arrays_under_the_prefix_are_refused_unless_allowed(tiny, tmp_path):
+  """A scanned big_vision SigLIP-style file: an extra array in the image tower is named and refused; the text
+  tower beside it (outside the prefix) is not the ViT's and is not checked."""
+  model, params, _ = tiny
+  path = tmp_path / "siglip_like.npz"
+  extra = {"Transformer/encoderblock/LayerScale_0/scale": np.full((12, 192), 0.1),
+           "../txt/Transformer/encoder_norm/scale": np.ones(192)}
+  write_npz(path, params, "big_vision_scanned", extra=extra)
+  arrays = dict(np.load(path))
+  arrays["params/txt/Transformer/encoder_norm/scale"] = arrays.pop("params/img/../txt/Transformer/encoder_norm/scale")
+  np.savez(path, **arrays)
+  with pytest.raises(UnknownKeysError, match=r"siglip_like.npz: 1 arrays of this checkpoint are not read into tokax's "
+                                             r"ViT and would be dropped: \['params/img/Transformer/encoderblock/"
+                                             r"LayerScale_0/scale'\]"):
+    load_npz(path, model)
+  loaded = load_npz(path, model, allow_unknown=True)
+  np.testing.assert_array_equal(loaded["params"]["blocks_11"]["norm1"]["scale"],
+                                params["params"]["blocks_11"]["norm1"]["scale"])

@@ -1,8 +1,10 @@
-"""Pre-emption and resume: SIGKILL mid-save, SIGKILL after a save, SIGTERM; damaged checkpoints; multi-host.
+"""Pre-emption and resume: SIGKILL mid-save, SIGKILL after a save, SIGTERM; damaged checkpoints (checksums,
+resume_from_previous_good); a resume with a changed config; multi-host.
 
 One 6-step run of configs/digits_vit.py:runlocal (1 device, 64 examples in batches of 16, so 1.5
-epochs, checkpoints every 2 steps) is the
-reference; the interrupted command lines must end on bitwise the same parameters.
+epochs, checkpoints every 2 steps) is the reference; the interrupted command lines must end on
+bitwise the same parameters. The fault cases run the command line's entry point in this process
+(absl's app.run, as `python -m tokax.train` does) on copies of the reference's workdir.
 """
 import json
 import os
@@ -17,10 +19,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from cli_testing import run_train_cli
 
 from tokax.train import checkpoint
 from tokax.train import run as training
 from tokax.train import logging as metric_logging
+from tokax.train import workdir as workdir_files
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "digits_vit.py")
@@ -161,6 +165,27 @@ def _copy_checkpoints(straight, tmp_path):
   return workdir
 
 
+def _copy_workdir(straight, tmp_path):
+  """The reference's whole workdir (config.json, configs/, metrics, checkpoints 2, 4, 6)."""
+  workdir = tmp_path / "work"
+  shutil.copytree(straight[0], workdir)
+  return workdir
+
+
+def _cli(workdir, *extra, **options):
+  """`python -m tokax.train` on `workdir` with the reference's flags, in this process (cli_testing)."""
+  run_train_cli(f"--config={CONFIG}:runlocal", f"--workdir={workdir}", *OVERRIDES, *extra, **options)
+
+
+def _flip_a_bit(step_dir):
+  """Flips one bit in the middle of the largest file of the state item; returns its path relative to step_dir."""
+  path = max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x10
+  path.write_bytes(bytes(data))
+  return str(path.relative_to(step_dir))
+
+
 def test_foreign_directory_is_refused(straight, tmp_path):
   workdir = _copy_checkpoints(straight, tmp_path)
   (workdir / "checkpoints" / "notes.txt").write_text("not a checkpoint")
@@ -176,14 +201,85 @@ def test_truncated_checkpoint_is_refused(straight, tmp_path):
     training.train(_config(), str(workdir))
 
 
-def test_damaged_arrays_are_refused_not_half_loaded(straight, tmp_path):
-  workdir = _copy_checkpoints(straight, tmp_path)
-  for data_dir in (workdir / "checkpoints" / "6" / "state").rglob("d"):
+def _cut_short(step_dir):
+  for data_dir in (step_dir / "state").rglob("d"):
     for chunk in data_dir.iterdir():
       chunk.write_bytes(chunk.read_bytes()[:10])  # a copy cut short
-  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*/6 could not be read"):
+
+
+def test_damaged_arrays_are_refused_not_half_loaded(straight, tmp_path):
+  workdir = _copy_checkpoints(straight, tmp_path)
+  _cut_short(workdir / "checkpoints" / "6")
+  with pytest.raises(checkpoint.DamagedCheckpointError, match=r"checkpoint step 6 \(.*/6\) failed its checksums: "
+                                                             r"state/(\S+/)?d/\w+ has 10 bytes, \d+ were saved"):
     training.train(_config(), str(workdir))
   assert not (workdir / "metrics.jsonl").exists()
+
+
+def test_damaged_checkpoint_error_is_the_one_message(straight, tmp_path):
+  """Without the checksum record (a run killed between its save and the record), orbax's read fails: the command
+  line's stderr shows that error once, without the asyncio noise of orbax's other reads behind it."""
+  workdir = _copy_workdir(straight, tmp_path)
+  _cut_short(workdir / "checkpoints" / "6")
+  os.remove(workdir / "checkpoints" / "6" / checkpoint.CHECKSUMS)
+  proc = _run(workdir)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  # one report: orbax's error, then ours "from" it; before, dozens of asyncio tracebacks were interleaved with it
+  assert proc.stderr.count("Traceback (most recent call last)") == 2, proc.stderr[-6000:]
+  assert "Event loop is closed" not in proc.stderr and "Task exception was never retrieved" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"tokax.train.checkpoint.DamagedCheckpointError: checkpoint {workdir}/checkpoints/6 could "
+                         f"not be read (ValueError: "), last
+
+
+def test_flipped_bit_is_refused_naming_the_step_and_the_file(straight, tmp_path):
+  workdir = _copy_workdir(straight, tmp_path)
+  flipped = _flip_a_bit(workdir / "checkpoints" / "6")
+  with pytest.raises(checkpoint.DamagedCheckpointError) as refused:
+    _cli(workdir)
+  assert f"checkpoint step 6 ({workdir}/checkpoints/6) failed its checksums: {flipped} differs from what was saved" \
+      in str(refused.value)
+  assert "--resume_from_previous_good" in str(refused.value)
+  assert _train_steps(workdir) == _train_steps(straight[0])  # nothing trained
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]  # nothing moved or deleted
+
+
+def test_resume_from_previous_good_skips_the_damaged_checkpoints(straight, tmp_path, caplog):
+  ref_dir, ref, ref_state = straight
+  workdir = _copy_workdir(straight, tmp_path)
+  flipped = _flip_a_bit(workdir / "checkpoints" / "6")
+  os.remove(workdir / "checkpoints" / "4" / "state" / "_METADATA")  # and checkpoint 4 truncated
+  _cli(workdir, resume_from_previous_good=True)
+  assert f"skipping checkpoint step 6: checkpoint step 6 ({workdir}/checkpoints/6) failed its checksums: {flipped}" \
+      in caplog.text
+  assert f"skipping checkpoint step 4: checkpoint {workdir}/checkpoints/4 is truncated or not a tokax checkpoint " \
+         f"(missing state/_METADATA)" in caplog.text
+  assert (workdir / "checkpoints.damaged" / "6" / flipped).exists()  # set aside, not deleted
+  assert (workdir / "checkpoints.damaged" / "4").is_dir()
+  assert _train_steps(workdir)[-4:] == [3, 4, 5, 6]  # resumed from checkpoint 2
+  assert checkpoint.check_directory(str(workdir / "checkpoints")) == [2, 4, 6]  # saved again
+  state, _ = _raw_state(workdir, 6)
+  jax.tree.map(np.testing.assert_array_equal, state, ref_state)  # the straight run's step 6, bitwise
+  assert checkpoint.verify_checksums(str(workdir / "checkpoints" / "6"), 6)  # the new checkpoint 6 has its record
+
+
+def test_changed_config_is_refused_then_kept_in_the_history(straight, tmp_path):
+  workdir = _copy_workdir(straight, tmp_path)
+  saved = (workdir / "config.json").read_text()
+  with pytest.raises(workdir_files.ConfigChangedError) as refused:
+    _cli(workdir, "--config.lr=0.002", "--config.eval_batch_size=16")
+  message = str(refused.value)
+  # eval_batch_size may change: it is not listed
+  assert f"{workdir} holds a run at step 6 trained with another config; resuming would continue it with 1 changed " \
+         f"field(s): lr: 0.001 -> 0.002. If this is meant, pass --allow_config_change" in message
+  assert (workdir / "config.json").read_text() == saved
+  assert sorted(os.listdir(workdir / "configs")) == ["config.0.json"]
+
+  _cli(workdir, "--config.lr=0.002", allow_config_change=True)
+  history = {name: json.loads((workdir / "configs" / name).read_text()) for name in os.listdir(workdir / "configs")}
+  assert sorted(history) == ["config.0.json", "config.6.json"]
+  assert history["config.0.json"]["lr"] == 0.001 and history["config.6.json"]["lr"] == 0.002
+  assert json.loads((workdir / "config.json").read_text()) == history["config.6.json"]
 
 
 def test_checkpoint_of_another_model_is_refused(straight, tmp_path):

@@ -40,12 +40,17 @@ def test_train_then_resume(tmp_path):
   final = records[-1]
   assert final["step"] == 3 and 0.0 <= final["test/accuracy"] <= 1.0 and final["test/num_examples"] == 32
 
-  proc = _train(tmp_path, "--config.total_steps=5")
+  # Extending the run changes its learning-rate schedule: a config change, which must be said to be meant.
+  proc = _train(tmp_path, "--config.total_steps=5", "--allow_config_change")
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = metric_logging.read_metrics(tmp_path / "metrics.jsonl")
   assert _train_steps(records) == [1, 2, 3, 4, 5]  # resumed at step 3: steps 1-3 were not rerun
   assert records[-1]["step"] == 5 and "test/accuracy" in records[-1]
   assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 5
+  history = sorted((tmp_path / "configs").iterdir())
+  assert [p.name for p in history] == ["config.0.json", "config.3.json"]  # each config, from the step it took over
+  assert [json.loads(p.read_text())["total_steps"] for p in history] == [3, 5]
+  assert "with a changed config (allow_config_change): total_steps: 3 -> 5" in proc.stderr
 
 
 def _cli_in_process(capsys, *argv):

@@ -29,24 +29,37 @@ the input at ~2k images/s on a 16-core GPU host. Ending the preprocess in uint8 
 moves 4x fewer bytes; the trainer reads uint8 images as 0..255 on the device
 (tokax.train.model.normalize_images).
 
+Worker processes die with the process that made them, also when it is killed (SIGKILL): on Linux the
+kernel signals them (prctl PR_SET_PDEATHSIG), elsewhere (or for a pool started off the main thread) a
+thread in each worker watches its parent pid; Python's resource tracker then ends too.
+
+Bad images: a file that does not decode fails with its path (transforms.BadImageError). With
+skip_bad_images=True (the folder source's data.skip_bad_images) a bad example is replaced by the next
+good one of the epoch's order (the same for the same (seed, step), so restores stay exact), or, in a
+padded eval pass, masked out; DataIterator.bad_examples counts them.
+
 Names: "tfds:<name>[:split]" (tokax.data.tfds), "folder:<root>" (tokax.data.folder; root/<split>
-if that directory exists), or an embedded dataset "digits" / "cluttered_digits" (also as
-"offline:<name>"; images float32 in [0, 1]).
+if that directory exists, the class list of root/train for every split), or an embedded dataset
+"digits" / "cluttered_digits" (also as "offline:<name>"; images float32 in [0, 1]).
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+from absl import logging
 
 from tokax.data import embedded, glyphs, offline, transforms
 
 _EXAMPLE_SALT = 0x54524E53
 _BATCH_SALT = 0x4D495842
 _ORDER_SALT = 0x4F524452
+_BAD_KEY = "__bad_examples__"  # a batch's replaced-example count, from load_batch to __next__ (never returned)
 
 
 class Source(Protocol):
@@ -78,20 +91,34 @@ class ArraySource:
     return offline.epoch_permutation(len(self.dataset), seed, epoch)
 
 
-def get_source(name: str, split: str = "train", *, data_dir: str | None = None, **offline_kwargs: Any) -> Source:
-  """A Source by name (see the module docstring); offline_kwargs go to offline.load (image_size, ...)."""
+def get_source(name: str, split: str = "train", *, data_dir: str | None = None,
+               classes: Sequence[str] | None = None, skip_bad_images: bool = False, **offline_kwargs: Any) -> Source:
+  """A Source by name (see the module docstring); offline_kwargs go to offline.load (image_size, ...).
+
+  classes, skip_bad_images: folder datasets only (tokax.data.folder.ImageFolder). Without `classes`, a
+  folder split other than train takes root/train's class list where root/train exists.
+  """
   if not isinstance(name, str) or not name:
     raise ValueError(f"data.name: expected 'tfds:<name>[:split]', 'folder:<root>' or one of {embedded.DATASETS}; "
                      f"got {name!r}")
+  if not name.startswith("folder:"):
+    for field, value in (("classes", classes), ("skip_bad_images", skip_bad_images)):
+      if value:
+        raise ValueError(f"data.{field}: applies to image folders ('folder:<root>'), whose files the pipeline "
+                         f"decodes and labels by folder name; {name!r} has its own labels and decoded images")
   if name.startswith("tfds:"):
     from tokax.data import tfds  # noqa: PLC0415 (tensorflow-datasets is optional)
 
     return tfds.data_source(name, split, data_dir=data_dir)
   if name.startswith("folder:"):
-    from tokax.data.folder import ImageFolder  # noqa: PLC0415
+    from tokax.data import folder  # noqa: PLC0415
 
     root = name[len("folder:"):]
-    return ImageFolder(os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root)
+    split_root = os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root
+    train_root = os.path.join(root, "train")
+    if classes is None and split_root not in (root, train_root) and os.path.isdir(train_root):
+      classes = folder.class_folders(train_root)  # one class list per dataset: train's
+    return folder.ImageFolder(split_root, classes=classes, skip_bad_images=skip_bad_images)
   if embedded.check_name(name) == "glyphs":  # rendered on access, uint8 (tokax.data.glyphs)
     return glyphs.source(name.removeprefix("offline:"), split, **offline_kwargs)
   return ArraySource(embedded.load(name, split, **offline_kwargs))
@@ -103,13 +130,17 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
   Attributes:
     steps_per_epoch: global batches per epoch (the last partial one dropped, or padded and
       masked without drop_remainder).
+    skip_bad_images: replace (or, padded, mask out) examples whose image does not decode; None in the
+      constructor: the source's own skip_bad_images (a folder's data.skip_bad_images), else False.
+    bad_examples: how many examples of the batches returned so far were replaced or masked out.
   """
 
   def __init__(self, source: Source, *, batch_size: int, preprocess: str | Sequence[str] = "",
                batch_preprocess: str | Sequence[str] = "", seed: int = 0, shuffle: bool = True,
                drop_remainder: bool = True, num_epochs: int | None = None, process_index: int = 0,
                process_count: int = 1, num_threads: int = 8, prefetch: int | None = None,
-               keys: tuple[str, ...] = ("image", "label"), num_workers: int = 0):
+               keys: tuple[str, ...] = ("image", "label"), num_workers: int = 0,
+               skip_bad_images: bool | None = None):
     for field, value, minimum in (("batch_size", batch_size, 1), ("seed", seed, 0), ("num_threads", num_threads, 1),
                                   ("num_workers", num_workers, 0),
                                   ("process_count", process_count, 1), ("process_index", process_index, 0)):
@@ -131,6 +162,9 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     self.seed, self.shuffle, self.drop_remainder, self.num_epochs = seed, shuffle, drop_remainder, num_epochs
     self.process_index, self.process_count = process_index, process_count
     self.num_threads, self.num_workers = num_threads, num_workers
+    if skip_bad_images is None:
+      skip_bad_images = getattr(source, "skip_bad_images", False)
+    self.skip_bad_images, self.bad_examples = bool(skip_bad_images), 0
     self.prefetch = prefetch if prefetch is not None else 2 * max(num_threads, num_workers)
     self._specs = (preprocess, batch_preprocess)  # worker processes rebuild the ops from these
     self.preprocess = transforms.parse(preprocess)
@@ -201,11 +235,13 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     start = position * self.batch_size + self.process_index * self.local_batch_size
     positions = np.arange(start, start + self.local_batch_size)
     valid = positions < len(order)
-    examples = []
-    for pos in np.where(valid, positions, 0):
-      index = int(order[pos])
-      rng = np.random.default_rng((_EXAMPLE_SALT, self.seed, epoch, index))
-      example = self.preprocess(dict(self.source[index]), rng)
+    examples, bad = [], 0
+    for slot, pos in enumerate(np.where(valid, positions, 0)):
+      example, replaced = self._load_example(order, int(pos), epoch)
+      if replaced and valid[slot]:
+        bad += 1
+        if not self.drop_remainder:
+          valid[slot] = False  # a padded (eval) pass leaves it out rather than counting another image twice
       examples.append({k: example[k] for k in self.keys})
     try:
       batch = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in self.keys}
@@ -216,7 +252,24 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     if not self.drop_remainder:
       batch["mask"] = valid
     rng = np.random.default_rng((_BATCH_SALT, self.seed, step, self.process_index))
-    return self.batch_preprocess(batch, rng)
+    batch = self.batch_preprocess(batch, rng)
+    if self.skip_bad_images:
+      batch[_BAD_KEY] = np.asarray(bad, np.int64)
+    return batch
+
+  def _load_example(self, order: np.ndarray, pos: int, epoch: int) -> tuple[dict[str, Any], bool]:
+    """(example at `pos` of the epoch's order preprocessed, whether it was replaced): with skip_bad_images, an
+    example whose image does not decode is replaced by the next one in the order that does."""
+    for attempt in range(len(order)):
+      index = int(order[(pos + attempt) % len(order)])
+      rng = np.random.default_rng((_EXAMPLE_SALT, self.seed, epoch, index))
+      try:
+        return self.preprocess(dict(self.source[index]), rng), attempt > 0
+      except transforms.BadImageError as e:
+        if not self.skip_bad_images:
+          raise
+        logging.warning("%s: replaced by the next example (skip_bad_images)", e.args[0].split(";")[0])
+    raise ValueError(f"DataIterator: none of the {len(order)} examples decodes (skip_bad_images=True)")
 
   def _make_stream(self) -> Iterator[dict[str, np.ndarray]]:
     stop = 2 ** 62 if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
@@ -240,6 +293,9 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
       self._stream = self._make_stream()
     batch = next(self._stream)
     self._next_step += 1
+    bad = batch.pop(_BAD_KEY, None)
+    if bad is not None:
+      self.bad_examples += int(np.sum(bad))  # (1,) after a worker process (ascontiguousarray)
     return batch
 
 
@@ -280,11 +336,46 @@ def _thread_pool_stream(load, start: int, stop: int, num_threads: int, prefetch:
 _WORKER_ITERATOR: DataIterator | None = None  # a worker process's copy (set by _start_worker)
 
 
-def _start_worker(payload: bytes) -> None:
+def _start_worker(payload: bytes, parent_pid: int | None = None, parent_death_signal: bool = False) -> None:
   import pickle  # noqa: PLC0415
 
   global _WORKER_ITERATOR
+  if parent_pid is not None:
+    die_with_parent(parent_pid, parent_death_signal=parent_death_signal)
   _WORKER_ITERATOR = pickle.loads(payload)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int, *, parent_death_signal: bool = True, interval_s: float = 0.5) -> str:
+  """Ends this process (SIGKILL / os._exit) when its parent `parent_pid` ends, even if that is killed with SIGKILL.
+
+  Linux with parent_death_signal: prctl(PR_SET_PDEATHSIG, SIGKILL) (the kernel sends it when the thread
+  that started this process ends, so only for processes started from the parent's main thread);
+  otherwise a daemon thread checks os.getppid() every interval_s (an orphan is re-parented). Returns
+  the way taken: "prctl" or "watch".
+  """
+  if parent_death_signal and sys.platform.startswith("linux"):
+    try:
+      import ctypes  # noqa: PLC0415
+      import signal  # noqa: PLC0415
+
+      libc = ctypes.CDLL(None, use_errno=True)
+      if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+        if os.getppid() != parent_pid:  # the parent ended before the signal was armed
+          os._exit(1)
+        return "prctl"
+    except (OSError, AttributeError):
+      pass
+
+  def watch() -> None:
+    while os.getppid() == parent_pid:
+      time.sleep(interval_s)
+    os._exit(1)
+
+  threading.Thread(target=watch, name="tokax-watch-parent", daemon=True).start()
+  return "watch"
 
 
 SharedBatch = tuple[str, list[tuple[str, str, tuple[int, ...], int]]]  # block name, (key, dtype, shape, offset)
@@ -320,8 +411,10 @@ def _receive_batch(shared: SharedBatch) -> dict[str, np.ndarray]:
 
 
 def _discard_batch(shared: SharedBatch) -> None:
-  from multiprocessing import shared_memory  # noqa: PLC0415
-
+  try:
+    from multiprocessing import shared_memory  # noqa: PLC0415
+  except ImportError:  # the interpreter is shutting down: the resource tracker frees the block
+    return
   block = shared_memory.SharedMemory(name=shared[0])
   block.close()
   block.unlink()
@@ -343,8 +436,11 @@ def _process_pool_stream(iterator: DataIterator, start: int, stop: int, num_work
   except Exception as e:  # noqa: BLE001 (any pickling failure: say which field to change)
     raise ValueError(f"DataIterator.num_workers: the source or ops do not pickle ({type(e).__name__}: {e}); "
                      "use num_workers=0 (threads) or a picklable source") from e
+  # The pool starts its workers from the thread that submits (this one, below); a parent-death signal is
+  # tied to that thread, so it is used only from the main thread (else the workers watch the parent's pid).
+  main_thread = threading.current_thread() is threading.main_thread()
   pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(payload,))
+                             initializer=_start_worker, initargs=(payload, os.getpid(), main_thread))
   return _pool_stream(pool, _worker_load_batch, start, stop, prefetch, _receive_batch, _discard_batch)
 
 

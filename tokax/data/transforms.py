@@ -11,7 +11,8 @@ for a whole batch (mixup / cutmix of the DeiT recipe, seeded per batch).
   batch = mix({"image": (B, H, W, 3) float32, "label": (B,) int}, rng)   # label -> (B, K) float32
 
 Example ops (images are (H, W, 3) uint8 until value_range / normalize make them float32):
-  decode                       encoded bytes (JPEG, PNG, ...) -> uint8 RGB; arrays pass (grey -> RGB)
+  decode                       encoded bytes (JPEG, PNG, ...) -> uint8 RGB; arrays pass (grey -> RGB);
+                               bytes that do not decode raise BadImageError naming example["path"]
   resize(h, w=h)               bilinear with antialiasing (PIL), to exactly h x w
   resize_small(s)              the shorter side to s, aspect kept
   central_crop(h, w=h), random_crop(h, w=h)
@@ -66,14 +67,44 @@ def pil_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.stack(channels, axis=-1).astype(image.dtype)
 
 
+class BadImageError(ValueError):
+  """Encoded bytes that do not decode to an image; the message names the file where the example has a "path".
+
+  Attributes:
+    reason: what is wrong, in a few words ("an empty file (0 bytes)", "OSError: image file is truncated ...").
+  """
+
+  def __init__(self, message: str, reason: str = ""):
+    super().__init__(message)
+    self.reason = reason or message
+
+
+def decode_image(data: bytes | bytearray | memoryview, path: str | None = None) -> np.ndarray:
+  """Encoded image bytes (JPEG, PNG, ...) -> (H, W, 3) uint8 RGB; BadImageError naming `path` if they do not decode."""
+  from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      return np.asarray(img.convert("RGB"))
+  except Exception as e:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError, ... for broken files)
+    if not len(data):
+      reason = "an empty file (0 bytes)"
+    elif isinstance(e, UnidentifiedImageError):
+      reason = f"not an image format PIL can identify ({len(data)} bytes)"
+    else:
+      reason = f"{type(e).__name__}: {e}"
+    if path is None:
+      raise BadImageError(f"decode: an encoded image of {len(data)} bytes does not decode: {reason}", reason) from e
+    raise BadImageError(f"decode: {path} does not decode: {reason}; list every such file with "
+                        "tokax.data.folder.check(root) (python -m tokax.data.folder ROOT), or replace them while "
+                        "loading with data.skip_bad_images=True (counted as bad_examples)", reason) from e
+
+
 def decode() -> ExampleOp:
   def op(example, rng):
     image = example["image"]
     if isinstance(image, (bytes, bytearray, memoryview)):
-      from PIL import Image  # noqa: PLC0415
-
-      with Image.open(io.BytesIO(image)) as img:
-        image = np.asarray(img.convert("RGB"))
+      image = decode_image(image, example.get("path"))
     image = np.asarray(image)
     if image.ndim == 2:
       image = image[..., None]

@@ -25,6 +25,11 @@ encoder_norm to every token and then averages, tokax's "gap" averages and then a
 so the weights would compute a different function), "map" (MAPHead_0), a pre_logits layer
 (representation_size), hybrid ResNet stems, sincos2d position embeddings (not stored).
 
+Unknown arrays: every array under the ViT's prefix must be one the conversion reads (an empty head or
+pre_logits counts as read); any other (an extra layer, a naming this file does not know) is an
+UnknownKeysError listing them, unless allow_unknown=True loads the rest without them. Arrays outside the
+prefix (another tower "params/txt/...", optimizer state) are not the ViT's and are not checked.
+
 Numerics: big_vision and vision_transformer train with flax's nn.gelu (tanh approximation);
 tokax, like timm (whose AugReg weights are these files), uses the exact erf GELU. Logits differ
 from the JAX originals by that approximation (small; timm's published accuracies include it).
@@ -43,6 +48,11 @@ _PREFIXES = ("", "params/", "params/img/", "opt/target/")
 _POS_KEYS = ("pos_embedding", "Transformer/posembed_input/pos_embedding", "Transformer/pos_embedding")
 # (attention, second LayerNorm, MLP) sub-module numbers.
 _NAMINGS = {"vision_transformer": (1, 2, 3), "big_vision": (0, 1, 0)}
+_SHOWN = 12  # unknown keys named in one message
+
+
+class UnknownKeysError(ValueError):
+  """Arrays of a checkpoint that the conversion does not read (see the module docstring)."""
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -58,6 +68,12 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def strip_prefix(arrays: Mapping[str, np.ndarray], prefix: str | None = None) -> dict[str, np.ndarray]:
   """Removes the prefix in front of "embedding/kernel" (given, or one of params/, params/img/, ...)."""
+  prefix = find_prefix(arrays, prefix)
+  return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def find_prefix(arrays: Mapping[str, np.ndarray], prefix: str | None = None) -> str:
+  """The prefix in front of "embedding/kernel": `prefix` if given, else found (one of params/, params/img/, ...)."""
   if prefix is None:
     found = [p for p in _PREFIXES if f"{p}embedding/kernel" in arrays]
     if not found:
@@ -66,7 +82,7 @@ def strip_prefix(arrays: Mapping[str, np.ndarray], prefix: str | None = None) ->
       raise ValueError(f"load_npz: cannot find the ViT in this .npz: expected one '<prefix>embedding/kernel' key, "
                        f"found prefixes {found}; pass prefix=... (keys start {sorted(arrays)[:6]})")
     prefix = found[0]
-  return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+  return prefix
 
 
 def _refuse_unsupported(w: Mapping[str, np.ndarray], model: ViT) -> None:
@@ -111,6 +127,27 @@ def _blocks(w: Mapping[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], s
   return blocks, naming
 
 
+def _block_keys(naming: str) -> tuple[str, ...]:
+  """The keys of one encoder block that _block_params reads."""
+  attn_n, ln_n, mlp_n = _NAMINGS[naming]
+  mha = f"MultiHeadDotProductAttention_{attn_n}"
+  return (*(f"LayerNorm_{n}/{p}" for n in (0, ln_n) for p in ("scale", "bias")),
+          *(f"{mha}/{n}/{p}" for n in ("query", "key", "value", "out") for p in ("kernel", "bias")),
+          *(f"MlpBlock_{mlp_n}/Dense_{d}/{p}" for d in (0, 1) for p in ("kernel", "bias")))
+
+
+def unknown_keys(w: Mapping[str, np.ndarray], num_blocks: int, naming: str) -> list[str]:
+  """The keys of `w` (prefix stripped) that convert_npz does not read, sorted."""
+  pos = next(k for k in _POS_KEYS if k in w)
+  read = {"embedding/kernel", "embedding/bias", "cls", pos, "Transformer/encoder_norm/scale",
+          "Transformer/encoder_norm/bias", "head/kernel", "head/bias"}
+  read |= {k for k in ("pre_logits/kernel", "pre_logits/bias") if k in w and not np.size(w[k])}
+  scanned = any(k.startswith("Transformer/encoderblock/") for k in w)
+  heads = ["Transformer/encoderblock/"] if scanned else [f"Transformer/encoderblock_{i}/" for i in range(num_blocks)]
+  read |= {head + key for head in heads for key in _block_keys(naming)}
+  return sorted(set(w) - read)
+
+
 def _block_params(b: Mapping[str, np.ndarray], naming: str, num_heads: int, i: int) -> dict[str, Any]:
   """One encoder block -> tokax Block params; per-head q/k/v fused into qkv (D, 3 * H * Dh)."""
   attn_n, ln_n, mlp_n = _NAMINGS[naming]
@@ -140,11 +177,24 @@ def _block_params(b: Mapping[str, np.ndarray], naming: str, num_heads: int, i: i
                      f"it has {sorted(b)}") from None
 
 
-def convert_npz(arrays: Mapping[str, np.ndarray], model: ViT, prefix: str | None = None) -> Params:
-  """big_vision / vision_transformer arrays (flat "/" keys) -> unvalidated tokax params for `model`."""
+def convert_npz(arrays: Mapping[str, np.ndarray], model: ViT, prefix: str | None = None, *,
+                allow_unknown: bool = False) -> Params:
+  """big_vision / vision_transformer arrays (flat "/" keys) -> unvalidated tokax params for `model`.
+
+  Raises UnknownKeysError for arrays under the prefix that are not read, unless allow_unknown.
+  """
+  prefix = find_prefix(arrays, prefix)
   w = strip_prefix(arrays, prefix)
   _refuse_unsupported(w, model)
   blocks, naming = _blocks(w)
+  unknown = unknown_keys(w, len(blocks), naming)
+  if unknown and not allow_unknown:
+    shown = [prefix + k for k in unknown[:_SHOWN]]
+    more = f" and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else ""
+    raise UnknownKeysError(
+        f"load_npz: {len(unknown)} arrays of this checkpoint are not read into tokax's ViT and would be dropped: "
+        f"{shown}{more}; they may hold weights the model's function needs (an extra layer, a naming tokax does "
+        "not know); pass allow_unknown=True to load the rest without them")
   pos = next(w[k] for k in _POS_KEYS if k in w)
   params: dict[str, Any] = {
       "patch_embed": {"kernel": w["embedding/kernel"], "bias": w["embedding/bias"]},
@@ -159,17 +209,23 @@ def convert_npz(arrays: Mapping[str, np.ndarray], model: ViT, prefix: str | None
   return {"params": params}
 
 
-def load_npz(path: str | os.PathLike, model: ViT, *, prefix: str | None = None) -> Params:
+def load_npz(path: str | os.PathLike, model: ViT, *, prefix: str | None = None, allow_unknown: bool = False
+             ) -> Params:
   """Params for `model` from a big_vision / AugReg .npz ViT checkpoint, validated against it.
 
   path: the .npz file (np.savez of the flattened param tree, "/"-joined keys).
   model: a ViT with pool="cls", class_token=True and the checkpoint's variant, image_size and
     num_classes (num_classes=0 drops the head, e.g. for an ImageNet-21k checkpoint as a backbone).
   prefix: key prefix in front of the ViT's params; found automatically when None.
+  allow_unknown: load a checkpoint with arrays under the prefix that tokax's ViT does not read (dropped).
   Returns {"params": ...} numpy arrays in the model's param dtype.
 
   Raises:
     ValueError: an unsupported checkpoint (see the module docstring) or one that does not fit the
       model: the message names the parameter, both shapes and the ViT field to change.
+    UnknownKeysError (a ValueError): arrays under the prefix that are not read, listed (unless allow_unknown).
   """
-  return check_params(convert_npz(read_npz(path), model, prefix), model)
+  try:
+    return check_params(convert_npz(read_npz(path), model, prefix, allow_unknown=allow_unknown), model)
+  except UnknownKeysError as e:
+    raise UnknownKeysError(str(e).replace("load_npz: ", f"load_npz: {os.fspath(path)}: ", 1)) from None

@@ -132,6 +132,9 @@ def check_encoder_inputs(owner: str, images: Array, *, image_size: int, reductio
   want = (image_size, image_size, 3)
   if images.ndim != 4 or tuple(images.shape[1:]) != want:
     raise ValueError(f"{owner}: images must be NHWC of shape (B, {want[0]}, {want[1]}, 3); got {tuple(images.shape)}")
+  if images.shape[0] == 0:
+    raise ValueError(f"{owner}: the batch is empty: images of shape {tuple(images.shape)} have batch dimension B=0; "
+                     "give at least one image (drop empty batches before the model)")
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f"{owner}: images must be floating point (normalised); got dtype {images.dtype}")
 

@@ -1,4 +1,5 @@
-"""Helpers for config files: the typed `arg` parser of get_config(arg), step durations, loading a config file."""
+"""Helpers for config files: the typed `arg` parser of get_config(arg), step durations, the check of sizes and
+periods at start, loading a config file."""
 from __future__ import annotations
 
 import dataclasses
@@ -95,6 +96,67 @@ def durations_from_config(config: ml_collections.ConfigDict, num_train: int, bat
   duration = lambda name, default=None: steps(name, config, num_train, batch_size, default=default)
   return Durations(total=duration("total") if total is None else total, log_every=max(1, duration("log_every", 50)),
                    eval_every=duration("eval_every", 0), checkpoint_every=duration("checkpoint_every", 0))
+
+
+# (field, least value, what it is): the size and period fields a run reads, checked by check_sizes.
+_STEP_FIELDS = (
+    ("batch_size", 1, "examples per train step"),
+    ("eval_batch_size", 1, "examples per evaluation batch"),
+    ("total_steps", 1, "the steps the run trains"),
+    ("warmup_steps", 0, "the learning-rate warmup, in steps"),
+    ("log_every_steps", 1, "the period of the train/* metrics, in steps"),
+    ("eval_every_steps", 0, "the period of the evaluations, in steps (0: only the final one)"),
+    ("checkpoint_every_steps", 0, "the period of the checkpoints, in steps (0: only the final one)"),
+)
+_EPOCH_FIELDS = (
+    ("total_epochs", False, "the epochs the run trains"),
+    ("warmup_epochs", True, "the learning-rate warmup, in epochs"),
+    ("log_every_epochs", False, "the period of the train/* metrics, in epochs"),
+    ("eval_every_epochs", True, "the period of the evaluations, in epochs (0: only the final one)"),
+    ("checkpoint_every_epochs", True, "the period of the checkpoints, in epochs (0: only the final one)"),
+)
+
+
+def check_sizes(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before anything is built, a size or period of `config` no run can use, naming the field and the fix.
+
+  Checks the fields the config has (None: unset): batch sizes and step counts are integers >= 1
+  (eval_every / checkpoint_every / warmup >= 0), epochs are numbers > 0 (>= 0 where 0 means
+  never), at most one of X_steps and X_epochs is set, total_steps or total_epochs is, warmup_steps
+  <= total_steps, and keep_checkpoints is None (keep all) or >= 1.
+  """
+  def refuse(name: str, value: Any, wanted: str, what: str) -> None:
+    raise ValueError(f"config.{name}={value!r}: expected {wanted} ({what}); set --config.{name} to such a value")
+
+  for name, least, what in _STEP_FIELDS:
+    value = config.get(name)
+    if value is None:
+      continue
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      refuse(name, value, f"an integer >= {least}", what)
+  for name, zero_ok, what in _EPOCH_FIELDS:
+    value = config.get(name)
+    if value is None:
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+        value < 0 if zero_ok else value <= 0):
+      refuse(name, value, "a number >= 0" if zero_ok else "a number > 0", what)
+  for prefix in ("total", "warmup", "log_every", "eval_every", "checkpoint_every"):
+    step_count, epochs = config.get(f"{prefix}_steps"), config.get(f"{prefix}_epochs")
+    if step_count is not None and epochs is not None:
+      raise ValueError(f"config: set only one of {prefix}_steps={step_count} and {prefix}_epochs={epochs}; set the "
+                       f"other to None (--config.{prefix}_epochs=None)")
+  if ("total_steps" in config or "total_epochs" in config) and config.get("total_steps") is None and config.get(
+      "total_epochs") is None:
+    raise ValueError("config: set total_steps or total_epochs (--config.total_steps=N); both are None")
+  total, warmup = config.get("total_steps"), config.get("warmup_steps")
+  if total is not None and warmup is not None and warmup > total:
+    raise ValueError(f"config.warmup_steps={warmup} is longer than config.total_steps={total}; set "
+                     f"--config.warmup_steps to at most {total}")
+  keep = config.get("keep_checkpoints", 1)
+  if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+    raise ValueError(f"config.keep_checkpoints={keep!r}: expected an integer >= 1 (1 keeps only the latest "
+                     f"checkpoint) or None (keep all); 0 would delete every checkpoint, the final one too")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -1,10 +1,12 @@
-"""Metrics as JSON lines, written by process 0 only; and a quieter absl log for the command lines."""
+"""Metrics as JSON lines, written by process 0 only; and a quieter absl log and stderr for the command lines."""
 from __future__ import annotations
 
 import json
 import logging
 import math
 import os
+import sys
+import traceback
 from typing import Any
 
 import jax
@@ -61,3 +63,43 @@ def quiet_orbax_info() -> None:
   """
   absl_logging.get_absl_handler().addFilter(
       lambda record: record.levelno >= logging.WARNING or "/orbax/" not in record.pathname)
+
+
+def _is_closed_loop_callback(value: BaseException | None, tb: Any) -> bool:
+  """Whether an exception is asyncio's "Event loop is closed" raised in loop.call_soon_threadsafe."""
+  if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+    return False
+  return any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(tb))
+
+
+def _is_orbax_task_never_retrieved(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  return message.startswith("Task exception was never retrieved") and "/orbax/" in message
+
+
+def quiet_failed_restore_noise() -> None:
+  """Drops the secondary errors that bury a failed checkpoint restore's own error (once per process).
+
+  When orbax fails to read a checkpoint, its event loop closes while tensorstore still completes the
+  other reads: each of their callbacks fails in loop.call_soon_threadsafe ("Event loop is closed"),
+  which tensorstore prints from its own threads through sys.excepthook or sys.unraisablehook, and
+  each of orbax's other read tasks is logged by asyncio as "Task exception was never retrieved" when
+  it is collected: dozens of interleaved tracebacks. This wraps both hooks to drop exactly those
+  exceptions and filters exactly those asyncio records; everything else is printed as before.
+  For command-line entry points, like quiet_orbax_info.
+  """
+  if getattr(sys.excepthook, "_tokax_quiet", False):
+    return
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+  def quiet_excepthook(kind, value, tb):
+    if not _is_closed_loop_callback(value, tb):
+      excepthook(kind, value, tb)
+
+  def quiet_unraisablehook(unraisable):
+    if not _is_closed_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
+      unraisablehook(unraisable)
+
+  quiet_excepthook._tokax_quiet = True
+  sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+  logging.getLogger("asyncio").addFilter(lambda record: not _is_orbax_task_never_retrieved(record))

@@ -13,6 +13,11 @@ and SLURM/Open MPI clusters jax.distributed.initialize() finds its peers, elsewh
 The config file's get_config(arg) receives the text after the colon; `--config.a.b=value`
 overrides a field (a mistyped field is an error). Running again in the same workdir resumes
 from its latest checkpoint. A SIGTERM saves a checkpoint and exits with status 143 (128 + 15).
+
+Resuming refuses a config that trains differently from the one that wrote the checkpoint (the
+differing fields are listed) unless --allow_config_change; a damaged checkpoint is refused unless
+--resume_from_previous_good, which resumes from the newest one that verifies; a second trainer on
+the same workdir is refused (docs/robustness.md).
 """
 from __future__ import annotations
 
@@ -32,6 +37,13 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, with --config.distributed (default: auto-detect).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, with --config.distributed.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, with --config.distributed.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume even though the config differs from the one that wrote the checkpoint (the old one stays in "
+    "WORKDIR/configs/).")
+_RESUME_FROM_PREVIOUS_GOOD = flags.DEFINE_bool(
+    "resume_from_previous_good", False,
+    "Skip damaged checkpoints (moved to WORKDIR/checkpoints.damaged/) and resume from the newest one that verifies.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 PREEMPTED_EXIT_CODE = 143
@@ -53,8 +65,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metric_logging.quiet_orbax_info()
+  metric_logging.quiet_failed_restore_noise()
   initialize_distributed(_CONFIG.value)
-  result = training.train(_CONFIG.value, _WORKDIR.value)
+  result = training.train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                          resume_from_previous_good=_RESUME_FROM_PREVIOUS_GOOD.value)
   if jax.process_index() == 0:
     print(json.dumps({"step": result.step, "preempted": result.preempted, **result.metrics}))
   if result.preempted:

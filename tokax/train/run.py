@@ -9,8 +9,16 @@ finalize) and runs it; everything else is written once, here. It resumes from th
 checkpoint if there is one, and writes into the workdir:
   config.json    the resolved config (total_steps, the data's num_classes, ... filled in): what
                  tokax.train.restore.load_run rebuilds the run from
+  configs/       config.<step>.json: each config the run used, from the step it took over (workdir.py)
   metrics.jsonl  one JSON line per log / eval step (train/*, val/*, test/*, the final metrics)
-  checkpoints/   orbax checkpoints of the train state and the data position (keep-last-N)
+  checkpoints/   orbax checkpoints of the train state and the data position (keep-last-N), with the
+                 checksums of their files
+  lock           the pid and host of the trainer writing into the workdir (a second one is refused)
+
+Nothing is silent (docs/robustness.md): sizes and periods are checked before anything is built, a
+resume with a config that trains differently is refused unless allow_config_change, a damaged
+checkpoint is refused (or, with resume_from_previous_good, skipped for the newest one that verifies),
+and the last checkpoint is never deleted.
 
 The step is one jax.jit over the mesh of config.mesh, the state placed by config.sharding's rules
 (tokax.train.sharding) and donated, the batch split over "data". The train data of every task goes
@@ -23,14 +31,13 @@ step. A SIGTERM stops the loop after the current step and saves a checkpoint the
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -41,10 +48,11 @@ import tqdm
 from absl import logging
 
 from tokax.data import pipeline
-from tokax.train import checkpoint, sharding, tasks
+from tokax.train import checkpoint, config_utils, sharding, tasks
 from tokax.train import logging as metric_logging
+from tokax.train import workdir as workdir_files
 from tokax.train.config_utils import Durations
-from tokax.train.tasks.base import Plan, TrainData
+from tokax.train.tasks.base import Plan, Task, TrainData
 
 StepFn = Callable[[Any, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
 
@@ -67,23 +75,50 @@ class TrainResult:
   preempted: bool = False
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Trains (or resumes) the run of `config` in `workdir`; see the module docstring for the outputs."""
+def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
+          resume_from_previous_good: bool = False) -> TrainResult:
+  """Trains (or resumes) the run of `config` in `workdir`; see the module docstring for the outputs.
+
+  Args:
+    allow_config_change: resume even if the config differs from the one that wrote the checkpoint in a
+      field that changes what is trained (workdir.RUNTIME_FIELDS may always differ); the old config stays
+      in workdir/configs/. config.allow_config_change, where a config has it, counts too.
+    resume_from_previous_good: skip damaged checkpoints (moved to checkpoints.damaged/) and resume from
+      the newest one that verifies, instead of refusing; config.resume_from_previous_good counts too.
+
+  Raises:
+    ValueError naming the config field for sizes and periods no run can use (config_utils.check_sizes),
+    workdir.WorkdirLockedError when another trainer writes into `workdir`, workdir.ConfigChangedError,
+    checkpoint.CheckpointError for a checkpoint that is foreign, of another model or damaged.
+  """
+  config_utils.check_sizes(config)
+  allow_config_change = allow_config_change or bool(config.get("allow_config_change", False))
+  fallback = resume_from_previous_good or bool(config.get("resume_from_previous_good", False))
   task = tasks.get(config.get("task", "classifier"))
   os.makedirs(workdir, exist_ok=True)
+  with workdir_files.WorkdirLock(workdir):
+    return _train(task, config, workdir, allow_config_change=allow_config_change, fallback=fallback)
+
+
+def _train(task: Task, config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool,
+           fallback: bool) -> TrainResult:
   mesh = mesh_from_config(config)
   check_batch_size(config.batch_size, mesh)
   plan = task.build(config, mesh)
-  save_config(config, workdir, plan.resolved)
+  resolved = workdir_files.resolved_config(config, plan.resolved)
+  saved_steps = checkpoint.check_directory(os.path.join(workdir, "checkpoints"), allow_damaged=fallback)
+  if saved_steps:
+    workdir_files.check_resume_config(workdir, resolved, saved_steps[-1], allow_change=allow_config_change)
   state_shapes = jax.eval_shape(plan.init_fn, plan.init_rng)
-  s = setup(config, workdir, mesh, state_shapes, plan.data)
+  s = setup(config, workdir, mesh, state_shapes, plan.data, allow_damaged=fallback)
   frozen = frozen_shardings = None
   if plan.frozen is not None:
     frozen_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), plan.frozen)
   final: dict[str, float] = {}
   with jax.set_mesh(mesh):
     try:
-      state = restore_or_init(s, plan.init_fn, plan.init_rng, state_shapes)
+      state = restore_or_init(s, plan.init_fn, plan.init_rng, state_shapes, fallback=fallback)
+      workdir_files.save_config(workdir, resolved, int(state.step))
       if int(state.step) == 0 and plan.start is not None:
         state = jax.device_put(plan.start(state), s.state_shardings)
       if plan.frozen is not None:
@@ -103,8 +138,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
           if final:
             writer.write(result.step, final)
     finally:
-      s.manager.wait_until_finished()
-      s.manager.close()
+      s.saver.close()
   if not result.preempted:
     logging.info("final metrics at step %d: %s", result.step, final)
   return TrainResult(model=plan.model, params=plan.result_params(state), step=result.step, metrics=final,
@@ -148,21 +182,6 @@ def jit_train_step(step_fn: Callable[..., Any], mesh: jax.sharding.Mesh, state_s
   return lambda state, batch: jitted(state, batch, frozen)
 
 
-def _merged(values: dict[str, Any], resolved: Mapping[str, Any]) -> dict[str, Any]:
-  out = dict(values)
-  for key, value in resolved.items():
-    out[key] = _merged(out.get(key) or {}, value) if isinstance(value, Mapping) else value
-  return out
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str, resolved: Mapping[str, Any] | None = None) -> None:
-  """Writes the config with `resolved` (derived values, nested dicts merged in) as workdir/config.json (process 0)."""
-  if jax.process_index() != 0:
-    return
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(_merged(config.to_dict(), resolved or {}), f, indent=2, sort_keys=True, default=str)
-
-
 # --- the train data -------------------------------------------------------------------------------
 
 class DataStream:
@@ -190,8 +209,9 @@ class DataStream:
 
   def position(self) -> dict[str, Any]:
     """get_state() and the stream's identity, as JSON-able data."""
+    skipped = {"bad_examples": self.iterator.bad_examples} if self.iterator.skip_bad_images else {}
     return {**self.iterator.get_state(), "seed": self.seed, "batch_size": self.batch_size,
-            "num_examples": len(self.iterator.source), "dataset": self.dataset}
+            "num_examples": len(self.iterator.source), "dataset": self.dataset, **skipped}
 
   def restore(self, position: dict[str, Any]) -> None:
     """Continues from a position() of a stream over the same data; a different stream is an error.
@@ -206,6 +226,7 @@ class DataStream:
     if batch is None:
       raise ValueError(f"data position: {position!r} has no batch position; resume with the config that wrote it")
     self.iterator.set_state({"epoch": position["epoch"], "position": batch})
+    self.iterator.bad_examples = int(position.get("bad_examples", 0))
 
 
 def train_stream(config: ml_collections.ConfigDict, data: TrainData, rows: slice) -> DataStream:
@@ -228,27 +249,36 @@ def train_stream(config: ml_collections.ConfigDict, data: TrainData, rows: slice
 
 @dataclasses.dataclass
 class Setup:
-  """A run's placement: mesh, state shardings, this process's train stream, the checkpoint manager."""
+  """A run's placement: mesh, state shardings, this process's train stream, the checkpoint manager and
+  its saver (which records the checksums)."""
   mesh: jax.sharding.Mesh
   state_shardings: Any
   stream: DataStream
-  manager: ocp.CheckpointManager
+  saver: checkpoint.Saver
+
+  @property
+  def manager(self) -> ocp.CheckpointManager:
+    return self.saver.manager
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh, state_shapes: Any,
-          data: TrainData) -> Setup:
+          data: TrainData, *, allow_damaged: bool = False) -> Setup:
   """Shardings of `state_shapes` (jax.eval_shape of the init) by config.sharding's rules, the train stream
   of this process's rows, and the manager of workdir/checkpoints (keep config.keep_checkpoints)."""
   state_shardings = sharding.tree_shardings(state_shapes, rules_from_config(config), mesh)
   rows = sharding.process_batch_slice(sharding.batch_sharding(mesh), config.batch_size)
   stream = train_stream(config, data, rows)
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-  return Setup(mesh=mesh, state_shardings=state_shardings, stream=stream, manager=manager)
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+                                    allow_damaged=allow_damaged)
+  return Setup(mesh=mesh, state_shardings=state_shardings, stream=stream, saver=checkpoint.Saver(manager))
 
 
-def restore_or_init(s: Setup, init_fn: Callable[[jax.Array], Any], init_rng: jax.Array, state_shapes: Any) -> Any:
-  """The latest checkpoint's state (the stream moved to its saved position), else init_fn(init_rng) in place."""
-  restored = checkpoint.restore_latest(s.manager, checkpoint.abstract_state(state_shapes, s.state_shardings))
+def restore_or_init(s: Setup, init_fn: Callable[[jax.Array], Any], init_rng: jax.Array, state_shapes: Any, *,
+                    fallback: bool = False) -> Any:
+  """The latest checkpoint's state (the stream moved to its saved position), else init_fn(init_rng) in place;
+  with `fallback`, the newest checkpoint that verifies (checkpoint.restore_latest)."""
+  restored = checkpoint.restore_latest(s.manager, checkpoint.abstract_state(state_shapes, s.state_shardings),
+                                       fallback=fallback)
   if restored is None:
     return jax.jit(init_fn, out_shardings=s.state_shardings)(init_rng)
   state, position = restored
@@ -285,7 +315,9 @@ def run_steps(train_step: StepFn, state: Any, s: Setup, durations: Durations, wr
   bar = tqdm.tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True,
                   disable=not (progress_bar and jax.process_index() == 0),
                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
-  log = TrainLog(writer, bar, batch_size=batch_size, log_every=durations.log_every, total_steps=total)
+  iterator = s.stream.iterator
+  log = TrainLog(writer, bar, batch_size=batch_size, log_every=durations.log_every, total_steps=total,
+                 bad_examples=lambda: iterator.bad_examples if iterator.skip_bad_images else None)
   final_step, preempted = start_step, False
   try:
     with PreemptionWatch(s.manager) as preemption:
@@ -303,7 +335,7 @@ def run_steps(train_step: StepFn, state: Any, s: Setup, durations: Durations, wr
         final_step = step
         if step != total and preemption.reached(step):
           log.flush()
-          checkpoint.save(s.manager, step, state, s.stream.position())
+          s.saver.save(step, state, s.stream.position())
           logging.warning("pre-empted (SIGTERM) after step %d: checkpoint saved; rerun the command to resume", step)
           preempted = True
           break
@@ -312,12 +344,12 @@ def run_steps(train_step: StepFn, state: Any, s: Setup, durations: Durations, wr
           writer.write(step, evaluate(state))
           log.exclude(time.perf_counter() - eval_start)
         if durations.checkpoint_every and step % durations.checkpoint_every == 0 and step != total:
-          checkpoint.save(s.manager, step, state, s.stream.position())
+          s.saver.save(step, state, s.stream.position())
     log.flush()
     if not preempted and total > start_step:
       if before_final_save is not None:
         state = before_final_save(state)
-      checkpoint.save(s.manager, total, state, s.stream.position())
+      s.saver.save(total, state, s.stream.position())
   finally:
     bar.close()
   return LoopResult(state=state, step=final_step, preempted=preempted, last_metrics=log.last)
@@ -358,8 +390,8 @@ class TrainLog:
   and writes the means over every `log_every` steps with the images/s of that window."""
 
   def __init__(self, writer: metric_logging.MetricWriter, bar: tqdm.tqdm, *, batch_size: int, log_every: int,
-               total_steps: int):
-    self.writer, self.bar = writer, bar
+               total_steps: int, bad_examples: Callable[[], int | None] = lambda: None):
+    self.writer, self.bar, self.bad_examples = writer, bar, bad_examples
     self.batch_size, self.log_every, self.total_steps = batch_size, log_every, total_steps
     self.pending = None  # (step, metrics on the device)
     self.sums, self.count = {}, 0
@@ -400,7 +432,10 @@ class TrainLog:
     means = {f"train/{key}": total / self.count for key, total in self.sums.items()}
     means["train/lr"] = float(metrics["lr"])  # the current value, not the window's mean
     images_per_s = self.count * self.batch_size / seconds
-    self.writer.write(step, {**means, "train/images_per_s": images_per_s, "train/step_time_s": seconds / self.count})
+    bad = self.bad_examples()  # examples replaced because their image did not decode (data.skip_bad_images)
+    extra = {} if bad is None else {"train/bad_examples": bad}
+    self.writer.write(step, {**means, "train/images_per_s": images_per_s, "train/step_time_s": seconds / self.count,
+                             **extra})
     self.bar.set_postfix(loss=f"{means['train/loss']:.3f}", img_s=f"{images_per_s:.0f}", refresh=False)
     self.sums, self.count = {}, 0
     self.restart_clock()

@@ -11,21 +11,27 @@ order); config.data.preprocess (train) / preprocess_eval (ending in float32 imag
 uint8 0..255 converted on the device, at model.image_size), optional batch_ops ("mixup_cutmix":
 (B, K) soft labels, soft cross-entropy with config.label_smoothing applied as timm does),
 <split>_split naming each split's source (default the split itself), num_classes where the
-source does not say.
+source does not say. An image folder has one class list, its train split's class folders (or
+config.data.classes): every split is labelled with it, and config.json records it as
+config.data.classes, which restoring, load_split and `python -m tokax.evaluate` read.
+config.data.skip_bad_images replaces the folder's undecodable images while loading (masks them out
+of evaluation) and counts them: <split>/bad_examples in the eval metrics.
 
 Objectives (tokax.train.objectives) from the config: config.distill with kind "hard" (DeiT: a
 distillation-token student and a frozen teacher, the tokax run in distill.teacher_workdir or a timm
 file distill.teacher_checkpoint for the model of distill.teacher_config) or "frd" (SiT: slimming
 student, train-only reverse modules, init from the teacher with distill.init_student), or
 config.consistency (MCTF). config.init_from = dict(workdir=...) starts a fresh run from another
-run's parameters (matching paths and shapes). Evaluation: val every eval_every steps, val and test
-at the end.
+run's parameters, dict(pretrained=NAME) from a model that ships with tokax (tokax.pretrained;
+pretrained_dir=DIR for one saved elsewhere in that layout), matching paths and shapes. Evaluation:
+val every eval_every steps, val and test at the end.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import jax
@@ -53,18 +59,50 @@ def is_offline(name: str) -> bool:
   return not str(name).startswith(("tfds:", "folder:"))
 
 
-def source(config: ml_collections.ConfigDict, split: str) -> pipeline.Source:
-  """The pipeline Source of one split: config.data.<split>_split names it (default: the split itself)."""
+def is_folder(name: str) -> bool:
+  """Whether data.name is an image folder ("folder:<root>")."""
+  return str(name).startswith("folder:")
+
+
+def source(config: ml_collections.ConfigDict, split: str, *, classes: list[str] | None = None) -> pipeline.Source:
+  """The pipeline Source of one split: config.data.<split>_split names it (default: the split itself).
+
+  An image folder is labelled with `classes`, else dataset_classes(config) (the train split's own for the train
+  split of a fresh config).
+  """
   d = config.data
   name = d.get(f"{split}_split") or split
-  offline_kwargs = {}
+  kwargs = {}
   if is_offline(d.name):
-    offline_kwargs = dict(image_size=config.model.image_size, num_examples=d.get(f"num_{split}"), seed=d.seed)
-  return pipeline.get_source(d.name, name, data_dir=d.get("data_dir"), **offline_kwargs)
+    kwargs = dict(image_size=config.model.image_size, num_examples=d.get(f"num_{split}"), seed=d.seed)
+  elif is_folder(d.name):
+    if classes is None and (d.get("classes") or split != "train"):
+      classes = dataset_classes(config)
+    kwargs = dict(classes=classes, skip_bad_images=bool(d.get("skip_bad_images")))
+  elif d.get("classes") or d.get("skip_bad_images"):
+    raise ValueError(f"config.data.classes / skip_bad_images: apply to image folders ('folder:<root>'); "
+                     f"{d.name!r} has its own labels and decodes its own images: leave them unset")
+  return pipeline.get_source(d.name, name, data_dir=d.get("data_dir"), **kwargs)
+
+
+def dataset_classes(config: ml_collections.ConfigDict) -> list[str] | None:
+  """The class list of an image-folder config.data (label i is its i-th name): config.data.classes (what a
+  trained run's config.json holds), else the class folders of its train split; None for other data."""
+  d = config.data
+  if not is_folder(d.name):
+    return None
+  if d.get("classes"):
+    return [str(c) for c in d.classes]
+  from tokax.data import folder  # noqa: PLC0415
+
+  root = str(d.name)[len("folder:"):]
+  train_root = os.path.join(root, d.get("train_split") or "train")
+  return folder.class_folders(train_root if os.path.isdir(train_root) else root)
 
 
 def eval_batches(config: ml_collections.ConfigDict, eval_source: pipeline.Source) -> pipeline.DataIterator:
-  """One ordered, padded and masked pass over an eval Source, whole batches on every process."""
+  """One ordered, padded and masked pass over an eval Source, whole batches on every process (with
+  config.data.skip_bad_images, undecodable images are masked out and counted in .bad_examples)."""
   d = config.data
   return pipeline.make_iterator(eval_source, batch_size=config.eval_batch_size,
                                 preprocess=d.get("preprocess_eval") or "", shuffle=False, drop_remainder=False,
@@ -130,7 +168,8 @@ def num_classes_of(config: ml_collections.ConfigDict, train_source: pipeline.Sou
   Without a source (restoring from config.json), an embedded dataset says its own (embedded.num_classes).
   """
   given = {"config.model.num_classes": config.model.get("num_classes"),
-           "config.data.num_classes": config.data.get("num_classes")}
+           "config.data.num_classes": config.data.get("num_classes"),
+           "config.data.classes": len(config.data.get("classes") or ())}
   if train_source is not None:
     given["the data"] = getattr(train_source, "num_classes", None)
   elif is_offline(config.data.name):
@@ -197,6 +236,13 @@ def check_run_references(config: ml_collections.ConfigDict) -> None:
   if init_from and init_from.get("config"):
     raise ValueError("init_from.config is no longer needed: the run in init_from.workdir is rebuilt from its own "
                      "config.json; remove the field")
+  if init_from and init_from.get("workdir") and init_from.get("pretrained"):
+    raise ValueError("config.init_from: give workdir (a tokax run) or pretrained (a shipped model's name), not both")
+  if init_from and init_from.get("pretrained"):
+    from tokax import pretrained  # noqa: PLC0415
+
+    # an unknown name fails here, listing the models there
+    pretrained.info(init_from.pretrained, init_from.get("pretrained_dir") or pretrained.DIRECTORY)
   if distill:
     _check_teacher_fields(distill)
 
@@ -263,6 +309,11 @@ def initial_params(config: ml_collections.ConfigDict, teacher: Teacher | None) -
   init_from = config.get("init_from")
   if init_from and init_from.get("workdir"):
     return jax.device_get(load_classifier(init_from.workdir).variables)
+  if init_from and init_from.get("pretrained"):
+    from tokax import pretrained  # noqa: PLC0415
+
+    directory = init_from.get("pretrained_dir") or pretrained.DIRECTORY
+    return jax.device_get(pretrained.load(init_from.pretrained, directory=directory)[1])
   distill = config.get("distill")
   if distill and distill.get("init_student", False) and teacher is not None:
     return teacher.variables
@@ -273,7 +324,8 @@ def _start_from(config: ml_collections.ConfigDict, teacher: Teacher | None):
   """state -> state with initial_params merged in (matching paths and shapes), read when a fresh run
   starts (not on a resume); None when the config names no run to start from."""
   init_from, distill = config.get("init_from"), config.get("distill")
-  if not ((init_from and init_from.get("workdir")) or (distill and distill.get("init_student", False) and teacher)):
+  starts_from_weights = init_from and (init_from.get("workdir") or init_from.get("pretrained"))
+  if not (starts_from_weights or (distill and distill.get("init_student", False) and teacher)):
     return None
 
   def start(state):
@@ -289,7 +341,9 @@ def _start_from(config: ml_collections.ConfigDict, teacher: Teacher | None):
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Plan:
   """The classifier run of `config` (see the module docstring)."""
   check_run_references(config)
-  sources = {split: source(config, split) for split in SPLITS}
+  sources = {"train": source(config, "train")}
+  classes = getattr(sources["train"], "classes", None) if is_folder(config.data.name) else None
+  sources.update({split: source(config, split, classes=classes) for split in SPLITS if split != "train"})
   num_classes = num_classes_of(config, sources["train"])
   model = model_from_config(config, num_classes)
   image_shape = _image_shape(config)
@@ -307,7 +361,10 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Pl
   eval_step = evaluate.make_eval_step(model, out_sharding=replicated)
 
   def run_eval(split: str, params: Any) -> dict[str, float]:
-    values = evaluate.evaluate_batches(eval_step, params, eval_batches(config, sources[split]), sharding=replicated)
+    batches = eval_batches(config, sources[split])
+    values = evaluate.evaluate_batches(eval_step, params, batches, sharding=replicated)
+    if batches.skip_bad_images:
+      values["bad_examples"] = batches.bad_examples
     return {f"{split}/{k}": v for k, v in values.items()}
 
   return base.Plan(
@@ -317,7 +374,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Pl
       evaluate=lambda state: run_eval("val", state.params),
       finalize=lambda state, _: {**run_eval("val", state.params), **run_eval("test", state.params)},
       result_params=lambda state: state.params,
-      resolved={"total_steps": durations.total, "model": {"num_classes": num_classes}},
+      resolved={"total_steps": durations.total, "model": {"num_classes": num_classes},
+                **({"data": {"classes": list(classes)}} if classes is not None else {})},
       description=f"{model.variant} ({model.arch}), {num_train} train examples of {config.data.name}")
 
 
