@@ -1,87 +1,160 @@
-r"""Main job: train a small ViT on cluttered digits, then read its accuracy/cost trade-off with ToMe.
+r"""Main job: what every token reduction costs a trained ViT, and what fine-tuning with one wins back.
 
-  python scripts/main_job.py --workdir /tmp/main_job
-  python scripts/main_job.py --workdir /tmp/main_job_local --config configs/cluttered_digits_vit.py:runlocal
+  bash scripts/main.sh                                  # = python scripts/main_job.py --workdir workdir/main
+  python scripts/main_job.py --workdir /tmp/main --num_examples 500 --finetune_steps 20
 
-Trains configs/cluttered_digits_vit.py (or --config, with any --config.x=y overrides; a workdir
-that already holds a checkpoint resumes or, if finished, only re-evaluates), then evaluates the
-trained model on the test split dense and with ToMe at each --r, and writes into the workdir:
-  results.json, results.md     method, tokens at the last layer, GFLOPs/img, images/s, top-1
-  accuracy_vs_gflops.png       the trade-off plot
-  merges.png                   test images above their ToMe groups at the largest r
-plus the trainer's config.json, metrics.jsonl and checkpoints/. Prints the table and timings.
+1. Evaluates the ViT-Ti/16 that ships with tokax (tokax.pretrained "glyphs_vit_ti16_112", trained on a GPU
+   on the embedded glyphs dataset at 112 px) on the first --num_examples glyphs test images, dense and with
+   every registry method (tokax.reduction.METHODS) at two strengths (STRENGTHS), through
+   `python -m tokax.evaluate`'s evaluate(): one table (method, tokens, GFLOPs/img, images/s, top-1,
+   agreement with dense), accuracy_vs_gflops.png, and merges.png (the tokens each method leaves on one
+   test image).
+2. Fine-tunes the shipped model for --finetune_steps steps with --finetune (a reduction that costs accuracy
+   off the shelf) through the trainer (configs/glyphs_vit.py, init_from the shipped weights), then
+   scores it with the same reduction on the same images: off the shelf vs fine-tuned.
+
+Writes into --workdir: evaluate/ (results.json, results.md, accuracy_vs_gflops.png, merges.png),
+finetune/ (the fine-tuning run), results.md (both tables) and timings; prints both tables.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_REPO, "configs", "cluttered_digits_vit.py"), "Training config.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_R = flags.DEFINE_list("r", ["16", "32", "48"], "ToMe tokens merged per layer, one table row each.")
-_BENCH_BATCH = flags.DEFINE_integer("bench_batch", 64, "Batch size of the throughput timing.")
-_NUM_MERGE_IMAGES = flags.DEFINE_integer("num_merge_images", 6, "Test images in merges.png.")
+sys.path.insert(0, _REPO)
+
+# Two strengths per registry method: a mild and a strong one at 112 px (49 patches + [CLS], 12 blocks).
+STRENGTHS: dict[str, tuple[str, str]] = {
+    "tome": ("2", "3"), "pitome": ("0.9", "0.8"), "evit": ("0.7", "0.5"), "mctf": ("2", "3"), "dtome": ("2", "3"),
+    "slim": ("0.7", "0.5"), "divprune": ("0.5", "0.25"), "todre": ("0.5", "0.25"), "dct": ("0.5", "0.25"),
+    "fastervlm": ("0.5", "0.25"),
+}
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def reduction_specs(methods: list[str]) -> list[str]:
+  """"name:strength" for both strengths of each method, in registry order."""
+  from tokax.reduction import METHODS
+
+  missing = sorted(set(METHODS) - set(STRENGTHS))
+  if missing:
+    raise ValueError(f"scripts/main_job.py: STRENGTHS has no strengths for registry method(s) {missing}: add two")
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown:
+    raise ValueError(f"--methods: unknown method(s) {unknown}; the registry has {sorted(METHODS)}")
+  return [f"{name}:{s}" for name in METHODS if name in methods for s in STRENGTHS[name]]
+
+
+def finetune_config(record: dict, reduction: str, *, steps: int, batch_size: int, lr: float, model: str,
+                    model_dir: str | None):
+  """configs/glyphs_vit.py for the shipped model's architecture and image size, started from its weights,
+  trained `steps` steps with `reduction` on the CPU (float32)."""
+  sys.path.insert(0, os.path.join(_REPO, "configs"))
+  import glyphs_vit  # noqa: PLC0415
+
+  size = record["model"]["image_size"]
+  config = glyphs_vit.get_config(f"image_size={size}")
+  config.model.update({k: v for k, v in record["model"].items() if k != "num_classes"}, dtype="float32")
+  config.reduction = reduction
+  config.init_from = {"pretrained": model, "pretrained_dir": model_dir or ""}
+  config.data.update(num_train=steps * batch_size, num_val=batch_size, num_test=batch_size, num_workers=0,
+                     num_threads=2, seed=int(record["data"].get("split_seed", 0)))
+  config.augment.max_shift = max(1, size // 28)
+  config.update(batch_size=batch_size, eval_batch_size=batch_size, total_steps=steps, warmup_steps=max(1, steps // 10),
+                lr=lr, log_every_steps=max(1, steps // 5), eval_every_steps=steps, checkpoint_every_steps=steps,
+                keep_checkpoints=1)
+  return config
+
+
+def main(argv: list[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--model", default="glyphs_vit_ti16_112", help="a tokax.pretrained name")
+  parser.add_argument("--model_dir", help="where the model's NAME.json/.safetensors are (default: tokax's)")
+  parser.add_argument("--num_examples", type=int, default=2000, help="glyphs test images to evaluate on")
+  parser.add_argument("--batch_size", type=int, default=250, help="evaluation and timing batch")
+  parser.add_argument("--methods", default=",".join(STRENGTHS), help="registry methods for the table")
+  parser.add_argument("--finetune", default="tome:3", help="the reduction to fine-tune with ('' skips step 2)")
+  parser.add_argument("--finetune_steps", type=int, default=60)
+  parser.add_argument("--finetune_batch", type=int, default=64)
+  parser.add_argument("--finetune_lr", type=float, default=1e-4)
+  parser.add_argument("--repeats", type=int, default=3, help="timed calls per row (after one warm-up call)")
+  parser.add_argument("--no_xla_cache", action="store_true", help="no compilation cache in WORKDIR/xla_cache")
+  args = parser.parse_args(argv)
+
   import jax
-  import matplotlib.pyplot as plt
 
-  from tokax.bench import tradeoff
-  from tokax.reduction import ToMe
+  from tokax import evaluate, pretrained
+  from tokax.bench import measure
+  from tokax.reduction import build
   from tokax.train import logging as metric_logging
   from tokax.train import run as training
-  from tokax.train.tasks import classifier
 
+  workdir = os.path.abspath(args.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if not args.no_xla_cache:  # identical executables (the fine-tuned model's row is the off-the-shelf row's) compile once
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   metric_logging.quiet_orbax_info()
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  directory = args.model_dir or pretrained.DIRECTORY
+  record = pretrained.info(args.model, directory)
   timings = {}
-  start = time.perf_counter()
-  result = training.train(config, workdir)
-  timings["train (data, training, val/test eval)"] = time.perf_counter() - start
 
   start = time.perf_counter()
-  test = classifier.load_split(config, "test")
-  reductions = {"dense": None, **{f"ToMe r={r}": ToMe(r=int(r)) for r in _R.value}}
-  rows = tradeoff.reduction_table(result.model, result.params, test, reductions,
-                                  eval_batch_size=config.eval_batch_size, bench_batch_size=_BENCH_BATCH.value)
-  tradeoff.plot_accuracy_vs_gflops(rows, os.path.join(workdir, "accuracy_vs_gflops.png"),
-                                   title=f"{config.data.name}, {len(test)} test images")
-  timings["evaluate dense + ToMe, time, plot"] = time.perf_counter() - start
+  specs = reduction_specs([m for m in args.methods.split(",") if m])
+  eval_argv = ["--model", f"pretrained:{args.model}", "--num_examples", str(args.num_examples),
+               "--batch_size", str(args.batch_size), "--warmup", "1", "--repeats", str(args.repeats),
+               "--merge_images", "1", "--no_progress", "--out", os.path.join(workdir, "evaluate")]
+  if args.model_dir:
+    eval_argv += ["--pretrained_dir", args.model_dir]
+  for spec in specs:
+    eval_argv += ["--reduction", spec]
+  table = evaluate.main(eval_argv)
+  timings["evaluate: every method at two strengths"] = time.perf_counter() - start
 
-  start = time.perf_counter()
-  picture = tradeoff.merge_figure(result.model, result.params, test.images[:_NUM_MERGE_IMAGES.value],
-                                  reductions[list(reductions)[-1]], result.model.arch.patch_size)
-  plt.imsave(os.path.join(workdir, "merges.png"), picture)
-  timings["merge visualisation"] = time.perf_counter() - start
+  finetuned = None
+  if args.finetune:
+    start = time.perf_counter()
+    config = finetune_config(record, args.finetune, steps=args.finetune_steps, batch_size=args.finetune_batch,
+                             lr=args.finetune_lr, model=args.model, model_dir=args.model_dir)
+    result = training.train(config, os.path.join(workdir, "finetune"))
+    timings[f"fine-tune {args.finetune_steps} steps with {args.finetune}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    loaded = evaluate.load_pretrained(args.model, directory)
+    data = evaluate.load_data(evaluate.parse_args(eval_argv), loaded)
+    method = build(args.finetune)
+    # result.params: the trained variables ({"params": ...}), scored by the table row's executable (same shapes)
+    row = measure.reduction_row(loaded.model, jax.device_get(result.params), method, data.batches,
+                                method=args.finetune, eval_batch_size=args.batch_size, timed=False, keep_assign=1)
+    off_the_shelf = next(r for r in table["rows"] if r["spec"] == args.finetune)
+    finetuned = {"method": args.finetune, "steps": args.finetune_steps, "batch_size": args.finetune_batch,
+                 "lr": args.finetune_lr, "dense_top1": table["rows"][0]["top1"],
+                 "off_the_shelf_top1": off_the_shelf["top1"], "finetuned_top1": row["top1"],
+                 "num_examples": row["num_examples"]}
+    timings["evaluate the fine-tuned model"] = time.perf_counter() - start
 
-  arch = result.model.arch
-  caption = (f"ViT (width {arch.width}, depth {arch.depth}, {arch.num_heads} heads, patch {arch.patch_size}, "
-             f"{config.model.image_size} px) trained {result.step} steps on {config.data.name}; "
-             f"{len(test)} test images; images/s at batch {_BENCH_BATCH.value} on {jax.devices()[0].device_kind}.")
-  table = tradeoff.to_markdown(rows)
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"caption": caption, "rows": rows, "step": result.step, "split": "test", "num_examples": len(test),
-               "timings_s": timings}, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(caption + "\n\n" + table + "\n")
-  print(caption)
-  print(table)
+  lines = [table["caption"], "", table["table"]]
+  if finetuned:
+    f = finetuned
+    lines += ["", f"Fine-tuned with {f['method']} for {f['steps']} steps (batch {f['batch_size']}, lr {f['lr']:g}, "
+              f"from the shipped weights, on the CPU), the same {f['num_examples']} test images:", "",
+              "| model | top-1 |", "|---|---|", f"| dense | {100 * f['dense_top1']:.1f}% |",
+              f"| {f['method']}, off the shelf | {100 * f['off_the_shelf_top1']:.1f}% |",
+              f"| {f['method']}, fine-tuned | {100 * f['finetuned_top1']:.1f}% |"]
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as out:
+    out.write("\n".join(lines) + "\n")
+  summary = {"finetune": finetuned, "timings_s": timings, "evaluate": os.path.join(workdir, "evaluate")}
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as out:
+    json.dump(summary, out, indent=1)
+  print("\n".join(lines[3:]) if finetuned else "")
   for stage, seconds in timings.items():
     print(f"{stage}: {seconds:.1f} s")
   print(f"outputs in {workdir}")
+  return summary
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

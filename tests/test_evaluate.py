@@ -151,6 +151,14 @@ def test_augreg_npz_with_post_reducers(augreg_npz, tmp_path):
   # DivPrune keeps [CLS]: a cls-pooled head reads the same token as dense.
   np.testing.assert_array_equal(result["predictions"]["divprune:0.5"], expected)
   assert rows["divprune:0.5"]["agreement"] == 1.0
+  # the two post rows shared one encoder pass; each running its own encoder gives the same predictions
+  assert rows["fastervlm:0.5"]["timing"] == rows["divprune:0.5"]["timing"] == "encoder + reducer"
+  alone = evaluate.main(["--model", str(path), "--data", "cluttered_digits", "--num_examples", "16",
+                         "--reduction", "fastervlm:0.5", "--reduction", "divprune:0.5", "--encoder_cache_gb", "0",
+                         "--out", str(tmp_path / "alone"), *FAST])
+  for name in ("fastervlm:0.5", "divprune:0.5"):
+    np.testing.assert_array_equal(alone["predictions"][name], result["predictions"][name])
+  assert "timing" not in {key for row in alone["rows"] for key in row}
 
 
 def test_tfds_mock_data(augreg_npz, tmp_path):

@@ -11,18 +11,26 @@ r"""`python -m tokax.evaluate`: one model x several token reductions x one datas
   # a timm architecture with random weights (speed only: the accuracy columns say so)
   python -m tokax.evaluate --model timm:vit_tiny_patch16_224 --data cluttered_digits --num_examples 200 \
       --num_classes 10 --reduction tome:8 --reduction evit:0.7 --reduction divprune:0.5 --out /tmp/eval_ti
+  # a model that ships with tokax (tokax.pretrained), on the data it was trained on
+  python -m tokax.evaluate --model pretrained:glyphs_vit_ti16_112 --num_examples 2000 --reduction tome:2 \
+      --out /tmp/eval_glyphs
 
 Model (--model): a `python -m tokax.train` workdir holding a classifier run (tokax.train.restore.load_run),
 a timm state dict (.safetensors, .pth/.pt/.bin) with --timm_name (the architecture from timm's
-name; timm is optional: without it, vit_/deit_ names are parsed), a big_vision / AugReg .npz, or
-`timm:<name>` (random weights).
+name; timm is optional: without it, vit_/deit_ names are parsed), a big_vision / AugReg .npz (arrays
+it has that the ViT does not read are an error; --allow_unknown_keys drops them),
+`pretrained:<name>` (a model that ships with tokax; its default data is the dataset it was trained on)
+or `timm:<name>` (random weights).
 
 Data (--data): an embedded dataset (tokax.data.embedded.DATASETS), `folder:<root>` (root/<split>,
 default split "val"), `tfds:<name>[:split]` (default split "test"); a workdir's default is its own
-data and test split. --num_examples N keeps the first N. Preprocessing: a workdir's own
-data.preprocess_eval and [-1, 1] inputs; timm / AugReg weights get the standard eval transform
-(shorter side to size / crop_pct, crop_pct from timm's pretrained config (else 0.875), center
-crop, the checkpoint's mean / std); embedded datasets are rendered at the model's image size.
+data and test split. --num_examples N keeps the first N. A folder is labelled with the run's class
+list (its config.json's data.classes) for a workdir model, else with root/train's class folders
+(tokax.data.folder); --skip_bad_images leaves out (and counts) images that do not decode.
+Preprocessing: a workdir's own data.preprocess_eval and [-1, 1] inputs; timm / AugReg weights get
+the standard eval transform (shorter side to size / crop_pct, crop_pct from timm's pretrained config
+(else 0.875), center crop, the checkpoint's mean / std); embedded datasets are rendered at the
+model's image size.
 
 Reductions (--reduction, repeated, or --config file.py whose get_config() has a `reductions` list):
 tokax.reduction.build specs ("tome:8", "evit:0.7,fuse_token=False", "divprune:0.5"); "none" (dense)
@@ -30,10 +38,13 @@ is always the first row, the reference of the agreement column. Methods that nee
 (dtome) are calibrated by tokax.reduction.calibrate_dtome on the first --calibration_batches eval
 batches (images only; the row's note says so). Post-encoder reducers (DivPrune, ToDRE, DCT, FasterVLM)
 run on the dense encoder's output tokens and the head reads the pooled reduced tokens
-(tokax.bench.measure.post_forward).
+(tokax.bench.measure.post_forward). Two or more of them share one pass of the dense encoder when its
+outputs fit in --encoder_cache_gb of host memory; their images/s is then the encoder's time (timed
+once) plus the reducer-and-head executable's time (results.json: "timing": "encoder + reducer").
 
 Prints one table (method, tokens after the last block, GFLOPs/img, images/s on this device, top-1,
-top-5, agreement with dense) and writes results.json, results.md and accuracy_vs_gflops.png into
+top-5, agreement with dense) and writes results.json, results.md and accuracy_vs_gflops.png (with
+--merge_images N also merges.png, the token groups every method leaves on the first N images) into
 --out (default <workdir>/evaluate/ for a workdir; required otherwise; never elsewhere inside a run's
 workdir). Every bad input fails before anything is loaded or run, naming the thing and the fix.
 """
@@ -246,9 +257,11 @@ def npz_architecture(path: str) -> dict[str, Any]:
   return dict(kwargs, variant=f"Ti/{patch}", width=arch[0], depth=arch[1], num_heads=arch[2], mlp_dim=arch[3])
 
 
-def load_augreg(path: str, *, variant: str | None, image_size: int | None, num_classes: int | None) -> Loaded:
+def load_augreg(path: str, *, variant: str | None, image_size: int | None, num_classes: int | None,
+                allow_unknown: bool = False) -> Loaded:
   """A big_vision / AugReg .npz; the architecture from --variant etc. where given, else from its shapes."""
   from tokax.interop import load_npz
+  from tokax.interop.big_vision import UnknownKeysError
   from tokax.models import ViT
 
   kwargs = npz_architecture(path)
@@ -258,7 +271,9 @@ def load_augreg(path: str, *, variant: str | None, image_size: int | None, num_c
   kwargs.update({k: v for k, v in (("image_size", image_size), ("num_classes", num_classes)) if v is not None})
   model = ViT(**kwargs)
   try:
-    params = load_npz(path, model)
+    params = load_npz(path, model, allow_unknown=allow_unknown)
+  except UnknownKeysError as e:
+    raise ValueError(f"--model {e}\nto evaluate it without those arrays, pass --allow_unknown_keys") from None
   except ValueError as e:
     raise ValueError(f"--model {path!r} does not fit ViT({kwargs}): {e}\nfix --variant / --image_size / --num_classes "
                      "(or leave them out: they are read off the file)") from None
@@ -282,9 +297,27 @@ def load_random_timm(name: str, *, image_size: int | None, num_classes: int | No
                 random_weights=True, **norm)
 
 
+def load_pretrained(name: str, directory: str | None = None) -> Loaded:
+  """A model that ships with tokax (tokax.pretrained; or one in `directory`), with the data it was trained on
+  as its default data."""
+  import ml_collections
+
+  from tokax import pretrained
+
+  directory = directory or pretrained.DIRECTORY
+  record = pretrained.info(name, directory)
+  model, variables = pretrained.load(name, directory=directory)
+  data = record["data"]
+  config = ml_collections.ConfigDict({"data": {"name": data["name"], "seed": int(data.get("split_seed", 0))}})
+  return Loaded(model=model, variables=variables, crop_pct=None, run_config=config,
+                description=f"tokax.pretrained {name} (trained on {data['name']} at {data['image_size']} px)")
+
+
 def load_model(args: argparse.Namespace) -> Loaded:
   """The model of --model (see the module docstring)."""
   spec = args.model
+  if spec.startswith("pretrained:"):
+    return load_pretrained(spec[len("pretrained:"):], args.pretrained_dir)
   if spec.startswith("timm:"):
     return load_random_timm(spec[len("timm:"):], image_size=args.image_size, num_classes=args.num_classes)
   if os.path.isdir(spec):
@@ -293,11 +326,12 @@ def load_model(args: argparse.Namespace) -> Loaded:
     raise ValueError(f"--model {spec!r}: no such file or directory; expected a tokax run's workdir, a timm "
                      f"{'/'.join(WEIGHT_SUFFIXES)} file with --timm_name, a big_vision .npz, or timm:<name>")
   if spec.endswith(".npz"):
-    return load_augreg(spec, variant=args.variant, image_size=args.image_size, num_classes=args.num_classes)
+    return load_augreg(spec, variant=args.variant, image_size=args.image_size, num_classes=args.num_classes,
+                       allow_unknown=args.allow_unknown_keys)
   if spec.endswith(WEIGHT_SUFFIXES):
     return load_timm_weights(spec, args.timm_name, image_size=args.image_size, num_classes=args.num_classes)
   raise ValueError(f"--model {spec!r}: unknown kind of file; expected a timm {'/'.join(WEIGHT_SUFFIXES)} file, a "
-                   "big_vision .npz, a tokax run's workdir or timm:<name>")
+                   "big_vision .npz, a tokax run's workdir, pretrained:<name> or timm:<name>")
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -312,11 +346,13 @@ class EvalData:
     num_examples: examples in one pass.
     num_classes: the data's class count (None where the source does not say).
     description: "cluttered_digits test (200 examples)".
+    bad_examples: () -> the undecodable images the last whole pass left out (--skip_bad_images), or None.
   """
   batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
   num_examples: int
   num_classes: int | None
   description: str
+  bad_examples: Callable[[], int] | None = None
 
 
 class _First:
@@ -325,6 +361,7 @@ class _First:
   def __init__(self, source: pipeline.Source, n: int):
     self.source, self.n = source, min(n, len(source))
     self.num_classes = getattr(source, "num_classes", None)
+    self.skip_bad_images = getattr(source, "skip_bad_images", False)
 
   def __len__(self) -> int:
     return self.n
@@ -358,6 +395,9 @@ def load_data(args: argparse.Namespace, loaded: Loaded) -> EvalData:
   if own:
     split = config.data.get(f"{split}_split") or split
   size, batch = loaded.model.image_size, args.batch_size
+  if args.skip_bad_images and not name.startswith("folder:"):
+    raise ValueError(f"--skip_bad_images: applies to folder:<root> data (files the pipeline decodes); --data {name!r} "
+                     "has no files to skip")
   if is_embedded:
     dataset_name = name.removeprefix("offline:")
     if not embedded.is_embedded(dataset_name):
@@ -369,14 +409,26 @@ def load_data(args: argparse.Namespace, loaded: Loaded) -> EvalData:
     batches = lambda: offline.iterate_batches(dataset, batch, shuffle=False, drop_remainder=False, num_epochs=1)
     return EvalData(batches, len(dataset), dataset.num_classes, f"{dataset_name} {split} ({len(dataset)} examples)")
   data_dir = args.data_dir or (config.data.get("data_dir") if own else None)
-  source = pipeline.get_source(name, split, data_dir=data_dir)
+  classes = None
+  if name.startswith("folder:") and config is not None:  # the run's labels: its config.json's class list
+    from tokax.train.tasks import classifier
+
+    classes = list(config.data.get("classes") or ()) or (classifier.dataset_classes(config) if own else None)
+  source = pipeline.get_source(name, split, data_dir=data_dir, classes=classes, skip_bad_images=args.skip_bad_images)
   if args.num_examples:
     source = _First(source, args.num_examples)
   preprocess = eval_preprocess(loaded)
-  batches = lambda: pipeline.make_iterator(source, batch_size=batch, preprocess=preprocess, shuffle=False,
-                                           drop_remainder=False, num_epochs=1, num_threads=args.num_threads)
+  counted = {"bad": 0}
+
+  def batches() -> Iterable[Mapping[str, np.ndarray]]:
+    iterator = pipeline.make_iterator(source, batch_size=batch, preprocess=preprocess, shuffle=False,
+                                      drop_remainder=False, num_epochs=1, num_threads=args.num_threads)
+    yield from iterator
+    counted["bad"] = iterator.bad_examples
+
   shown = name if name.startswith("tfds:") and name.count(":") > 1 else f"{name} {split}"
-  return EvalData(batches, len(source), getattr(source, "num_classes", None), f"{shown} ({len(source)} examples)")
+  return EvalData(batches, len(source), getattr(source, "num_classes", None), f"{shown} ({len(source)} examples)",
+                  bad_examples=(lambda: counted["bad"]) if args.skip_bad_images else None)
 
 
 def check_classes(data: EvalData, loaded: Loaded, data_name: str) -> None:
@@ -460,6 +512,16 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], *, random_weights: bool = Fal
   return "\n".join(lines)
 
 
+def first_images(data: EvalData, count: int) -> np.ndarray:
+  """The first `count` evaluation images (padding dropped), as the batches give them."""
+  out = []
+  for batch in data.batches():
+    out.extend(np.asarray(batch["image"])[np.asarray(batch["mask"], bool)][:count - len(out)])
+    if len(out) >= count:
+      break
+  return np.stack(out)
+
+
 def calibration_batches(data: EvalData, loaded: Loaded, count: int) -> list[jax.Array]:
   """The first `count` eval batches' images (padding dropped), as model inputs: what calibrate_dtome reads."""
   input_fn, out = loaded.input_fn(), []
@@ -499,6 +561,15 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
   rows: list[dict[str, Any]] = []
   predictions: dict[str, np.ndarray] = {}  # (N,) top-1 per row; returned, not written
   dense_predictions = None
+  bench_batch = args.bench_batch_size or args.batch_size
+  encoder = None  # the dense encoder's outputs, shared by the post-encoder reducers' rows when they fit in memory
+  posts = sum(measure.is_post(method) for _, method in specs)
+  arch = model.arch
+  tokens = (model.image_size // arch.patch_size) ** 2 + 1
+  if posts > 1 and data.num_examples * tokens * arch.width * dtype.itemsize <= args.encoder_cache_gb * 2 ** 30:
+    encoder = measure.encoder_pass(model, variables, data.batches, input_fn=input_fn, bench_batch_size=bench_batch,
+                                   dtype=dtype, warmup=args.warmup, repeats=args.repeats)
+  assigns: dict[str, np.ndarray] = {}  # row method -> (merge_images, N0) token assignment (--merge_images)
   for label, method in specs:
     note = None
     if getattr(method, "needs_calibration", False):
@@ -507,23 +578,28 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
       note = f"calibrated on the first {sum(len(b) for b in images)} eval images (labels unused)"
     row = measure.reduction_row(model, variables, method, data.batches, dense_predictions,
                                 method="dense" if method is None else label, input_fn=input_fn,
-                                bench_batch_size=args.bench_batch_size or args.batch_size, dtype=dtype,
-                                warmup=args.warmup, repeats=args.repeats, progress=bar and bar(label))
+                                bench_batch_size=bench_batch, dtype=dtype, warmup=args.warmup, repeats=args.repeats,
+                                progress=bar and bar(label), encoder=encoder, keep_assign=args.merge_images)
     if dense_predictions is None:
       dense_predictions = row["predictions"]
     predictions[row["method"]] = row.pop("predictions")
+    if args.merge_images:
+      assigns[row["method"]] = row.pop("assign")
     row.update(spec=label, note=note)
     rows.append(row)
     print(f"[{len(rows)}/{len(specs)}] {row['method']}: {row['tokens']} tokens, top-1 {_percent(row['top1'], loaded.random_weights)}, "
           f"{row['images_per_s'] or 0:,.0f} images/s", file=sys.stderr, flush=True)
   device = jax.devices()[0].device_kind
-  arch = model.arch
   caption = (f"{loaded.description}: ViT {model.variant} (width {arch.width}, depth {arch.depth}) at "
              f"{model.image_size} px on {data.description}; images/s at batch {args.bench_batch_size or args.batch_size}, "
              f"{args.dtype}, on {device} (jax {jax.__version__})"
              + ("; random weights: accuracy is not meaningful" if loaded.random_weights else ""))
+  if data.bad_examples is not None:
+    caption += f"; {data.bad_examples()} images that do not decode left out (--skip_bad_images)"
   result = {"caption": caption, "model": args.model, "data": data.description, "device": device,
             "random_weights": loaded.random_weights, "num_examples": data.num_examples, "rows": rows}
+  if data.bad_examples is not None:
+    result["bad_examples"] = data.bad_examples()
   table = to_markdown(rows, random_weights=loaded.random_weights)
   notes = [f"{row['method']}: {row['note']}" for row in rows if row.get("note")]
   os.makedirs(out, exist_ok=True)
@@ -532,6 +608,9 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
   with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
     f.write("\n".join([caption, "", table, *notes]) + "\n")
   tradeoff.plot_accuracy_vs_gflops(rows, os.path.join(out, "accuracy_vs_gflops.png"), title=data.description)
+  if args.merge_images:
+    tradeoff.plot_merge_maps(first_images(data, args.merge_images), {k: v for k, v in assigns.items() if k != "dense"},
+                             model.arch.patch_size, os.path.join(out, "merges.png"))
   result.update(table=table, out=out, predictions=predictions)
   return result
 
@@ -543,7 +622,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m tokax.evaluate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", required=True, help="a tokax run's workdir, a timm .safetensors/.pth file (with "
-                      "--timm_name), a big_vision .npz, or timm:<name> (random weights)")
+                      "--timm_name), a big_vision .npz, pretrained:<name> (tokax.pretrained) or timm:<name> (random weights)")
+  parser.add_argument("--pretrained_dir", help="where pretrained:<name>'s NAME.json / NAME.safetensors are "
+                      "(default: the models that ship with tokax)")
   parser.add_argument("--timm_name", help="timm architecture of a .safetensors/.pth file, e.g. vit_small_patch16_224")
   parser.add_argument("--variant", help="ViT variant of an .npz (e.g. B/16); default: read off its shapes")
   parser.add_argument("--image_size", type=int, help="default: read off the weights' position embedding")
@@ -564,8 +645,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
   parser.add_argument("--calibration_batches", type=int, default=4, help="eval batches that calibrate dtome")
   parser.add_argument("--num_threads", type=int, default=8, help="input pipeline threads (folder / tfds)")
+  parser.add_argument("--skip_bad_images", action="store_true", help="folder data: leave out (and count) images "
+                      "that do not decode instead of failing on the first")
+  parser.add_argument("--allow_unknown_keys", action="store_true", help="a big_vision .npz: load it even though it "
+                      "has arrays the ViT does not read (they are dropped)")
+  parser.add_argument("--encoder_cache_gb", type=float, default=2.0,
+                      help="post-encoder reducers share one pass of the dense encoder when its outputs fit in this "
+                      "many GiB of host memory (0: each row runs the encoder)")
+  parser.add_argument("--merge_images", type=int, default=0,
+                      help="also write merges.png: the token groups every method leaves on the first N images")
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
+  if args.merge_images < 0:
+    parser.error(f"--merge_images must be >= 0; got {args.merge_images}")
   for name in ("num_examples", "batch_size", "repeats", "calibration_batches", "image_size", "num_classes"):
     value = getattr(args, name)
     if value is not None and value < (0 if name == "num_classes" else 1):

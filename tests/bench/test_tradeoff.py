@@ -1,67 +1,65 @@
-"""The main job's table, plot and merge picture on a runlocal-size model."""
+"""The main job (scripts/main_job.py) end to end on a tiny shipped-layout model, and its merge-map figure."""
+import importlib.util
+import json
+import pathlib
+
 import numpy as np
-import pytest
 
 from tokax.bench import tradeoff
-from tokax.data import offline
-from tokax.reduction import ToMe
-from tokax.train.model import build_model
+from tokax.reduction import METHODS, visualize
 
-from random_variables import random_variables
+from random_variables import write_pretrained
 
-
-@pytest.fixture(scope="module")
-def model_params_data():  # one init and one data load for the module
-  model = build_model(variant="Ti/8", image_size=32, num_classes=10, pool="gap", width=32, depth=2,
-                      num_heads=2, mlp_dim=64)
-  params = random_variables(model, (32, 32, 3))  # no init compiled
-  data = offline.load("cluttered_digits", "test", image_size=32, num_examples=20)
-  return model, params, data
+REPO = pathlib.Path(__file__).resolve().parents[2]
+# 32 glyph classes at 32 px, patch 8: 16 patches + [CLS], two blocks
+FIELDS = dict(variant="Ti/8", image_size=32, num_classes=32, width=32, depth=2, num_heads=2, mlp_dim=64, pool="cls")
 
 
-def test_reduction_table_has_every_row(model_params_data, tmp_path):
-  model, params, data = model_params_data
-  reductions = {"dense": None, "ToMe r=2": ToMe(r=2), "ToMe r=4": ToMe(r=4)}
-  rows = tradeoff.reduction_table(model, params, data, reductions, eval_batch_size=8, bench_batch_size=4,
-                                  warmup=1, repeats=2)
-  assert [row["method"] for row in rows] == list(reductions)
-  assert [row["tokens"] for row in rows] == [17, 17 - 2 - 2, 17 - 4 - 4]
-  gflops = [row["gflops_per_image"] for row in rows]
-  assert gflops[0] > gflops[1] > gflops[2] > 0
-  assert rows[0]["same_as_first"] == 1.0
-  for row in rows:
-    assert 0.0 <= row["top1"] <= 1.0 and 0.0 <= row["same_as_first"] <= 1.0 and row["images_per_s"] > 0
-  table = tradeoff.to_markdown(rows)
-  assert all(f"| {name} |" in table for name in reductions)
-  path = tmp_path / "plot.png"
-  tradeoff.plot_accuracy_vs_gflops(rows, str(path), title="test")
+def _main_job():
+  spec = importlib.util.spec_from_file_location("main_job", REPO / "scripts" / "main_job.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_registry_method_has_two_strengths_in_the_main_job():
+  job = _main_job()
+  specs = job.reduction_specs(list(METHODS))
+  assert [s.partition(":")[0] for s in specs] == [m for m in METHODS for _ in range(2)]
+  assert len(set(specs)) == len(specs)
+
+
+def test_main_job_on_a_tiny_model(tmp_path):
+  write_pretrained(tmp_path, "tiny_glyphs", FIELDS, dict(name="glyphs", image_size=32, split_seed=0))
+  work = tmp_path / "work"
+  summary = _main_job().main(["--workdir", str(work), "--model", "tiny_glyphs", "--model_dir", str(tmp_path),
+                              "--num_examples", "12", "--batch_size", "8", "--methods", "tome,divprune",
+                              "--finetune", "tome:3", "--finetune_steps", "2", "--finetune_batch", "4",
+                              "--repeats", "1", "--no_xla_cache"])
+  results = json.loads((work / "evaluate" / "results.json").read_text())
+  assert [row["method"] for row in results["rows"]] == ["dense", "tome:2", "tome:3", "divprune:0.5", "divprune:0.25"]
+  assert [row["tokens"] for row in results["rows"]] == [17, 13, 11, 9, 5]  # 16 patches + [CLS]; r clipped per block
+  assert results["num_examples"] == 12
+  finetune = summary["finetune"]
+  off = next(row for row in results["rows"] if row["method"] == "tome:3")
+  assert finetune["off_the_shelf_top1"] == off["top1"] and finetune["num_examples"] == 12
+  assert 0.0 <= finetune["finetuned_top1"] <= 1.0
+  trained = json.loads((work / "finetune" / "config.json").read_text())
+  assert trained["reduction"] == "tome:3" and trained["init_from"]["pretrained"] == "tiny_glyphs"
+  assert "| tome:3, fine-tuned |" in (work / "results.md").read_text()
+  for name in ("accuracy_vs_gflops.png", "merges.png"):
+    assert (work / "evaluate" / name).stat().st_size > 1000, name
+
+
+def test_merge_maps_paint_each_group_with_its_mean_colour(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0.1, 0.9, (2, 16, 16, 3)).astype(np.float32)
+  # 4 patches of 8 px + a [CLS]: patches 0 and 1 merged, patch 3 pruned
+  assign = np.array([[0, 1, 1, 2, -1]] * 2)
+  path = tmp_path / "merges.png"
+  tradeoff.plot_merge_maps(images, {"m": assign}, 8, str(path))
   assert path.stat().st_size > 1000
-
-
-def test_merge_figure(model_params_data):
-  model, params, data = model_params_data
-  picture = tradeoff.merge_figure(model, params, data.images[:3], ToMe(r=4), patch_size=8)
-  assert picture.shape == (64, 96, 3) and picture.dtype == np.uint8
-  np.testing.assert_array_equal(picture[:32, :32], np.clip(data.images[0] * 255 + 0.5, 0, 255).astype(np.uint8))
-
-
-def test_main_job_script_runlocal(tmp_path):
-  import json
-  import os
-  import pathlib
-  import subprocess
-  import sys
-
-  repo = pathlib.Path(__file__).resolve().parents[2]
-  proc = subprocess.run(
-      [sys.executable, str(repo / "scripts" / "main_job.py"), f"--workdir={tmp_path}",
-       f"--config={repo / 'configs' / 'cluttered_digits_vit.py'}:runlocal", "--r=1,2", "--bench_batch=4",
-       "--num_merge_images=2"],
-      cwd=repo, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert [row["method"] for row in results["rows"]] == ["dense", "ToMe r=1", "ToMe r=2"]
-  assert results["step"] == 3
-  assert "| ToMe r=2 |" in (tmp_path / "results.md").read_text() and "| ToMe r=2 |" in proc.stdout
-  for name in ("accuracy_vs_gflops.png", "merges.png", "config.json", "metrics.jsonl"):
-    assert (tmp_path / name).stat().st_size > 0, name
+  drawn = visualize.draw_merges(images[0], assign[0], 8, 1, boundary=0.0)
+  merged = images[0][:8].reshape(-1, 3).mean(0)
+  np.testing.assert_allclose(drawn[2, 2] / 255.0, merged, atol=1 / 255 + 1e-6)
+  np.testing.assert_allclose(drawn[2, 10] / 255.0, merged, atol=1 / 255 + 1e-6)

@@ -215,30 +215,93 @@ def pooled_logits(model: Any, params: Any, tokens: Tokens) -> jax.Array:
   return sum(logits) / len(logits)
 
 
-def post_forward(model: Any, reducer: Any) -> Callable[[Any, jax.Array], tuple[jax.Array, Tokens]]:
-  """(variables, model inputs (B, H, W, 3)) -> (logits (B, K), reduced Tokens) for a post-encoder reducer.
+def post_head(model: Any, reducer: Any) -> Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, Tokens]]:
+  """(variables, encoder output (B, N, C), {score: last block's (B, N) score}) -> (logits (B, K), reduced Tokens).
 
-  The dense encoder runs (with LastLayerScores when the reducer reads scores), then
-  `reducer(Tokens(encoder output), {score: last block's (B, N) score})` and the head on the pooled
-  reduced tokens (pooled_logits).
+  `reducer(Tokens(encoder output), scores)` and the head on the pooled reduced tokens (pooled_logits).
   """
   scores = tuple(getattr(reducer, "scores", ()))
-  if scores and not model.class_token:
-    raise ValueError(f"{type(reducer).__name__} reads the [CLS] attention row {scores}; the model has no class token")
-  depth = model.arch.depth
-  encoder = model.clone(reduction=LastLayerScores(scores) if scores else None)
 
-  def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, Tokens]:
-    (_, inter), state = encoder.apply(variables, images, return_intermediates=True,
-                                      capture_intermediates=_last_attention, mutable=["intermediates"])
-    metrics = {}
-    if scores:
-      metrics = dict(state["intermediates"][f"blocks_{depth - 1}"]["attn"]["__call__"][0][1])
-    tokens = Tokens.create(inter["features"], has_cls=model.class_token, has_dist=model.distilled)
+  def head(variables: Any, features: jax.Array, metrics: Mapping[str, jax.Array]) -> tuple[jax.Array, Tokens]:
+    tokens = Tokens.create(features, has_cls=model.class_token, has_dist=model.distilled)
     reduced = reducer(tokens, {k: metrics[k] for k in scores})
     return pooled_logits(model, variables, reduced), reduced
 
+  return head
+
+
+def encoder_forward(model: Any, scores: Sequence[str] = ()) -> Callable[[Any, jax.Array], tuple[jax.Array, dict]]:
+  """(variables, model inputs (B, H, W, 3)) -> (the dense encoder's output (B, N, C), {score: last block's (B, N)}).
+
+  The encoder runs with LastLayerScores when `scores` are asked for (the [CLS] attention row: "cls").
+  """
+  scores = tuple(scores)
+  if scores and not model.class_token:
+    raise ValueError(f"a post-encoder reducer reads the [CLS] attention row {scores}; the model has no class token")
+  depth = model.arch.depth
+  encoder = model.clone(reduction=LastLayerScores(scores) if scores else None)
+
+  def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, dict]:
+    (_, inter), state = encoder.apply(variables, images, return_intermediates=True,
+                                      capture_intermediates=_last_attention, mutable=["intermediates"])
+    metrics = dict(state["intermediates"][f"blocks_{depth - 1}"]["attn"]["__call__"][0][1]) if scores else {}
+    return inter["features"], {k: metrics[k] for k in scores}
+
   return forward
+
+
+def post_forward(model: Any, reducer: Any) -> Callable[[Any, jax.Array], tuple[jax.Array, Tokens]]:
+  """(variables, model inputs (B, H, W, 3)) -> (logits (B, K), reduced Tokens) for a post-encoder reducer.
+
+  The dense encoder (encoder_forward, with the scores the reducer reads), then post_head.
+  """
+  encoder, head = encoder_forward(model, getattr(reducer, "scores", ())), post_head(model, reducer)
+
+  def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, Tokens]:
+    return head(variables, *encoder(variables, images))
+
+  return forward
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderPass:
+  """One pass of the dense encoder over the evaluation data, kept on the host, that every post-encoder
+  reducer's accuracy pass reads instead of running the encoder again (reduction_row's `encoder`).
+
+  Attributes:
+    batches: [(encoder output (B, N, C), {score: (B, N)}, mask (B,) bool, label (B,))] in data order.
+    scores: the last-block scores kept ("cls" where the model has a class token).
+    seconds: median seconds of the encoder alone on a (bench_batch_size, H, W, 3) batch (None: not timed).
+    bench_batch_size: that batch.
+  """
+  batches: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]]
+  scores: tuple[str, ...]
+  seconds: float | None
+  bench_batch_size: int
+
+
+def encoder_pass(model: Any, variables: Any, data: Batches, *,
+                 input_fn: Callable[[jax.Array], jax.Array] = normalize_images, bench_batch_size: int = 64,
+                 dtype: Any = jnp.float32, warmup: int = 2, repeats: int = 5, timed: bool = True,
+                 clock: Clock = time.perf_counter) -> EncoderPass:
+  """The dense encoder (`model` without its reduction) over one pass of `data` (reduction_row's batches),
+  with the [CLS] attention row of its last block where the model has a class token; timed as time_forward."""
+  dense = model.clone(reduction=None)
+  scores = ("cls",) if model.class_token else ()
+  encoder = encoder_forward(dense, scores)
+  run = jax.jit(lambda v, x: encoder(v, input_fn(x)))
+  batches = []
+  for batch in data():
+    features, metrics = run(variables, jnp.asarray(batch["image"]))
+    batches.append((np.asarray(features), {k: np.asarray(m) for k, m in metrics.items()},
+                    np.asarray(batch["mask"], bool), np.asarray(batch["label"])))
+  if not batches:
+    raise ValueError("encoder_pass: the data gave no batches")
+  seconds = None
+  if timed:
+    shape = (bench_batch_size, model.image_size, model.image_size, 3)
+    seconds = time_forward(run, variables, shape, dtype, warmup=warmup, repeats=repeats, clock=clock)["median_ms"] / 1e3
+  return EncoderPass(batches=batches, scores=scores, seconds=seconds, bench_batch_size=bench_batch_size)
 
 
 # --- the row -------------------------------------------------------------------------------------------
@@ -280,12 +343,13 @@ def block_counts(model: Any, variables: Any, image_shape: Sequence[int]) -> tupl
   return tuple(int(inter[f"blocks_{i}"]["__call__"][0].x.shape[1]) for i in range(model.arch.depth))
 
 
-def row_forward(model: Any, reduction: Any, input_fn: Callable[[jax.Array], jax.Array] = normalize_images
-                ) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
+def row_forward(model: Any, reduction: Any, input_fn: Callable[[jax.Array], jax.Array] = normalize_images,
+                keep_assign: int = 0) -> Callable[[Any, jax.Array], tuple[jax.Array, ...]]:
   """The executable a row runs and times: jitted (variables, images) -> (top-5 classes (B, 5), valid tokens (B,)).
 
   forward_fn's logits reduced to their top-5 (top-k for fewer classes) and the valid token count after
-  the last block (the slot count unless the method masks).
+  the last block (the slot count unless the method masks); keep_assign > 0 adds the first keep_assign
+  images' token assignment (keep_assign, N0) (which final token each input token ended in; -1: pruned).
   """
   forward = forward_fn(model, reduction, input_fn)
   k = min(5, model.num_classes)
@@ -293,9 +357,8 @@ def row_forward(model: Any, reduction: Any, input_fn: Callable[[jax.Array], jax.
   @jax.jit
   def run(variables, images):
     logits, tokens = forward(variables, images)
-    valid = (jnp.full(tokens.size.shape[:1], tokens.size.shape[1], jnp.float32) if tokens.mask is None
-             else jnp.sum(tokens.mask, -1).astype(jnp.float32))
-    return jax.lax.top_k(logits.astype(jnp.float32), k)[1], valid
+    top, valid = _top_and_valid(logits, tokens, k)
+    return (top, valid, tokens.assign[:keep_assign]) if keep_assign else (top, valid)
 
   return run
 
@@ -315,12 +378,20 @@ def _dataset_batches(dataset: offline.ArrayDataset, batch_size: int) -> Batches:
   return lambda: offline.iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
 
 
+def _top_and_valid(logits: jax.Array, tokens: Any, k: int) -> tuple[jax.Array, jax.Array]:
+  """(top-k classes (B, k), valid tokens after the last block (B,): the slot count unless the method masks)."""
+  valid = (jnp.full(tokens.size.shape[:1], tokens.size.shape[1], jnp.float32) if tokens.mask is None
+           else jnp.sum(tokens.mask, -1).astype(jnp.float32))
+  return jax.lax.top_k(logits.astype(jnp.float32), k)[1], valid
+
+
 def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.ArrayDataset | Batches | None,
                   dense_predictions: np.ndarray | None = None, *, method: str | None = None,
                   input_fn: Callable[[jax.Array], jax.Array] = normalize_images, eval_batch_size: int = 64,
                   bench_batch_size: int = 64, dtype: Any = jnp.float32, warmup: int = 2, repeats: int = 5,
                   timed: bool = True, image_shape: Sequence[int] | None = None,
                   progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+                  encoder: EncoderPass | None = None, keep_assign: int = 0,
                   clock: Clock = time.perf_counter) -> dict[str, Any]:
   """One table row: `model` (a classifier ViT; its own reduction is replaced) with `reduction`.
 
@@ -340,13 +411,28 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
       top-5) on random [0, 1) batches in `dtype`, as time_row; timed=False skips it.
     image_shape: (H, W, 3) of the images; default: the data's, or (model.image_size,) * 2 + (3,) without data.
     progress: wraps the accuracy pass's batches (a tqdm bar), or None.
+    encoder: the dense encoder's outputs on `data` (encoder_pass), for a post reducer: its accuracy pass
+      reduces those instead of running the encoder again, and its time is the encoder's (timed once)
+      plus its reducer-and-head executable's (row "timing": "encoder + reducer"). Ignored for block methods.
+    keep_assign: > 0: row["assign"] is the first keep_assign images' token assignment (keep_assign, N0)
+      (tokax.reduction.visualize.draw_merges draws it); the timed executable returns it too.
 
   Returns:
     {"method", "tokens" (after the last block; the mean valid count for masking methods, the reducer's
     output for post reducers), "layer_tokens", "gflops_per_image", "images_per_s", "median_ms", "top1",
-    "top5", "agreement", "num_examples", "predictions" ((N,) int32 numpy: pop it before serialising)}.
+    "top5", "agreement", "num_examples", "predictions" ((N,) int32 numpy: pop it before serialising)}
+    (+ "assign" with keep_assign, numpy: pop it too).
   """
-  evaluate = row_forward(model, reduction, input_fn)
+  evaluate = row_forward(model, reduction, input_fn, keep_assign)
+  cached = encoder is not None and is_post(reduction)
+  if cached:
+    head_fn, k = post_head(model, reduction), min(5, model.num_classes)
+
+    @jax.jit
+    def head(v, features, metrics):
+      logits, tokens = head_fn(v, features, metrics)
+      top, valid = _top_and_valid(logits, tokens, k)
+      return (top, valid, tokens.assign[:keep_assign]) if keep_assign else (top, valid)
   row = {"method": method or ("dense" if reduction is None else type(reduction).__name__),
          "tokens": None, "layer_tokens": None, "gflops_per_image": None, "images_per_s": None, "median_ms": None,
          "top1": None, "top5": None, "agreement": None, "num_examples": 0, "predictions": None}
@@ -354,11 +440,16 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
   if data is not None:
     batches = _dataset_batches(data, eval_batch_size) if isinstance(data, offline.ArrayDataset) else data
     tops, labels, outputs = [], [], []
-    for batch in (progress(batches()) if progress else batches()):
+    if cached:
+      for features, metrics, mask, label in (progress(encoder.batches) if progress else encoder.batches):
+        outputs.append((head(variables, features, {s: metrics[s] for s in reduction.scores}), mask, label))
+    for batch in () if cached else (progress(batches()) if progress else batches()):
       images = jnp.asarray(batch["image"])
       image_shape = images.shape[1:]
       outputs.append((evaluate(variables, images), np.asarray(batch["mask"], bool), np.asarray(batch["label"])))
-    for (top, valid), mask, label in outputs:
+    if keep_assign:
+      row["assign"] = np.concatenate([np.asarray(out[2])[mask[:len(out[2])]] for out, mask, _ in outputs])[:keep_assign]
+    for (top, valid, *_), mask, label in outputs:
       tops.append(np.asarray(top)[mask])
       valid_counts.append(np.asarray(valid)[mask])
       labels.append(label[mask])
@@ -389,7 +480,18 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
                                      jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)).shape[1])
   if variable_tokens:
     row["tokens"] = float(np.mean(np.concatenate(valid_counts)))
-  if timed:  # the accuracy pass's executable, on random batches (the same shapes compile once)
+  if timed and cached:  # the encoder's time (encoder_pass) + the reducer-and-head executable's, on random tokens
+    if encoder.seconds is None or encoder.bench_batch_size != bench_batch_size:
+      raise ValueError(f"reduction_row: the encoder pass was timed at batch {encoder.bench_batch_size} "
+                       f"({'not timed' if encoder.seconds is None else 'timed'}); this row times batch {bench_batch_size}")
+    features = encoder.batches[0][0]
+    scores = {s: jnp.full((bench_batch_size, features.shape[1]), 1.0 / features.shape[1], jnp.float32)
+              for s in reduction.scores}
+    reducer = time_forward(lambda v, f: head(v, f, scores), variables, (bench_batch_size, *features.shape[1:]), dtype,
+                           warmup=warmup, repeats=repeats, clock=clock)
+    seconds = encoder.seconds + reducer["median_ms"] / 1e3
+    row.update(images_per_s=bench_batch_size / seconds, median_ms=seconds * 1e3, timing="encoder + reducer")
+  elif timed:  # the accuracy pass's executable, on random batches (the same shapes compile once)
     row.update(time_forward(evaluate, variables, (bench_batch_size, *image_shape), dtype, warmup=warmup,
                             repeats=repeats, clock=clock))
   return row
