@@ -161,6 +161,22 @@ def test_augreg_npz_with_post_reducers(augreg_npz, tmp_path):
   assert "timing" not in {key for row in alone["rows"] for key in row}
 
 
+def test_timm_architecture_reads_what_is_not_given_off_the_state_dict():
+  rng = np.random.default_rng(0)
+  sd = {"pos_embed": rng.normal(size=(1, 1 + 7 * 7, 192)), "head.weight": rng.normal(size=(32, 192))}
+  for given, want in (({}, (112, 32)), ({"num_classes": 32}, (112, 32)), ({"image_size": 112}, (112, 32))):
+    kwargs, _ = evaluate.timm_architecture("vit_tiny_patch16_224", state_dict=sd, **given)
+    assert (kwargs["image_size"], kwargs["num_classes"]) == want, given
+
+
+def test_a_method_with_learned_modules_on_a_model_without_them_says_to_train_it(augreg_npz, tmp_path):
+  path, _, _ = augreg_npz
+  with pytest.raises(ValueError, match=r"--reduction slim:0.5: the model has no parameters for Slim's modules .*"
+                     r"train with --config.reduction=slim:0.5"):
+    evaluate.main(["--model", str(path), "--data", "cluttered_digits", "--num_examples", "8",
+                   "--reduction", "slim:0.5", "--out", str(tmp_path), *FAST])
+
+
 def test_tfds_mock_data(augreg_npz, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   path, model, params = augreg_npz

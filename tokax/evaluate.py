@@ -60,6 +60,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,7 +186,8 @@ def timm_architecture(name: str, *, image_size: int | None = None, num_classes: 
     patch = int(default.patch_embed.patch_size[0])
     prefix = 0 if getattr(default, "no_embed_class", False) else int(default.num_prefix_tokens)
     found = _shapes_from_state_dict(state_dict, patch, prefix, image_size, num_classes)
-    given = {"img_size": found["image_size"], "num_classes": found["num_classes"], **given}
+    read = {"img_size": found.get("image_size"), "num_classes": found.get("num_classes")}
+    given = {**{k: v for k, v in read.items() if v is not None}, **given}
   model = create(**given)
   cfg = dict(getattr(model, "pretrained_cfg", None) or {})
   norm = dict(mean=tuple(cfg.get("mean", transforms.IMAGENET_MEAN)), std=tuple(cfg.get("std", transforms.IMAGENET_STD)),
@@ -576,10 +578,15 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
       images = calibration_batches(data, loaded, args.calibration_batches)
       method = reductions.calibrate_dtome(model, variables, images, method)
       note = f"calibrated on the first {sum(len(b) for b in images)} eval images (labels unused)"
-    row = measure.reduction_row(model, variables, method, data.batches, dense_predictions,
-                                method="dense" if method is None else label, input_fn=input_fn,
-                                bench_batch_size=bench_batch, dtype=dtype, warmup=args.warmup, repeats=args.repeats,
-                                progress=bar and bar(label), encoder=encoder, keep_assign=args.merge_images)
+    try:
+      row = measure.reduction_row(model, variables, method, data.batches, dense_predictions,
+                                  method="dense" if method is None else label, input_fn=input_fn,
+                                  bench_batch_size=bench_batch, dtype=dtype, warmup=args.warmup, repeats=args.repeats,
+                                  progress=bar and bar(label), encoder=encoder, keep_assign=args.merge_images)
+    except flax.errors.ScopeParamNotFoundError as e:  # a method with learned modules (Slim) on a model without them
+      raise ValueError(f"--reduction {label}: the model has no parameters for {type(method).__name__}'s modules "
+                       f"({e}); it learns them in training: train with --config.reduction={label} and evaluate "
+                       "that run") from None
     if dense_predictions is None:
       dense_predictions = row["predictions"]
     predictions[row["method"]] = row.pop("predictions")
