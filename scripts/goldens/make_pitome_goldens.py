@@ -33,8 +33,7 @@ tests/golden/pitome_<model>.npz (+ .json) for two timm models with random weight
     ceil(L/2) layers pitome_bsm), class-token head.
   vit_small_patch16_224 with global_pool="avg" (weight seed 1) with patch/mae.py apply_patch: MAE
     mode order (the opposite) and the MAE size-weighted global pooling, INCLUDING its divisor bug
-    (divides by T = 3, the image channels, instead of the patch count; see §3.5 of
-    shared/reference/token_reduction.md).
+    (divides by T = 3, the image channels, instead of the patch count).
 
   images        (2, 224, 224, 3) NHWC (torch gets NCHW)
   logits_dense  (2, 1000) stock timm model

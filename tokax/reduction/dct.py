@@ -1,7 +1,7 @@
 """Fourier-VLM's DCT compressor: keep the low-frequency block of the token grid (Wang et al., 2025).
 
 Equal to whyisverysmart/Fourier-Compressor `fourier_compressor.compress(features, H, W, rh, rw)`
-(see shared/reference/token_reduction.md §9.3) on the same features: the (H, W) token grid
+on the same features: the (H, W) token grid
 (row-major: token n = h * W + w) of every channel goes through an orthonormal 2-D DCT-II, the
 low-frequency (rh, rw) block is kept, and an orthonormal inverse DCT *of the smaller size*
 (rh, rw) brings it back to a (rh, rw) grid, flattened row-major. With C_n the orthonormal DCT-II

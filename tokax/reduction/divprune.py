@@ -5,7 +5,7 @@ projected visual tokens), not inside the ViT blocks, and keep a subset of tokens
 order: a SelectPlan.
 
 DivPrune (Alvar et al., CVPR 2025) equals vbdi/divprune `LlavaMetaForCausalLM.DivPrune`
-(LLaVA/llava/model/llava_arch.py; see shared/reference/token_reduction.md §9.1) on the same
+(LLaVA/llava/model/llava_arch.py) on the same
 features:
 - distance D = 1 - cos(x_i, x_j) over the whole (N, N) matrix;
 - first pick = the most isolated token: argmax over columns j of the 2nd-smallest D[:, j] (the

@@ -3,8 +3,7 @@
 Equal to MikeWangWZHL/dymu (src/open_clip/tome.py: `bipartite_soft_matching` with
 `specified_threshold`, `batch_level_bipartite_soft_matching`, `batch_level_merge_wavg`,
 `ToMEBlock.threshold_running_avg`; the same functions drive open_clip's
-`ToMEResidualAttentionBlock` in transformer.py) on the same weights and inputs; see
-shared/reference/token_reduction.md §9.4.
+`ToMEResidualAttentionBlock` in transformer.py) on the same weights and inputs.
 
 Two phases, per layer l with a ToMe-style merge target r_l:
 

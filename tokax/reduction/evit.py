@@ -4,7 +4,7 @@ EViT (Liang et al., ICLR 2022) prunes inside the ViT: at chosen blocks, between 
 residual and the MLP, it keeps the k = ceil(keep_rate * (N - 1)) patch tokens with the largest
 head-averaged [CLS] attention of that block, and (with `fuse_token`) appends one token that is the
 attention-weighted sum of the dropped ones. Equal to youweiliang/evit (`evit.py` Attention.forward
-/ Block.forward, `helpers.py` complement_idx) at 5ca95a7; see shared/reference/token_reduction.md §7.
+/ Block.forward, `helpers.py` complement_idx) at 5ca95a7.
 
 - Output order is the official one: [CLS], the kept tokens in DESCENDING attention order (topk with
   sorted=True, not spatial order), then the fused token. A fused token from an earlier layer

@@ -1,7 +1,7 @@
 """FasterVLM as a post-encoder reducer: keep the patch tokens the [CLS] token attends to most.
 
 The selection itself (cls_select_plan, cls_select) lives beside EViT's in evit.py, which documents
-its parity with Theia-4869/FasterVLM (shared/reference/token_reduction.md §8). This file is the
+its parity with Theia-4869/FasterVLM. This file is the
 registry's "fastervlm" entry: `build("fastervlm:0.25")`.
 """
 from __future__ import annotations

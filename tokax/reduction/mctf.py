@@ -2,7 +2,7 @@
 
 Equal to mlvlab/MCTF at 2004da0 (utils/mctf.py `mctf`, `bipartite_soft_matching`, `merge_wavg`,
 `merge_source`; models/modules/blocks.py `Block_DEIT` with one_step_ahead=1; models/SA/MHSA.py) on
-the same weights and inputs; see shared/reference/token_reduction.md §4.
+the same weights and inputs.
 
 Where it runs ("pre" placement, tokax.reduction.base): at the START of a block, on the residual
 stream x (the block input, not LayerNorm'd, not keys). The block first computes its own attention

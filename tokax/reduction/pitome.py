@@ -2,7 +2,7 @@
 
 Equal to hchautran/PiToMe (algo/pitome/merge.py `pitome_vision`, `pitome`, `pitome_bsm` +
 `merge_wavg`, and the DeiT / MAE timm patches' placement, margin and mode schedules) on the same
-weights and inputs; see shared/reference/token_reduction.md §3.
+weights and inputs.
 
 Per layer, with T the non-prefix tokens and r = floor(T - T * ratio) tokens removed:
 

@@ -1,7 +1,7 @@
 """SiT: the Token Slimming Module, a learned many-to-many reduction (Zong et al., ECCV 2022).
 
 Equal to Sense-X/SiT `models/lvvit.py` at f577808 (`TokenSlimmingModule`, L254-269, and
-`ReverseTSM`, L238-251) on the same weights and inputs; see shared/reference/token_reduction.md §5.
+`ReverseTSM`, L238-251) on the same weights and inputs.
 After the last block of every stage but the last, the patch tokens X (B, N, C) are replaced by
 
     W = softmax(scale * MLP(LN(X)), axis=1)      (B, N, N')  normalised over the N INPUT tokens

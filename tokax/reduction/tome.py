@@ -1,9 +1,8 @@
 """ToMe: bipartite soft matching and size-weighted merging (Bolya et al., ICLR 2023).
 
 Equal to facebookresearch/ToMe (tome/merge.py `bipartite_soft_matching` + `merge_wavg`, and the
-timm patch's placement and proportional attention) on the same weights and inputs; see
-shared/reference/token_reduction.md §2. Deliberate differences, none of which changes a result on
-valid inputs:
+timm patch's placement and proportional attention) on the same weights and inputs. Deliberate
+differences, none of which changes a result on valid inputs:
 - argsort is stable (torch's default is not): on exact ties tokax merges the lower index first.
 - a zero key vector gets similarity 0 instead of NaN (ToMe divides by the norm without an eps).
 """

@@ -1,7 +1,7 @@
 """Quantizers for visual tokenizers: VQ, VQ-EMA, FSQ, LFQ, and a diagonal Gaussian posterior.
 
 Every quantizer is a flax.linen Module with one contract, so autoencoders and trainers treat them
-alike (spec: shared/reference/generative.md §1):
+alike:
 
     zq, out = quantizer.apply(variables, z, train=..., mutable=["quantizer_state"])
     z:   (B, H, W, D) or (B, N, D) (any (..., D) works), any float dtype
