@@ -572,17 +572,30 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
     encoder = measure.encoder_pass(model, variables, data.batches, input_fn=input_fn, bench_batch_size=bench_batch,
                                    dtype=dtype, warmup=args.warmup, repeats=args.repeats)
   assigns: dict[str, np.ndarray] = {}  # row method -> (merge_images, N0) token assignment (--merge_images)
-  for label, method in specs:
-    note = None
+  notes: dict[str, str] = {}
+  for i, (label, method) in enumerate(specs):  # calibrate first: every row's executable is then compiled at once
     if getattr(method, "needs_calibration", False):
       images = calibration_batches(data, loaded, args.calibration_batches)
-      method = reductions.calibrate_dtome(model, variables, images, method)
-      note = f"calibrated on the first {sum(len(b) for b in images)} eval images (labels unused)"
+      specs[i] = (label, reductions.calibrate_dtome(model, variables, images, method))
+      notes[label] = f"calibrated on the first {sum(len(b) for b in images)} eval images (labels unused)"
+  executables = {}
+  first = next(iter(data.batches()))["image"]
+  if bench_batch == first.shape[0]:  # one executable per row for the accuracy pass and the timing
+    direct = [(label, method) for label, method in specs if encoder is None or not measure.is_post(method)]
+    try:
+      compiled = measure.compile_rows(model, variables, [m for _, m in direct], first.shape, first.dtype,
+                                      input_fn=input_fn, keep_assign=args.merge_images)
+    except flax.errors.ScopeParamNotFoundError:
+      compiled = [None] * len(direct)  # the row that lacks its parameters fails below, naming itself
+    executables = {label: c for (label, _), c in zip(direct, compiled)}
+  for label, method in specs:
+    note = notes.get(label)
     try:
       row = measure.reduction_row(model, variables, method, data.batches, dense_predictions,
                                   method="dense" if method is None else label, input_fn=input_fn,
                                   bench_batch_size=bench_batch, dtype=dtype, warmup=args.warmup, repeats=args.repeats,
-                                  progress=bar and bar(label), encoder=encoder, keep_assign=args.merge_images)
+                                  progress=bar and bar(label), encoder=encoder, keep_assign=args.merge_images,
+                                  executable=executables.get(label))
     except flax.errors.ScopeParamNotFoundError as e:  # a method with learned modules (Slim) on a model without them
       raise ValueError(f"--reduction {label}: the model has no parameters for {type(method).__name__}'s modules "
                        f"({e}); it learns them in training: train with --config.reduction={label} and evaluate "

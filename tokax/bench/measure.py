@@ -363,6 +363,37 @@ def row_forward(model: Any, reduction: Any, input_fn: Callable[[jax.Array], jax.
   return run
 
 
+@dataclasses.dataclass(frozen=True)
+class RowExecutable:
+  """A row's executable (row_forward) compiled ahead of time for one batch shape: reduction_row's `executable`.
+
+  Attributes:
+    lowered: its jax Lowered (its cost analysis on a CPU is the row's GFLOPs count there).
+    compiled: the compiled executable, called as compiled(variables, images).
+    batch_shape, dtype: the images it takes (other images go through the jitted row_forward).
+  """
+  lowered: Any
+  compiled: Any
+  batch_shape: tuple[int, ...]
+  dtype: Any
+
+
+def compile_rows(model: Any, variables: Any, reductions: Sequence[Any], batch_shape: Sequence[int],
+                 dtype: Any = jnp.float32, *, input_fn: Callable[[jax.Array], jax.Array] = normalize_images,
+                 keep_assign: int = 0, workers: int | None = None) -> list[RowExecutable]:
+  """Every row's executable for (B, H, W, 3) images in `dtype`: traced and lowered one after another, then
+  compiled concurrently on `workers` threads (default: one per CPU core; XLA releases the GIL while it
+  compiles, and compiling, not running, is most of a row's time on a CPU)."""
+  import concurrent.futures  # noqa: PLC0415
+  import os  # noqa: PLC0415
+
+  images = jax.ShapeDtypeStruct(tuple(batch_shape), jnp.dtype(dtype))
+  lowered = [row_forward(model, r, input_fn, keep_assign).lower(variables, images) for r in reductions]
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:
+    compiled = list(pool.map(lambda low: low.compile(), lowered))
+  return [RowExecutable(low, c, tuple(batch_shape), jnp.dtype(dtype)) for low, c in zip(lowered, compiled)]
+
+
 def time_row(model: Any, variables: Any, reduction: Any, batch_shape: Sequence[int], dtype: Any = jnp.float32, *,
              input_fn: Callable[[jax.Array], jax.Array] = normalize_images, warmup: int = 2, repeats: int = 5,
              clock: Clock = time.perf_counter) -> dict[str, float]:
@@ -392,7 +423,7 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
                   timed: bool = True, image_shape: Sequence[int] | None = None,
                   progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
                   encoder: EncoderPass | None = None, keep_assign: int = 0,
-                  clock: Clock = time.perf_counter) -> dict[str, Any]:
+                  executable: RowExecutable | None = None, clock: Clock = time.perf_counter) -> dict[str, Any]:
   """One table row: `model` (a classifier ViT; its own reduction is replaced) with `reduction`.
 
   Args:
@@ -416,6 +447,8 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
       plus its reducer-and-head executable's (row "timing": "encoder + reducer"). Ignored for block methods.
     keep_assign: > 0: row["assign"] is the first keep_assign images' token assignment (keep_assign, N0)
       (tokax.reduction.visualize.draw_merges draws it); the timed executable returns it too.
+    executable: the row's executable compiled ahead of time (compile_rows, with the same keep_assign) for
+      the data's batches and the timing batch; on a CPU its lowering also gives the GFLOPs count.
 
   Returns:
     {"method", "tokens" (after the last block; the mean valid count for masking methods, the reducer's
@@ -423,7 +456,13 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
     "top5", "agreement", "num_examples", "predictions" ((N,) int32 numpy: pop it before serialising)}
     (+ "assign" with keep_assign, numpy: pop it too).
   """
-  evaluate = row_forward(model, reduction, input_fn, keep_assign)
+  jitted = row_forward(model, reduction, input_fn, keep_assign)
+
+  def evaluate(v: Any, images: jax.Array) -> tuple[jax.Array, ...]:
+    if executable is not None and images.shape == executable.batch_shape and images.dtype == executable.dtype:
+      return executable.compiled(v, images)
+    return jitted(v, images)
+
   cached = encoder is not None and is_post(reduction)
   if cached:
     head_fn, k = post_head(model, reduction), min(5, model.num_classes)
@@ -470,9 +509,12 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
     batch = random_batches((bench_batch_size, *image_shape), dtype, count=1, seed=1)[0]
     valid_counts.append(np.asarray(evaluate(variables, batch)[1]))
 
-  xla_model = model.clone(attention="xla")
-  row["gflops_per_image"] = cpu_gflops_per_image(
-      lambda v, x: forward_fn(xla_model, reduction, input_fn)(v, x)[0], variables, (1, *image_shape), dtype)
+  if executable is not None and jax.default_backend() == "cpu":  # its own CPU lowering (+ input scaling and top-5)
+    row["gflops_per_image"] = compiled_flops(executable.lowered) / executable.batch_shape[0] / 1e9
+  else:
+    xla_model = model.clone(attention="xla")
+    row["gflops_per_image"] = cpu_gflops_per_image(
+        lambda v, x: forward_fn(xla_model, reduction, input_fn)(v, x)[0], variables, (1, *image_shape), dtype)
   row["layer_tokens"] = list(block_counts(model.clone(reduction=None if is_post(reduction) else reduction), variables,
                                           image_shape))
   forward = forward_fn(model, reduction, input_fn)
