@@ -10,7 +10,8 @@ r"""Main job: what every token reduction costs a trained ViT, and what fine-tuni
    agreement with dense), accuracy_vs_gflops.png, and merges.png (the tokens each method leaves on one
    test image).
 2. Fine-tunes the shipped model for --finetune_steps steps with --finetune (EViT keeping 0.3 of the tokens at
-   each of its three pruning blocks: it costs accuracy off the shelf) through the trainer (configs/glyphs_vit.py, init_from the shipped weights), then
+   each of its three pruning blocks: it costs accuracy off the shelf) through the trainer
+   (configs/glyphs_vit.py, init_from the shipped weights), then
    scores it with the same reduction on the same images: off the shelf vs fine-tuned.
 
 Writes into --workdir: evaluate/ (results.json, results.md, accuracy_vs_gflops.png, merges.png),
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--finetune_steps", type=int, default=60)
   parser.add_argument("--finetune_batch", type=int, default=64)
   parser.add_argument("--finetune_lr", type=float, default=1e-4)
-  parser.add_argument("--repeats", type=int, default=3, help="timed calls per row (after one warm-up call)")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="timed calls of the post-encoder reducers' rows (the others time their accuracy pass)")
   parser.add_argument("--no_xla_cache", action="store_true", help="no compilation cache in WORKDIR/xla_cache")
   args = parser.parse_args(argv)
 
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
 
   workdir = os.path.abspath(args.workdir)
   os.makedirs(workdir, exist_ok=True)
-  if not args.no_xla_cache:  # identical executables (the fine-tuned model's row is the off-the-shelf row's) compile once
+  if not args.no_xla_cache:  # identical executables (the fine-tuned model's row is the table's) compile once
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   metric_logging.quiet_orbax_info()
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
   start = time.perf_counter()
   specs = reduction_specs([m for m in args.methods.split(",") if m])
   eval_argv = ["--model", f"pretrained:{args.model}", "--num_examples", str(args.num_examples),
-               "--batch_size", str(args.batch_size), "--warmup", "1", "--repeats", str(args.repeats),
+               "--batch_size", str(args.batch_size), "--timing", "data", "--warmup", "1",
+               "--repeats", str(args.repeats),
                "--merge_images", "1", "--no_progress", "--out", os.path.join(workdir, "evaluate")]
   if args.model_dir:
     eval_argv += ["--pretrained_dir", args.model_dir]
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
                  "num_examples": row["num_examples"]}
     timings["evaluate the fine-tuned model"] = time.perf_counter() - start
 
-  lines = [table["caption"], "", table["table"]] + (["", "Not in the table: " + "; ".join(left_out)] if left_out else [])
+  lines = [table["caption"], "", table["table"]]
+  lines += ["", "Not in the table: " + "; ".join(left_out)] if left_out else []
   if finetuned:
     f = finetuned
     lines += ["", f"Fine-tuned with {f['method']} for {f['steps']} steps (batch {f['batch_size']}, lr {f['lr']:g}, "

@@ -595,7 +595,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
                                   method="dense" if method is None else label, input_fn=input_fn,
                                   bench_batch_size=bench_batch, dtype=dtype, warmup=args.warmup, repeats=args.repeats,
                                   progress=bar and bar(label), encoder=encoder, keep_assign=args.merge_images,
-                                  executable=executables.get(label))
+                                  executable=executables.get(label), time_on_data=args.timing == "data")
     except flax.errors.ScopeParamNotFoundError as e:  # a method with learned modules (Slim) on a model without them
       raise ValueError(f"--reduction {label}: the model has no parameters for {type(method).__name__}'s modules "
                        f"({e}); it learns them in training: train with --config.reduction={label} and evaluate "
@@ -642,7 +642,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m tokax.evaluate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", required=True, help="a tokax run's workdir, a timm .safetensors/.pth file (with "
-                      "--timm_name), a big_vision .npz, pretrained:<name> (tokax.pretrained) or timm:<name> (random weights)")
+                      "--timm_name), a big_vision .npz, pretrained:<name> (tokax.pretrained) or timm:<name> "
+                      "(random weights)")
   parser.add_argument("--pretrained_dir", help="where pretrained:<name>'s NAME.json / NAME.safetensors are "
                       "(default: the models that ship with tokax)")
   parser.add_argument("--timm_name", help="timm architecture of a .safetensors/.pth file, e.g. vit_small_patch16_224")
@@ -672,6 +673,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--encoder_cache_gb", type=float, default=2.0,
                       help="post-encoder reducers share one pass of the dense encoder when its outputs fit in this "
                       "many GiB of host memory (0: each row runs the encoder)")
+  parser.add_argument("--timing", default="random", choices=["random", "data"],
+                      help="images/s from --repeats extra calls on random batches (random) or from the accuracy "
+                      "pass's own calls (data: no extra calls; the first is left out)")
   parser.add_argument("--merge_images", type=int, default=0,
                       help="also write merges.png: the token groups every method leaves on the first N images")
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")

@@ -3,6 +3,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from tokax.bench import measure
@@ -78,3 +79,21 @@ def test_random_batches_rotate_distinct_nonzero_inputs():
   assert len(batches) == 3 and all(b.dtype == jnp.bfloat16 for b in batches)
   assert all(float(jnp.abs(b.astype(jnp.float32)).sum()) > 0 for b in itertools.islice(batches, 3))
   assert not bool(jnp.array_equal(batches[0], batches[1]))
+
+
+def test_a_row_timed_on_its_data_takes_the_median_of_its_accuracy_calls_after_the_first():
+  from random_variables import random_like
+
+  model, shapes = _model_and_shapes()
+  variables = random_like(shapes)
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.random((4, IMAGE, IMAGE, 3), np.float32), "label": rng.integers(0, CLASSES, 4),
+              "mask": np.ones(4, bool)} for _ in range(4)]
+  readings = [0.0, 10.0, 10.0, 11.0, 11.0, 13.0, 13.0, 16.0]  # calls of 10 s (the first), 1, 2, 3 s -> median 2
+  executable = measure.compile_rows(model, variables, [ToMe(r=2)], (4, IMAGE, IMAGE, 3))[0]
+  row = measure.reduction_row(model, variables, ToMe(r=2), lambda: batches, time_on_data=True,
+                              executable=executable, clock=_fake_clock(readings))
+  assert row["timing"] == "data" and row["median_ms"] == 2000.0 and row["images_per_s"] == 2.0
+  want = measure.reduction_row(model, variables, ToMe(r=2), lambda: batches, timed=False)
+  np.testing.assert_array_equal(row["predictions"], want["predictions"])  # the AOT executable = the jitted row
+  assert row["gflops_per_image"] == pytest.approx(want["gflops_per_image"], rel=1e-3)  # its own CPU lowering

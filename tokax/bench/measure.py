@@ -215,7 +215,8 @@ def pooled_logits(model: Any, params: Any, tokens: Tokens) -> jax.Array:
   return sum(logits) / len(logits)
 
 
-def post_head(model: Any, reducer: Any) -> Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, Tokens]]:
+def post_head(model: Any, reducer: Any
+              ) -> Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, Tokens]]:
   """(variables, encoder output (B, N, C), {score: last block's (B, N) score}) -> (logits (B, K), reduced Tokens).
 
   `reducer(Tokens(encoder output), scores)` and the head on the pooled reduced tokens (pooled_logits).
@@ -423,7 +424,8 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
                   timed: bool = True, image_shape: Sequence[int] | None = None,
                   progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
                   encoder: EncoderPass | None = None, keep_assign: int = 0,
-                  executable: RowExecutable | None = None, clock: Clock = time.perf_counter) -> dict[str, Any]:
+                  executable: RowExecutable | None = None, time_on_data: bool = False,
+                  clock: Clock = time.perf_counter) -> dict[str, Any]:
   """One table row: `model` (a classifier ViT; its own reduction is replaced) with `reduction`.
 
   Args:
@@ -447,6 +449,9 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
       plus its reducer-and-head executable's (row "timing": "encoder + reducer"). Ignored for block methods.
     keep_assign: > 0: row["assign"] is the first keep_assign images' token assignment (keep_assign, N0)
       (tokax.reduction.visualize.draw_merges draws it); the timed executable returns it too.
+    time_on_data: time the accuracy pass's own calls (each until block_until_ready; the first, which may
+      compile, and batches of another size left out) instead of `repeats` extra calls on random batches:
+      images/s = B / their median (row "timing": "data"). Needs two or more batches of one size.
     executable: the row's executable compiled ahead of time (compile_rows, with the same keep_assign) for
       the data's batches and the timing batch; on a CPU its lowering also gives the GFLOPs count.
 
@@ -475,7 +480,7 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
   row = {"method": method or ("dense" if reduction is None else type(reduction).__name__),
          "tokens": None, "layer_tokens": None, "gflops_per_image": None, "images_per_s": None, "median_ms": None,
          "top1": None, "top5": None, "agreement": None, "num_examples": 0, "predictions": None}
-  valid_counts = []
+  valid_counts, pass_seconds = [], []  # pass_seconds: (batch size, seconds) of timed accuracy-pass calls
   if data is not None:
     batches = _dataset_batches(data, eval_batch_size) if isinstance(data, offline.ArrayDataset) else data
     tops, labels, outputs = [], [], []
@@ -485,7 +490,13 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
     for batch in () if cached else (progress(batches()) if progress else batches()):
       images = jnp.asarray(batch["image"])
       image_shape = images.shape[1:]
-      outputs.append((evaluate(variables, images), np.asarray(batch["mask"], bool), np.asarray(batch["label"])))
+      if time_on_data:  # each call alone, its input already on the device (as time_forward's calls)
+        start = clock()
+        output = jax.block_until_ready(evaluate(variables, jax.block_until_ready(images)))
+        pass_seconds.append((len(images), clock() - start))
+      else:
+        output = evaluate(variables, images)
+      outputs.append((output, np.asarray(batch["mask"], bool), np.asarray(batch["label"])))
     if keep_assign:
       row["assign"] = np.concatenate([np.asarray(out[2])[mask[:len(out[2])]] for out, mask, _ in outputs])[:keep_assign]
     for (top, valid, *_), mask, label in outputs:
@@ -533,6 +544,10 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
                            warmup=warmup, repeats=repeats, clock=clock)
     seconds = encoder.seconds + reducer["median_ms"] / 1e3
     row.update(images_per_s=bench_batch_size / seconds, median_ms=seconds * 1e3, timing="encoder + reducer")
+  elif timed and time_on_data and len(pass_seconds) > 2:
+    size = pass_seconds[0][0]
+    median = statistics.median(t for b, t in pass_seconds[1:] if b == size)
+    row.update(images_per_s=size / median, median_ms=median * 1e3, timing="data")
   elif timed:  # the accuracy pass's executable, on random batches (the same shapes compile once)
     row.update(time_forward(evaluate, variables, (bench_batch_size, *image_shape), dtype, warmup=warmup,
                             repeats=repeats, clock=clock))
