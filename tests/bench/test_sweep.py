@@ -97,6 +97,7 @@ def test_sweep_on_a_trained_checkpoint_writes_the_tables(tmp_path):
   training.train(dense, config.checkpoint.workdir)
   mctf = config_utils.load_config_file("configs/cluttered_digits_mctf.py:runlocal")  # r=2 on its 1 block
   mctf.init_from.workdir, mctf.lr, mctf.progress_bar = config.checkpoint.workdir, 0.0, False
+  del mctf.consistency  # lr 0 makes the objective moot; plain CE compiles ~3x faster than the student + teacher step
   training.train(mctf, str(tmp_path / "mctf"))
   config.methods = {"tome": [4], "mctf": [2]}
   config.trained.mctf.workdir = str(tmp_path / "mctf")

@@ -12,7 +12,7 @@ from tokax.models import ViT
 from tokax.reduction import PreReduction, Tokens, apply_plan, source_matrix
 from tokax.reduction.mctf import (MCTF, attention_received, bidirectional_fusion_plan, fusion_weights, layer_r,
                                   mctf_fuse, merge_attention, multi_criteria_scores)
-from vit_testing import apply, random_params, traces
+from vit_testing import apply, fast_compile, random_params, traces
 
 MODEL = "deit_tiny_patch16_224"
 SETTINGS = {
@@ -320,7 +320,7 @@ def test_distilled_model_keeps_cls_and_dist_alone(tiny):
 def test_gradients_are_finite(tiny):
   model, params, x = tiny
   model = model.clone(reduction=MCTF(r=3))
-  grads = jax.jit(jax.grad(lambda p: model.apply(p, x).sum()))(params)
+  grads = jax.jit(jax.grad(lambda p: model.apply(p, x).sum()), compiler_options=fast_compile())(params)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   assert np.abs(np.asarray(grads["params"]["blocks_2"]["attn"]["qkv"]["kernel"])).max() > 0
 

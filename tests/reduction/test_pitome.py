@@ -23,6 +23,8 @@ from tokax.interop.timm import convert_state_dict, export_state_dict
 from tokax.models import ViT
 from tokax.reduction import MidReduction, Tokens, apply_plan, plan_matrix, source_matrix
 from tokax.reduction.pitome import PiToMe, energy_scores, layer_margin, merge_count, pitome_plan
+from vit_testing import apply as forward  # one jitted forward per (model, shapes), compiled with fast_compile()
+from vit_testing import fast_compile
 
 MODELS = {  # golden name -> (tokax ViT kwargs, PiToMe mode order)
     "deit_small_patch16_224": (dict(variant="S/16"), "deit"),
@@ -115,11 +117,6 @@ def golden(request):
   return name, meta, data, model, mode, params
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def forward(model, params, images):
-  return model.apply(params, images, return_intermediates=True)
-
-
 def test_schedule_matches_official_patch(golden):
   _, meta, data, _, mode, _ = golden
   depth = meta["depth"]
@@ -181,7 +178,8 @@ def mae_tiny():
   model = ViT(variant="Ti/16", depth=2, image_size=64, num_classes=10, pool="gap",
               reduction=PiToMe(ratio=0.75, mode="mae"))
   images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  params = jax.jit(model.clone(reduction=None).init)(jax.random.key(1), images)  # PiToMe adds no parameters
+  init = jax.jit(model.clone(reduction=None).init, compiler_options=fast_compile())  # PiToMe adds no parameters
+  params = init(jax.random.key(1), images)
   head = params["params"]["head"]
   params["params"]["head"] = {"kernel": jax.random.normal(jax.random.key(2), head["kernel"].shape) * 0.1,
                               "bias": jax.random.normal(jax.random.key(3), head["bias"].shape) * 0.1}
@@ -238,13 +236,14 @@ SMALL = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)  # 16 patch
 
 @pytest.fixture(scope="module")
 def small_params():
-  return jax.jit(SMALL.init)(jax.random.key(1), jax.random.normal(jax.random.key(0), (2, 64, 64, 3)))
+  images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  return jax.jit(SMALL.init, compiler_options=fast_compile())(jax.random.key(1), images)
 
 
 def test_jit_compiles_once_per_schedule(small_params):
   model = SMALL.clone(reduction=PiToMe(ratio=0.8))
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=fast_compile())
   @chex.assert_max_traces(n=1)
   def logits(p, images):
     return model.apply(p, images)

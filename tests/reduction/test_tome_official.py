@@ -12,6 +12,8 @@ from golden.weights import random_state_dict
 from tokax.interop.timm import convert_state_dict, export_state_dict
 from tokax.models import ViT
 from tokax.reduction import ToMe, source_matrix
+from vit_testing import apply as forward  # one jitted forward per (model, shapes), compiled with fast_compile()
+from vit_testing import fast_compile
 
 MODELS = {
     "vit_small_patch16_224": dict(variant="S/16"),
@@ -21,11 +23,6 @@ SETTINGS = {
     "r0": ToMe(r=0), "r8": ToMe(r=8), "r13": ToMe(r=13), "r16": ToMe(r=16),
     "r16_-1": ToMe(r=(16, -1)), "r16_noprop": ToMe(r=16, prop_attn=False),
 }
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def forward(model, params, images):
-  return model.apply(params, images, return_intermediates=True)
 
 
 def _relative(a, b):
@@ -72,13 +69,14 @@ SMALL = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)  # 16 patch
 
 @pytest.fixture(scope="module")
 def small_params():
-  return jax.jit(SMALL.init)(jax.random.key(1), jax.random.normal(jax.random.key(0), (2, 64, 64, 3)))
+  images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  return jax.jit(SMALL.init, compiler_options=fast_compile())(jax.random.key(1), images)
 
 
 def test_jit_compiles_once_per_schedule(small_params):
   model = SMALL.clone(reduction=ToMe(r=4))
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=fast_compile())
   @chex.assert_max_traces(n=1)
   def logits(p, images):
     return model.apply(p, images)
