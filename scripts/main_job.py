@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--batch_size", type=int, default=250, help="evaluation and timing batch")
   parser.add_argument("--methods", default=",".join(STRENGTHS), help="registry methods for the table")
   parser.add_argument("--finetune", default="evit:0.3", help="the reduction to fine-tune with ('' skips step 2)")
-  parser.add_argument("--finetune_steps", type=int, default=60)
+  parser.add_argument("--finetune_steps", type=int, default=45)
   parser.add_argument("--finetune_batch", type=int, default=64)
-  parser.add_argument("--finetune_lr", type=float, default=1e-4)
+  parser.add_argument("--finetune_lr", type=float, default=1.5e-4)
   parser.add_argument("--repeats", type=int, default=3,
                       help="timed calls of the post-encoder reducers' rows (the others time their accuracy pass)")
   parser.add_argument("--no_xla_cache", action="store_true", help="no compilation cache in WORKDIR/xla_cache")
