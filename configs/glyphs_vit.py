@@ -2,7 +2,9 @@ r"""A ViT trained from scratch on glyphs (tokax.data.glyphs): 32 character class
 fonts on crops of the bundled photos, every training image new (no pool to memorise).
 
   python -m tokax.train --config configs/glyphs_vit.py --workdir /tmp/glyphs_vit               # ViT-Ti/16, 224 px, GPU
-  python -m tokax.train --config configs/glyphs_vit.py:variant=S/16 --workdir /tmp/glyphs_vit_s16
+  python -m tokax.train --config configs/glyphs_vit.py:variant=S/16 --workdir /tmp/glyphs_vit_s16 \
+      --config.total_steps=3000 --config.warmup_steps=300 --config.lr=8e-4                      # ViT-S/16, ~5 min
+  python -m tokax.train --config configs/glyphs_vit.py:pool=gap,image_size=112 --workdir /tmp/glyphs_gap  # mean-pooled
   python -m tokax.train --config configs/glyphs_vit.py:runlocal --workdir /tmp/glyphs_local      # CPU, seconds
 
 Default (GPU): ViT-Ti/16 at 224 px (196 patch tokens + cls, mostly background), bfloat16, batch 256,
@@ -19,8 +21,13 @@ Data goes through tokax.data.pipeline (config.data.preprocess set): GlyphSource 
 model.image_size, which the trainer reads as 0..255 on the device; "resize(S)" is a no-op at that size.
 "glyphs:distractors=3" as data.name adds up to 3 smaller, fainter non-class characters per image.
 
-Arguments (`:key=value,flag`): variant ("Ti/16" or "S/16"), image_size (0: 224), distractors (0..4),
-runlocal (a few steps of a tiny model on CPU, for tests).
+ViT-S/16 (`variant=S/16`) runs the same recipe; on one H100 its 3,000 steps above (768k images) are the
+budget of scripts/device/glyphs_s16.sh. `pool=gap` classifies the mean of the patch tokens (fc_norm, as
+timm's global_pool="avg") and keeps the class token, whose attention row FasterVLM ranks by: the
+pooled-feature model on which post-encoder selections (DivPrune, FasterVLM, random) change the prediction.
+
+Arguments (`:key=value,flag`): variant ("Ti/16" or "S/16"), image_size (0: 224), pool ("cls" or "gap"),
+distractors (0..4), runlocal (a few steps of a tiny model on CPU, for tests).
 """
 import ml_collections
 
@@ -30,9 +37,11 @@ _SIZES = {"Ti/16": dict(width=192, depth=12, heads=3), "S/16": dict(width=384, d
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, variant="Ti/16", image_size=0, distractors=0, runlocal=False)
+  arg = parse_arg(arg, variant="Ti/16", image_size=0, pool="cls", distractors=0, runlocal=False)
   if arg.variant not in _SIZES:
     raise ValueError(f"config argument: variant must be one of {sorted(_SIZES)}; got {arg.variant!r}")
+  if arg.pool not in ("cls", "gap"):
+    raise ValueError(f"config argument: pool must be 'cls' or 'gap'; got {arg.pool!r}")
   size = _SIZES[arg.variant]
   image_size = arg.image_size or 224
   config = ml_collections.ConfigDict()
@@ -46,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ViT(**fields) (tokax.train.model.MODELS[name]); num_classes: the data's (32).
   config.model = dict(
-      name="vit", variant=arg.variant, image_size=image_size, pool="cls", drop_path=0.0, dtype="bfloat16",
+      name="vit", variant=arg.variant, image_size=image_size, pool=arg.pool, drop_path=0.0, dtype="bfloat16",
       width=size["width"], depth=size["depth"], num_heads=size["heads"], mlp_dim=4 * size["width"])
   # A tokax.reduction.build spec (trained dense; reductions are applied at evaluation): --config.reduction=tome:8.
   config.reduction = "none"

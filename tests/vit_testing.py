@@ -12,6 +12,7 @@ import numpy as np
 
 from golden.weights import random_state_dict
 from tokax.interop.timm import convert_state_dict, export_state_dict
+from tokax.models import ViT
 
 _TRACES = collections.Counter()
 _LEGACY_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
@@ -32,6 +33,16 @@ def fast_compile():
   except Exception:  # noqa: BLE001 - an XLA without the option compiles as configured
     return {}
   return dict(_LEGACY_EMITTERS)
+
+
+SMALL = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)  # 16 patches + cls: the edge-case tests' model
+
+
+@functools.cache
+def small_params():
+  """SMALL's parameters from jax.random.key(1), initialised once per test process."""
+  images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  return jax.jit(SMALL.init, compiler_options=fast_compile())(jax.random.key(1), images)
 
 
 def random_params(model, seed=0):

@@ -23,8 +23,9 @@ from tokax.interop.timm import convert_state_dict, export_state_dict
 from tokax.models import ViT
 from tokax.reduction import MidReduction, Tokens, apply_plan, plan_matrix, source_matrix
 from tokax.reduction.pitome import PiToMe, energy_scores, layer_margin, merge_count, pitome_plan
+import vit_testing
 from vit_testing import apply as forward  # one jitted forward per (model, shapes), compiled with fast_compile()
-from vit_testing import fast_compile
+from vit_testing import SMALL, fast_compile
 
 MODELS = {  # golden name -> (tokax ViT kwargs, PiToMe mode order)
     "deit_small_patch16_224": (dict(variant="S/16"), "deit"),
@@ -231,13 +232,9 @@ def test_mae_pooling_official_divisor_differs_only_through_fc_norm_eps(mae_tiny)
 
 # ------------------------------------------------------------------------------------ edge cases
 
-SMALL = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)  # 16 patches + cls
-
-
 @pytest.fixture(scope="module")
 def small_params():
-  images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  return jax.jit(SMALL.init, compiler_options=fast_compile())(jax.random.key(1), images)
+  return vit_testing.small_params()
 
 
 def test_jit_compiles_once_per_schedule(small_params):

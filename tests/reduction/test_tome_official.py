@@ -12,8 +12,9 @@ from golden.weights import random_state_dict
 from tokax.interop.timm import convert_state_dict, export_state_dict
 from tokax.models import ViT
 from tokax.reduction import ToMe, source_matrix
+import vit_testing
 from vit_testing import apply as forward  # one jitted forward per (model, shapes), compiled with fast_compile()
-from vit_testing import fast_compile
+from vit_testing import SMALL, fast_compile
 
 MODELS = {
     "vit_small_patch16_224": dict(variant="S/16"),
@@ -64,13 +65,9 @@ def test_tome_equals_official(golden, tag):
     np.testing.assert_allclose(np.asarray(inter["size"]), data[f"source_{tag}"].sum(-1))
 
 
-SMALL = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)  # 16 patches + cls
-
-
 @pytest.fixture(scope="module")
 def small_params():
-  images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-  return jax.jit(SMALL.init, compiler_options=fast_compile())(jax.random.key(1), images)
+  return vit_testing.small_params()
 
 
 def test_jit_compiles_once_per_schedule(small_params):
