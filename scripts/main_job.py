@@ -32,7 +32,7 @@ sys.path.insert(0, _REPO)
 STRENGTHS: dict[str, tuple[str, str]] = {
     "tome": ("2", "3"), "pitome": ("0.9", "0.8"), "evit": ("0.7", "0.3"), "mctf": ("2", "3"), "dtome": ("2", "3"),
     "slim": ("0.7", "0.5"), "divprune": ("0.5", "0.25"), "todre": ("0.5", "0.25"), "dct": ("0.5", "0.25"),
-    "fastervlm": ("0.5", "0.25"),
+    "fastervlm": ("0.5", "0.25"), "random": ("0.5", "0.25"),
 }
 
 

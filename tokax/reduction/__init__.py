@@ -15,6 +15,7 @@ from tokax.reduction.evit import EViT, cls_select, cls_select_plan, evit_num_kee
 from tokax.reduction.fastervlm import FasterVLM
 from tokax.reduction.mctf import MCTF
 from tokax.reduction.pitome import PiToMe, energy_scores, pitome_plan
+from tokax.reduction.random_select import RandomSelect, random_scores
 from tokax.reduction.registry import METHODS, build
 from tokax.reduction.schedule import parse_r, token_counts
 from tokax.reduction.slim import ReverseSlim, Slim, TokenSlimming, apply_slim, slim_plan, slim_weights
@@ -30,6 +31,7 @@ __all__ = [
     "FasterVLM", "MCTF",
     "ReverseSlim", "Slim", "TokenSlimming", "apply_slim", "slim_plan", "slim_weights", "soft_sizes",
     "PiToMe", "energy_scores", "pitome_plan",
+    "RandomSelect", "random_scores",
     "DCT", "dct_compress", "dct_plan", "dct_token_matrix", "DivPrune", "ToDRE", "divprune", "divprune_plan",
     "divprune_select", "todre", "todre_plan", "todre_select",
     "EViT", "PLACEMENTS", "cls_select", "cls_select_plan", "evit_num_keep", "evit_plan",

@@ -28,6 +28,7 @@ from tokax.reduction.evit import EViT
 from tokax.reduction.fastervlm import FasterVLM
 from tokax.reduction.mctf import MCTF
 from tokax.reduction.pitome import PiToMe
+from tokax.reduction.random_select import RandomSelect
 from tokax.reduction.slim import Slim
 from tokax.reduction.tome import ToMe
 
@@ -42,6 +43,7 @@ METHODS: Mapping[str, type] = types.MappingProxyType({
     "todre": ToDRE,
     "dct": DCT,
     "fastervlm": FasterVLM,
+    "random": RandomSelect,
 })
 
 NONE = ("none", "")
