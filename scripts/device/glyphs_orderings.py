@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 # rows (tokax.reduction.build specs) and the claims "a >= b" they decide, with the paper that makes each
-BLOCK_ROWS = ["tome:4", "tome:8", "tome:12", "tome:16", "tome:8,prop_attn=False", "tome:16,prop_attn=False",
-        "pitome:0.9", "pitome:0.85", "mctf:8", "mctf:12", "evit:0.7", "evit:0.7,fuse_token=False", "evit:0.5",
+BLOCK_ROWS = ["tome:4", "tome:8", "tome:12", "tome:16", "tome:20", "tome:24", "tome:8,prop_attn=False",
+              "tome:16,prop_attn=False", "pitome:0.9", "pitome:0.85", "mctf:8", "mctf:12", "evit:0.7", "evit:0.7,fuse_token=False", "evit:0.5",
         "evit:0.5,fuse_token=False", "dtome:8", "dtome:12"]
 BLOCK_CLAIMS = [
     ("tome:8", "tome:8,prop_attn=False", "ToMe: proportional attention >= without (r=8)"),
@@ -98,7 +98,7 @@ def main() -> None:
                  f"{100 * v['se']:.2f} | {', '.join(f'{100 * x:+.2f}' for x in v['subset_differences'])} | "
                  f"{v['verdict']} |")
   if args.rows == "blocks":
-    tome = [(r, rows[f"tome:{r}"]["top1"]) for r in (4, 8, 12, 16)]
+    tome = [(r, rows[f"tome:{r}"]["top1"]) for r in (4, 8, 12, 16, 20, 24)]
     lines += ["", "ToMe against r: " + ", ".join(f"r={r} {100 * t:.2f}%" for r, t in tome)
               + f" (dense {100 * rows['dense']['top1']:.2f}%)"]
   text = "\n".join(lines)
