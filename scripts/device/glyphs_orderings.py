@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 # rows (tokax.reduction.build specs) and the claims "a >= b" they decide, with the paper that makes each
 BLOCK_ROWS = ["tome:4", "tome:8", "tome:12", "tome:16", "tome:20", "tome:24", "tome:8,prop_attn=False",
-              "tome:16,prop_attn=False", "pitome:0.9", "pitome:0.85", "mctf:8", "mctf:12", "evit:0.7", "evit:0.7,fuse_token=False", "evit:0.5",
-        "evit:0.5,fuse_token=False", "dtome:8", "dtome:12"]
+              "tome:16,prop_attn=False", "pitome:0.9", "pitome:0.85", "mctf:8", "mctf:12", "evit:0.7",
+              "evit:0.7,fuse_token=False", "evit:0.5", "evit:0.5,fuse_token=False", "dtome:8", "dtome:12"]
 BLOCK_CLAIMS = [
     ("tome:8", "tome:8,prop_attn=False", "ToMe: proportional attention >= without (r=8)"),
     ("tome:16", "tome:16,prop_attn=False", "ToMe: proportional attention >= without (r=16)"),
