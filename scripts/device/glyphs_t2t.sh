@@ -5,6 +5,9 @@
 # seed-0 pair (test top-1, GFLOPs, images/s) and the verdict over seeds on the trainers' 10,000-image test pass:
 # per seed d_s = top-1(T2T-ViT-7) - top-1(ViT-Ti/16), mean and SE = sd(d_s) / sqrt(3), 2 SE rule.
 #
+# 2026-12-07 on an H100 (BENCHMARKS.md): at TOKAX_STEPS=1500 both were still on the glyphs plateau (9-21%), two
+# seeds in ~220 s; the pair of one seed takes ~105 s per 1,500 steps, so 3,000+ steps need TOKAX_SEEDS split over calls.
+#
 # Usage: bash scripts/device/glyphs_t2t.sh OUTDIR
 #   OUTDIR/t2t.md, OUTDIR/times.txt, OUTDIR/*.log, OUTDIR/*_metrics.jsonl, OUTDIR/compare/compare.md
 # CPU smoke run: TOKAX_SMOKE=1 TOKAX_SEEDS=0 JAX_PLATFORMS=cpu bash scripts/device/glyphs_t2t.sh /tmp/t2t
