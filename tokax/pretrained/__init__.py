@@ -1,4 +1,4 @@
-"""Trained models that ship inside the package: `model, variables = tokax.pretrained.load("glyphs_vit_ti16")`.
+"""Trained models that ship inside the package: `model, variables = tokax.pretrained.load("glyphs_vit_ti16_112")`.
 
 Each model is two files in this folder: NAME.safetensors (bfloat16 parameters in timm's layout, read
 by tokax.interop.load_checkpoint) and NAME.json, which records how it was made and what it scored:
@@ -9,8 +9,10 @@ by tokax.interop.load_checkpoint) and NAME.json, which records how it was made a
   command    the command that trained it, commit the commit it ran at, card the accelerator
   sha256     of NAME.safetensors, checked at load: a truncated or altered file is an error
 
-  model, variables = tokax.pretrained.load("glyphs_vit_ti16", reduction="tome:8")
-  logits = model.apply(variables, images * 2 - 1)     # images (B, 224, 224, 3) in [0, 1]
+  model, variables = tokax.pretrained.load("glyphs_vit_ti16_112", reduction="tome:8")
+  logits = model.apply(variables, images * 2 - 1)     # images (B, 112, 112, 3) in [0, 1]
+
+tokax.create_model(name, pretrained=True) takes these names too, beside timm's.
 """
 from __future__ import annotations
 
