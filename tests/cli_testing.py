@@ -14,11 +14,13 @@ def run_train_cli(*args: str, allow_config_change: bool = False, resume_from_pre
   """Runs tokax.train's main on `args` (flags after the program name); returns when it exits with status 0.
 
   An exception in training propagates as it would to the shell; a nonzero exit is an AssertionError.
+  --tensorboard (default None) is reset first, so a value from an earlier call does not carry over.
   """
   from tokax.train import main as cli
 
   for name in [name for name in flags.FLAGS if name.startswith("config.")]:
     delattr(flags.FLAGS, name)
+  flags.FLAGS["tensorboard"].unparse()
   argv = ["tokax.train", *args, f"--allow_config_change={allow_config_change}",
           f"--resume_from_previous_good={resume_from_previous_good}"]
   saved, sys.argv = sys.argv, argv

@@ -44,6 +44,10 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 _RESUME_FROM_PREVIOUS_GOOD = flags.DEFINE_bool(
     "resume_from_previous_good", False,
     "Skip damaged checkpoints (moved to WORKDIR/checkpoints.damaged/) and resume from the newest one that verifies.")
+_TENSORBOARD = flags.DEFINE_bool(
+    "tensorboard", None,
+    "Write TensorBoard summaries into WORKDIR/tensorboard/ beside metrics.jsonl (pip install 'tokax[tensorboard]'); "
+    "default: config.tensorboard where the config has it, else off.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 PREEMPTED_EXIT_CODE = 143
@@ -68,7 +72,7 @@ def main(argv: list[str]) -> None:
   metric_logging.quiet_failed_restore_noise()
   initialize_distributed(_CONFIG.value)
   result = training.train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
-                          resume_from_previous_good=_RESUME_FROM_PREVIOUS_GOOD.value)
+                          resume_from_previous_good=_RESUME_FROM_PREVIOUS_GOOD.value, tensorboard=_TENSORBOARD.value)
   if jax.process_index() == 0:
     print(json.dumps({"step": result.step, "preempted": result.preempted, **result.metrics}))
   if result.preempted:

@@ -11,6 +11,10 @@ checkpoint if there is one, and writes into the workdir:
                  tokax.train.restore.load_run rebuilds the run from
   configs/       config.<step>.json: each config the run used, from the step it took over (workdir.py)
   metrics.jsonl  one JSON line per log / eval step (train/*, val/*, test/*, the final metrics)
+  tensorboard/   the same numbers (same names and steps) as TensorBoard event files, and the images a task's
+                 evaluation makes (the tokenizer's reconstructions); with --tensorboard or config.tensorboard
+                 True (pip install 'tokax[tensorboard]'; docs/tensorboard.md); a resumed session hides
+                 what earlier ones wrote after its checkpoint (purge_step), so each step is drawn once
   checkpoints/   orbax checkpoints of the train state and the data position (keep-last-N), with the
                  checksums of their files
   lock           the pid and host of the trainer writing into the workdir (a second one is refused)
@@ -76,7 +80,7 @@ class TrainResult:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
-          resume_from_previous_good: bool = False) -> TrainResult:
+          resume_from_previous_good: bool = False, tensorboard: bool | None = None) -> TrainResult:
   """Trains (or resumes) the run of `config` in `workdir`; see the module docstring for the outputs.
 
   Args:
@@ -85,23 +89,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
       in workdir/configs/. config.allow_config_change, where a config has it, counts too.
     resume_from_previous_good: skip damaged checkpoints (moved to checkpoints.damaged/) and resume from
       the newest one that verifies, instead of refusing; config.resume_from_previous_good counts too.
+    tensorboard: write TensorBoard summaries into workdir/tensorboard/ (needs tensorboardX); None reads
+      config.tensorboard, off where a config has none.
 
   Raises:
     ValueError naming the config field for sizes and periods no run can use (config_utils.check_sizes),
     workdir.WorkdirLockedError when another trainer writes into `workdir`, workdir.ConfigChangedError,
-    checkpoint.CheckpointError for a checkpoint that is foreign, of another model or damaged.
+    checkpoint.CheckpointError for a checkpoint that is foreign, of another model or damaged,
+    ImportError naming `pip install 'tokax[tensorboard]'` for config.tensorboard=True without tensorboardX.
   """
   config_utils.check_sizes(config)
+  tensorboard = metric_logging.use_tensorboard(config.get("tensorboard") if tensorboard is None else tensorboard)
   allow_config_change = allow_config_change or bool(config.get("allow_config_change", False))
   fallback = resume_from_previous_good or bool(config.get("resume_from_previous_good", False))
   task = tasks.get(config.get("task", "classifier"))
   os.makedirs(workdir, exist_ok=True)
   with workdir_files.WorkdirLock(workdir):
-    return _train(task, config, workdir, allow_config_change=allow_config_change, fallback=fallback)
+    return _train(task, config, workdir, allow_config_change=allow_config_change, fallback=fallback,
+                  tensorboard=tensorboard)
 
 
 def _train(task: Task, config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool,
-           fallback: bool) -> TrainResult:
+           fallback: bool, tensorboard: bool) -> TrainResult:
   mesh = mesh_from_config(config)
   check_batch_size(config.batch_size, mesh)
   plan = task.build(config, mesh)
@@ -128,7 +137,10 @@ def _train(task: Task, config: ml_collections.ConfigDict, workdir: str, *, allow
                    jax.process_count())
       train_step = jit_train_step(plan.step_fn, mesh, s.state_shardings, frozen=frozen,
                                   frozen_shardings=frozen_shardings)
-      with metric_logging.MetricWriter(os.path.join(workdir, "metrics.jsonl")) as writer:
+      start_step = int(state.step)
+      tensorboard_dir = os.path.join(workdir, metric_logging.TENSORBOARD_DIR) if tensorboard else None
+      with metric_logging.MetricWriter(os.path.join(workdir, "metrics.jsonl"), tensorboard_dir=tensorboard_dir,
+                                       purge_step=start_step + 1 if start_step else None) as writer:
         result = run_steps(train_step, state, s, plan.durations, writer, batch_keys=plan.batch_keys,
                            progress_bar=config.progress_bar, evaluate=plan.evaluate,
                            before_final_save=plan.before_final_save)
@@ -137,6 +149,7 @@ def _train(task: Task, config: ml_collections.ConfigDict, workdir: str, *, allow
           final = plan.finalize(state, result.last_metrics)
           if final:
             writer.write(result.step, final)
+          final = metric_logging.drop_images(final)
     finally:
       s.saver.close()
   if not result.preempted:

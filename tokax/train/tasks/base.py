@@ -82,8 +82,10 @@ class Plan:
     step_fn: (state, batch) -> (state, metrics), or (state, batch, frozen) -> ... with `frozen`; un-jitted.
     frozen: host arrays the step reads but never updates (a distillation teacher's variables), or None.
     start: state -> state at step 0 of a fresh run (weights from another run), or None.
-    evaluate: state -> metrics every durations.eval_every steps, or None.
-    finalize: (state, last train metrics) -> the final metrics (written and returned), after the last step.
+    evaluate: state -> metrics every durations.eval_every steps, or None; a tokax.train.logging.Image value
+      (pictures the evaluation made anyway) goes to TensorBoard only.
+    finalize: (state, last train metrics) -> the final metrics (written; returned without Image values), after
+      the last step.
     before_final_save: state -> state once after the last step, before its checkpoint, or None.
     result_params: state -> TrainResult.params.
     resolved: values written into config.json beside the config ({"total_steps": ..., "model": {...}}).

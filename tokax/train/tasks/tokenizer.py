@@ -2,8 +2,9 @@
 
 The step is tokax.train.tokenizer_step (generator and discriminator from one forward pass, weight
 EMA). metrics.jsonl gets train/* every log step and val/psnr, val/ssim, val/usage ... at eval steps
-and the end, measured with the EMA weights. For the KL autoencoder the final checkpoint also
-stores the latent scale (1 / std of the EMA model's latents over a training batch) in
+and the end, measured with the EMA weights; TensorBoard gets them too, with val/reconstructions: the
+first validation images above their reconstructions, from the same evaluation. For the KL autoencoder
+the final checkpoint also stores the latent scale (1 / std of the EMA model's latents over a training batch) in
 model_state["stats"]. A restored run's variables are the EMA weights (ema=False: the raw ones).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tokax.tokenizers import evaluate as tok_eval
 from tokax.tokenizers import losses
 from tokax.tokenizers.tokenizer import Tokenizer, build_quantizer, check_images
 from tokax.tokenizers.vae import KLAutoencoder, with_latent_scale
+from tokax.train import logging as metric_logging
 from tokax.train import optim
 from tokax.train.config_utils import durations_from_config, steps
 from tokax.train.tasks import base
@@ -29,6 +31,7 @@ from tokax.train.tokenizer_step import LossConfig, TokenizerState, init_state, m
 
 NAME = "tokenizer"
 LATENT_SCALE_EXAMPLES = 256
+IMAGES_SHOWN = 8  # validation images (and their reconstructions) in TensorBoard's val/reconstructions
 
 
 def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
@@ -88,12 +91,15 @@ def init_key(seed: int) -> jax.Array:
 
 
 def evaluate_dataset(model: nn.Module, variables: dict, dataset: offline.ArrayDataset, batch_size: int,
-                     prefix: str) -> dict[str, float]:
-  """{prefix/psnr, prefix/ssim, [usage, perplexity, bits_per_image]} of the model on a dataset's images."""
+                     prefix: str) -> dict[str, Any]:
+  """{prefix/psnr, prefix/ssim, [usage, perplexity, bits_per_image]} of the model on a dataset's images, and
+  prefix/reconstructions: a metric_logging.Image of the first IMAGES_SHOWN images above their reconstructions."""
   result = tok_eval.evaluate_images(tok_eval.make_reconstruct_fn(model), variables, dataset.images, batch_size,
                                     codebook_size=tok_eval.codebook_size(model),
                                     bits_per_token=tok_eval.bits_per_token(model))
-  return {f"{prefix}/{k}": v for k, v in result.metrics.items()}
+  grid = tok_eval.image_grid({prefix: result}, per_suite=IMAGES_SHOWN)
+  return {**{f"{prefix}/{k}": v for k, v in result.metrics.items()},
+          f"{prefix}/reconstructions": metric_logging.Image(grid)}
 
 
 def store_latent_scale(model: KLAutoencoder, state: TokenizerState, *, images: jax.Array) -> TokenizerState:
@@ -119,7 +125,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Pl
   evaluate = lambda state: evaluate_dataset(model, state.variables(), val_ds, config.eval_batch_size, "val")
   is_kl = isinstance(model, KLAutoencoder)
 
-  def finalize(state: TokenizerState, _) -> dict[str, float]:
+  def finalize(state: TokenizerState, _) -> dict[str, Any]:
     final = evaluate(state)
     if is_kl:
       final["latent_scale"] = float(state.model_state["stats"]["latent_scale"])
