@@ -106,3 +106,33 @@ def test_parse_arg_is_typed():
     parse_arg("steps=seven", steps=1)
   with pytest.raises(ValueError, match="unknown key 'varaint'"):
     parse_arg("varaint=S/8", variant="Ti/8")
+
+
+def test_packaged_configs_are_the_repository_configs():
+  """configs/ ships inside the package as tokax.configs (setup.py); "tokax:<name>.py[:arg]" names its files."""
+  import importlib.resources
+
+  from tokax.train import config_utils
+
+  shipped = sorted(p.name for p in (REPO / "configs").glob("*.py") if not p.name.startswith("_"))
+  assert config_utils.packaged_configs() == shipped
+  # the installed package (editable here, a wheel for users) carries them, not only the checkout's fallback
+  assert pathlib.Path(str(importlib.resources.files("tokax.configs"))).resolve() == (REPO / "configs").resolve()
+  assert pathlib.Path(config_utils.config_path("digits_vit")).resolve() == REPO / "configs" / "digits_vit.py"
+  assert config_utils.resolve_config_spec("tokax:digits_vit.py:variant=S/8,runlocal") == (
+      config_utils.config_path("digits_vit.py") + ":variant=S/8,runlocal")
+  assert config_utils.resolve_config_spec("configs/digits_vit.py:runlocal") == "configs/digits_vit.py:runlocal"
+  # a config that loads a sibling through its own __file__ (glyphs_finetune -> glyphs_vit)
+  packaged = config_utils.load_config_file("tokax:glyphs_finetune.py:runlocal")
+  assert packaged.to_dict() == config_utils.load_config_file("configs/glyphs_finetune.py:runlocal").to_dict()
+  for bad in ("nope.py", "../configs/digits_vit.py"):
+    with pytest.raises(ValueError, match="digits_vit.py"):  # the error lists what ships
+      config_utils.load_config_file(f"tokax:{bad}")
+
+
+def test_cli_takes_a_packaged_config_name(tmp_path, capsys):
+  status, stderr = _cli_in_process(capsys, "--config=tokax:digits_vit.py:runlokal", f"--workdir={tmp_path}")
+  assert status == 1 and "runlokal" in stderr  # resolved to the packaged file, whose get_config refused the arg
+  status, stderr = _cli_in_process(capsys, "--config=tokax:nope.py", f"--workdir={tmp_path}")
+  assert status == 1 and "nope.py" in stderr and "digits_vit.py" in stderr
+  assert not (tmp_path / "metrics.jsonl").exists()

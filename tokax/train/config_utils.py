@@ -1,5 +1,5 @@
 """Helpers for config files: the typed `arg` parser of get_config(arg), step durations, the check of sizes and
-periods at start, loading a config file."""
+periods at start, loading a config file, and the configs that ship inside the package ("tokax:<name>.py[:arg]")."""
 from __future__ import annotations
 
 import dataclasses
@@ -159,21 +159,85 @@ def check_sizes(config: ml_collections.ConfigDict) -> None:
                      f"checkpoint) or None (keep all); 0 would delete every checkpoint, the final one too")
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """get_config(arg) of a config file named as on the command line: "configs/x.py" or "configs/x.py:arg".
+PACKAGED_PREFIX = "tokax:"
 
-  A relative path is taken from the working directory, then from the repository root.
+
+def _packaged_configs_dir() -> str:
+  """The folder of the configs that ship with tokax: the tokax.configs package (pip or editable install),
+  else the configs/ folder beside a source checkout's tokax/ (the repository on PYTHONPATH)."""
+  import importlib.resources
+  import os
+
+  try:
+    folder = importlib.resources.files("tokax.configs")
+  except ModuleNotFoundError:
+    folder = None
+  if folder is not None and os.path.isdir(str(folder)):
+    return str(folder)
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.join(repo, "configs")
+
+
+def packaged_configs() -> list[str]:
+  """The names ("digits_vit.py", ...) of the config files that ship with tokax, sorted."""
+  import os
+
+  folder = _packaged_configs_dir()
+  if not os.path.isdir(folder):
+    return []
+  return sorted(name for name in os.listdir(folder) if name.endswith(".py") and not name.startswith("_"))
+
+
+def config_path(name: str) -> str:
+  """The path of the packaged config file `name` ("glyphs_vit.py"; the ".py" may be left out).
+
+  The configs ship inside the package (the repository's configs/ folder is tokax.configs), so this works
+  after a pip install as well as in a source checkout; notebooks use it instead of "../configs/x.py".
+  `python -m tokax.train --config tokax:<name>.py[:arg]` names the same file on the command line.
+
+  Raises:
+    ValueError: naming the available configs, when there is no such file.
+  """
+  import os
+
+  file_name = name if name.endswith(".py") else name + ".py"
+  if not file_name or os.path.basename(file_name) != file_name or file_name.startswith("_"):
+    raise ValueError(f"packaged config {name!r}: expected a file name like 'digits_vit.py'; available: "
+                     f"{', '.join(packaged_configs())}")
+  path = os.path.join(_packaged_configs_dir(), file_name)
+  if not os.path.isfile(path):
+    raise ValueError(f"tokax ships no config {name!r}; available: {', '.join(packaged_configs()) or '(none found)'}")
+  return path
+
+
+def resolve_config_spec(spec: str) -> str:
+  """A config spec with a packaged name resolved: "tokax:<name>.py[:arg]" -> "<path of name>[:arg]".
+
+  Any other spec (a file path, "configs/x.py:arg") is returned unchanged.
+  """
+  if not spec.startswith(PACKAGED_PREFIX):
+    return spec
+  name, colon, arg = spec[len(PACKAGED_PREFIX):].partition(":")
+  return config_path(name) + colon + arg
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """get_config(arg) of a config file named as on the command line: "configs/x.py[:arg]" or "tokax:x.py[:arg]".
+
+  "tokax:<name>.py[:arg]" is a config that ships with tokax (config_path). A relative path is taken from
+  the working directory, then from the repository root.
   """
   import importlib.util
   import os
 
-  path, _, arg = spec.partition(":")
+  path, _, arg = resolve_config_spec(spec).partition(":")
   if not os.path.isfile(path):
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if os.path.isfile(os.path.join(repo, path)):
       path = os.path.join(repo, path)
     else:
-      raise ValueError(f"config file {path!r} not found (from {spec!r}); give a path like configs/<name>.py[:arg]")
+      raise ValueError(f"config file {path!r} not found (from {spec!r}); give a path like configs/<name>.py[:arg] "
+                       f"or a packaged config tokax:<name>.py[:arg], one of {', '.join(packaged_configs())}")
   module_spec = importlib.util.spec_from_file_location(f"_tokax_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

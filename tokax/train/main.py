@@ -1,6 +1,7 @@
 """Command-line entry point of the one training run (tokax.train.run.train; config.task picks the task).
 
   python -m tokax.train --config configs/cluttered_digits_vit.py --workdir /tmp/cd_vit
+  python -m tokax.train --config tokax:digits_vit.py:runlocal --workdir /tmp/dv  # a config shipped in the package
   python -m tokax.train --config configs/cluttered_digits_vit.py:runlocal --workdir /tmp/x \\
       --config.batch_size=16 --config.total_steps=10
   python -m tokax.train --config configs/digits_vit.py --workdir /tmp/dv \\
@@ -27,11 +28,25 @@ import sys
 import jax
 from absl import app, flags
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_impl  # ConfigFileFlagParser lives here
 
+from tokax.train import config_utils
 from tokax.train import logging as metric_logging
 from tokax.train import run as training
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, with an optional ':arg'.", lock_config=True)
+
+class _ConfigFileOrPackagedParser(config_flags_impl.ConfigFileFlagParser):
+  """ml_collections' config-file parser that also takes a config shipped with tokax: "tokax:<name>.py[:arg]"."""
+
+  def parse(self, path):
+    return super().parse(config_utils.resolve_config_spec(path))
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, with an optional ':arg': a path (configs/x.py:arg) or a config that ships with "
+    "tokax (tokax:x.py:arg).", lock_config=True)
+# The flag keeps ml_collections' --config.a.b overrides; only the spec -> file step learns the tokax: names.
+flags.FLAGS[_CONFIG.name].parser = _ConfigFileOrPackagedParser(_CONFIG.name, lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl and checkpoints.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, with --config.distributed (default: auto-detect).")
