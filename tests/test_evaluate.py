@@ -151,13 +151,21 @@ def test_augreg_npz_with_post_reducers(augreg_npz, tmp_path):
   # DivPrune keeps [CLS]: a cls-pooled head reads the same token as dense.
   np.testing.assert_array_equal(result["predictions"]["divprune:0.5"], expected)
   assert rows["divprune:0.5"]["agreement"] == 1.0
-  # the two post rows shared one encoder pass; each running its own encoder gives the same predictions
+  # the dense row and the two post rows shared one pass of the dense model; each row running its own model
+  # gives the same rows
   assert rows["fastervlm:0.5"]["timing"] == rows["divprune:0.5"]["timing"] == "encoder + reducer"
+  assert rows["dense"]["timing"] == "encoder"
   alone = evaluate.main(["--model", str(path), "--data", "cluttered_digits", "--num_examples", "16",
                          "--reduction", "fastervlm:0.5", "--reduction", "divprune:0.5", "--encoder_cache_gb", "0",
                          "--out", str(tmp_path / "alone"), *FAST])
-  for name in ("fastervlm:0.5", "divprune:0.5"):
+  for name in ("dense", "fastervlm:0.5", "divprune:0.5"):
     np.testing.assert_array_equal(alone["predictions"][name], result["predictions"][name])
+  for shared, own in zip(result["rows"], alone["rows"]):  # a shared post row counts its logits on one image
+    timings = ("images_per_s", "median_ms", "timing", "gflops_per_image")
+    assert {k: v for k, v in shared.items() if k not in timings} == \
+        {k: v for k, v in own.items() if k not in timings}, own["method"]
+    assert shared["gflops_per_image"] == pytest.approx(own["gflops_per_image"], rel=1e-3)
+  assert result["rows"][0]["gflops_per_image"] == alone["rows"][0]["gflops_per_image"]  # dense: its own lowering
   assert "timing" not in {key for row in alone["rows"] for key in row}
 
 

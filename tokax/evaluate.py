@@ -38,9 +38,10 @@ is always the first row, the reference of the agreement column. Methods that nee
 (dtome) are calibrated by tokax.reduction.calibrate_dtome on the first --calibration_batches eval
 batches (images only; the row's note says so). Post-encoder reducers (DivPrune, ToDRE, DCT, FasterVLM)
 run on the dense encoder's output tokens and the head reads the pooled reduced tokens
-(tokax.bench.measure.post_forward). Two or more of them share one pass of the dense encoder when its
-outputs fit in --encoder_cache_gb of host memory; their images/s is then the encoder's time (timed
-once) plus the reducer-and-head executable's time (results.json: "timing": "encoder + reducer").
+(tokax.bench.measure.post_forward). With any of them, one pass of the dense model gives both the dense row
+and the encoder outputs they all reduce, when those fit in --encoder_cache_gb of host memory: the dense
+row's images/s is then that pass's (results.json: "timing": "encoder"), a post row's the pass's time plus its
+reducer-and-head executable's ("encoder + reducer").
 
 Prints one table (method, tokens after the last block, GFLOPs/img, images/s on this device, top-1,
 top-5, agreement with dense) and writes results.json, results.md and accuracy_vs_gflops.png (with
@@ -564,30 +565,37 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
   predictions: dict[str, np.ndarray] = {}  # (N,) top-1 per row; returned, not written
   dense_predictions = None
   bench_batch = args.bench_batch_size or args.batch_size
-  encoder = None  # the dense encoder's outputs, shared by the post-encoder reducers' rows when they fit in memory
   posts = sum(measure.is_post(method) for _, method in specs)
   arch = model.arch
   tokens = (model.image_size // arch.patch_size) ** 2 + 1
-  if posts > 1 and data.num_examples * tokens * arch.width * dtype.itemsize <= args.encoder_cache_gb * 2 ** 30:
-    encoder = measure.encoder_pass(model, variables, data.batches, input_fn=input_fn, bench_batch_size=bench_batch,
-                                   dtype=dtype, warmup=args.warmup, repeats=args.repeats)
+  # one pass of the dense model gives the dense row and the encoder outputs every post row reduces, when they fit
+  share = posts > 0 and data.num_examples * tokens * arch.width * dtype.itemsize <= args.encoder_cache_gb * 2 ** 30
   assigns: dict[str, np.ndarray] = {}  # row method -> (merge_images, N0) token assignment (--merge_images)
   notes: dict[str, str] = {}
+  calibrate = [label for label, method in specs if getattr(method, "needs_calibration", False)]
+  images = calibration_batches(data, loaded, args.calibration_batches) if calibrate else []
   for i, (label, method) in enumerate(specs):  # calibrate first: every row's executable is then compiled at once
-    if getattr(method, "needs_calibration", False):
-      images = calibration_batches(data, loaded, args.calibration_batches)
+    if label in calibrate:
       specs[i] = (label, reductions.calibrate_dtome(model, variables, images, method))
       notes[label] = f"calibrated on the first {sum(len(b) for b in images)} eval images (labels unused)"
-  executables = {}
+  executables = {}  # label -> the row's executable (None: the encoder pass's)
   first = next(iter(data.batches()))["image"]
   if bench_batch == first.shape[0]:  # one executable per row for the accuracy pass and the timing
-    direct = [(label, method) for label, method in specs if encoder is None or not measure.is_post(method)]
+    direct = [(None, None)] if share else []  # rows read off the encoder pass have none of their own
+    direct += [(label, method) for label, method in specs
+               if not (share and (method is None or measure.is_post(method)))]
+    programs = [measure.encoder_row_forward(model, input_fn, args.merge_images) if label is None else
+                measure.row_forward(model, method, input_fn, args.merge_images) for label, method in direct]
     try:
-      compiled = measure.compile_rows(model, variables, [m for _, m in direct], first.shape, first.dtype,
-                                      input_fn=input_fn, keep_assign=args.merge_images)
+      compiled = measure.compile_programs(programs, variables, first.shape, first.dtype)
+      executables = {label: c for (label, _), c in zip(direct, compiled)}
     except flax.errors.ScopeParamNotFoundError:
-      compiled = [None] * len(direct)  # the row that lacks its parameters fails below, naming itself
-    executables = {label: c for (label, _), c in zip(direct, compiled)}
+      pass  # the row that lacks its parameters fails below, naming itself
+  encoder = None  # the dense model's pass: the dense row's outputs and the encoder outputs the post rows reduce
+  if share:
+    encoder = measure.encoder_pass(model, variables, data.batches, input_fn=input_fn, bench_batch_size=bench_batch,
+                                   dtype=dtype, warmup=args.warmup, repeats=args.repeats, keep_assign=args.merge_images,
+                                   executable=executables.get(None), time_on_data=args.timing == "data")
   for label, method in specs:
     note = notes.get(label)
     try:
@@ -671,8 +679,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--allow_unknown_keys", action="store_true", help="a big_vision .npz: load it even though it "
                       "has arrays the ViT does not read (they are dropped)")
   parser.add_argument("--encoder_cache_gb", type=float, default=2.0,
-                      help="post-encoder reducers share one pass of the dense encoder when its outputs fit in this "
-                      "many GiB of host memory (0: each row runs the encoder)")
+                      help="the dense row and the post-encoder reducers share one pass of the dense model when its "
+                      "encoder outputs fit in this many GiB of host memory (0: each row runs the encoder)")
   parser.add_argument("--timing", default="random", choices=["random", "data"],
                       help="images/s from --repeats extra calls on random batches (random) or from the accuracy "
                       "pass's own calls (data: no extra calls; the first is left out)")

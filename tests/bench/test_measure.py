@@ -97,3 +97,53 @@ def test_a_row_timed_on_its_data_takes_the_median_of_its_accuracy_calls_after_th
   want = measure.reduction_row(model, variables, ToMe(r=2), lambda: batches, timed=False)
   np.testing.assert_array_equal(row["predictions"], want["predictions"])  # the AOT executable = the jitted row
   assert row["gflops_per_image"] == pytest.approx(want["gflops_per_image"], rel=1e-3)  # its own CPU lowering
+
+
+def test_the_dense_row_read_off_the_encoder_pass_equals_its_own_row():
+  """One pass of the dense model gives the dense row (outputs, GFLOPs, tokens) and the encoder outputs; timed on
+  its own calls after the first."""
+  from random_variables import random_like
+
+  model, shapes = _model_and_shapes()
+  variables = random_like(shapes)
+  rng = np.random.default_rng(1)
+  batches = [{"image": rng.random((4, IMAGE, IMAGE, 3), np.float32), "label": rng.integers(0, CLASSES, 4),
+              "mask": np.ones(4, bool)} for _ in range(4)]
+  executable = measure.compile_programs([measure.encoder_row_forward(model, keep_assign=2)], variables,
+                                        (4, IMAGE, IMAGE, 3))[0]
+  readings = [0.0, 10.0, 10.0, 11.0, 11.0, 13.0, 13.0, 16.0]  # calls of 10 s (the first), 1, 2, 3 s -> median 2
+  encoder = measure.encoder_pass(model, variables, lambda: batches, bench_batch_size=4, keep_assign=2,
+                                 executable=executable, time_on_data=True, clock=_fake_clock(readings))
+  assert encoder.seconds == 2.0 and len(encoder.batches) == 4 and "cls" in encoder.batches[0][1]
+  row = measure.reduction_row(model, variables, None, lambda: batches, bench_batch_size=4, encoder=encoder,
+                              keep_assign=2)
+  want = measure.reduction_row(model, variables, None, lambda: batches, keep_assign=2, timed=False,
+                               executable=measure.compile_rows(model, variables, [None], (4, IMAGE, IMAGE, 3),
+                                                               keep_assign=2)[0])
+  np.testing.assert_array_equal(row["predictions"], want["predictions"])
+  np.testing.assert_array_equal(row["assign"], want["assign"])
+  assert row["timing"] == "encoder" and row["images_per_s"] == 2.0
+  assert {k: row[k] for k in ("gflops_per_image", "tokens", "layer_tokens", "top5")} == {
+      k: want[k] for k in ("gflops_per_image", "tokens", "layer_tokens", "top5")}
+  with pytest.raises(ValueError, match="kept 2 assignments"):
+    measure.reduction_row(model, variables, None, lambda: batches, encoder=encoder)
+
+
+def test_row_token_counts_are_the_methods_static_counts():
+  from tokax.reduction import DivPrune, EViT
+
+  model, shapes = _model_and_shapes()
+  image = (IMAGE, IMAGE, 3)
+  n = (IMAGE // PATCH) ** 2 + 1
+  for reduction in (None, ToMe(r=8), EViT(keep_rate=0.5)):
+    traced = measure.block_counts(model.clone(reduction=reduction), shapes, image)
+    assert measure.row_tokens(model, shapes, reduction, image) == (traced, traced[-1])
+  assert measure.row_tokens(model, shapes, DivPrune(ratio=0.5), image) == ((n,) * DEPTH, 1 + (n - 1) // 2)
+
+
+def test_row_compiler_options_take_the_legacy_cpu_emitters_only_for_bipartite_mergers():
+  from tokax.reduction import MCTF, EViT, PiToMe
+
+  assert measure.row_compiler_options(ToMe(r=2)) == measure.row_compiler_options(MCTF(r=2)) \
+      == measure.row_compiler_options(PiToMe()) == measure.LEGACY_CPU_EMITTERS
+  assert measure.row_compiler_options(None) == measure.row_compiler_options(EViT()) == {}

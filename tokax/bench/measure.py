@@ -16,11 +16,15 @@ method, tokens after the last block, GFLOPs per image, images/s, top-1, top-5 an
 with the dense model's predictions. Post-encoder reducers (placement "post": DivPrune, ToDRE, DCT,
 FasterVLM) run on the dense encoder's output tokens, called as bench/sweep.py's post rows call them,
 `reducer(tokens, {"cls": last block's [CLS] attention row})`; the classifier head then reads the
-pooled reduced tokens (post_forward).
+pooled reduced tokens (post_forward). A row traces its model once, to lower its executable (compile_rows,
+whose CPU lowering is also its GFLOPs count there; on a GPU one more lowering, for the CPU, counts them);
+its token counts are the method's own static counts (row_tokens); one pass of the dense model
+(encoder_pass) gives both the dense row and the encoder outputs that every post row reduces.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,6 +41,9 @@ from tokax.train.model import normalize_images
 
 Clock = Callable[[], float]
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
+
+# XLA:CPU's older elemental emitters instead of its fusion emitters: the same HLO and float32 operations
+LEGACY_CPU_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 
 
 # --- GFLOPs ------------------------------------------------------------------------------------------
@@ -231,8 +238,10 @@ def post_head(model: Any, reducer: Any
   return head
 
 
-def encoder_forward(model: Any, scores: Sequence[str] = ()) -> Callable[[Any, jax.Array], tuple[jax.Array, dict]]:
-  """(variables, model inputs (B, H, W, 3)) -> (the dense encoder's output (B, N, C), {score: last block's (B, N)}).
+def encoder_forward(model: Any, scores: Sequence[str] = ()
+                    ) -> Callable[[Any, jax.Array], tuple[jax.Array, Tokens, dict[str, jax.Array]]]:
+  """(variables, model inputs (B, H, W, 3)) -> (the dense model's logits (B, K), its output Tokens (x: the
+  encoder's output (B, N, C)), {score: last block's (B, N)}).
 
   The encoder runs with LastLayerScores when `scores` are asked for (the [CLS] attention row: "cls").
   """
@@ -242,11 +251,12 @@ def encoder_forward(model: Any, scores: Sequence[str] = ()) -> Callable[[Any, ja
   depth = model.arch.depth
   encoder = model.clone(reduction=LastLayerScores(scores) if scores else None)
 
-  def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, dict]:
-    (_, inter), state = encoder.apply(variables, images, return_intermediates=True,
-                                      capture_intermediates=_last_attention, mutable=["intermediates"])
+  def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, Tokens, dict[str, jax.Array]]:
+    (logits, inter), state = encoder.apply(variables, images, return_intermediates=True,
+                                           capture_intermediates=_last_attention, mutable=["intermediates"])
     metrics = dict(state["intermediates"][f"blocks_{depth - 1}"]["attn"]["__call__"][0][1]) if scores else {}
-    return inter["features"], {k: metrics[k] for k in scores}
+    tokens = Tokens(x=inter["features"], size=inter["size"], assign=inter["assign"], mask=inter["mask"])
+    return logits, tokens, {k: metrics[k] for k in scores}
 
   return forward
 
@@ -259,50 +269,88 @@ def post_forward(model: Any, reducer: Any) -> Callable[[Any, jax.Array], tuple[j
   encoder, head = encoder_forward(model, getattr(reducer, "scores", ())), post_head(model, reducer)
 
   def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, Tokens]:
-    return head(variables, *encoder(variables, images))
+    _, tokens, metrics = encoder(variables, images)
+    return head(variables, tokens.x, metrics)
 
   return forward
 
 
+def encoder_row_forward(model: Any, input_fn: Callable[[jax.Array], jax.Array] = normalize_images,
+                        keep_assign: int = 0) -> Callable[[Any, jax.Array], tuple[Any, ...]]:
+  """The encoder pass's executable: jitted (variables, images (B, H, W, 3)) -> (the dense row's outputs
+  (row_outputs), encoder output (B, N, C), {"cls": last block's (B, N)} where the model has a class token).
+
+  The dense model (its reduction dropped) with the scores post-encoder reducers read: one call gives the dense
+  row and what every post row reduces.
+  """
+  dense = model.clone(reduction=None)
+  encoder = encoder_forward(dense, ("cls",) if model.class_token else ())
+  k = min(5, model.num_classes)
+
+  @functools.partial(jax.jit, compiler_options=row_compiler_options(None))
+  def run(variables, images):
+    logits, tokens, metrics = encoder(variables, input_fn(images))
+    return row_outputs(logits, tokens, k, keep_assign), tokens.x, metrics
+
+  return run
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderPass:
-  """One pass of the dense encoder over the evaluation data, kept on the host, that every post-encoder
-  reducer's accuracy pass reads instead of running the encoder again (reduction_row's `encoder`).
+  """One pass of the dense model over the evaluation data, kept on the host: the dense row's outputs and the
+  encoder's output tokens, which every post-encoder reducer's accuracy pass reads instead of running the
+  encoder again (reduction_row's `encoder`).
 
   Attributes:
     batches: [(encoder output (B, N, C), {score: (B, N)}, mask (B,) bool, label (B,))] in data order.
-    scores: the last-block scores kept ("cls" where the model has a class token).
-    seconds: median seconds of the encoder alone on a (bench_batch_size, H, W, 3) batch (None: not timed).
+    dense: [the dense row's outputs (row_outputs with keep_assign) of each batch], in data order.
+    seconds: median seconds of one call of the pass's executable (encoder_row_forward) on a
+      (bench_batch_size, H, W, 3) batch (None: not timed).
     bench_batch_size: that batch.
+    keep_assign: the assignments kept in `dense`.
+    executable: the pass's executable where it was compiled ahead of time (compile_programs), else None.
   """
   batches: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]]
-  scores: tuple[str, ...]
+  dense: list[tuple[np.ndarray, ...]]
   seconds: float | None
   bench_batch_size: int
+  keep_assign: int = 0
+  executable: RowExecutable | None = None
 
 
 def encoder_pass(model: Any, variables: Any, data: Batches, *,
                  input_fn: Callable[[jax.Array], jax.Array] = normalize_images, bench_batch_size: int = 64,
                  dtype: Any = jnp.float32, warmup: int = 2, repeats: int = 5, timed: bool = True,
+                 keep_assign: int = 0, executable: RowExecutable | None = None, time_on_data: bool = False,
                  clock: Clock = time.perf_counter) -> EncoderPass:
-  """The dense encoder (`model` without its reduction) over one pass of `data` (reduction_row's batches),
-  with the [CLS] attention row of its last block where the model has a class token; timed as time_forward."""
-  dense = model.clone(reduction=None)
-  scores = ("cls",) if model.class_token else ()
-  encoder = encoder_forward(dense, scores)
-  run = jax.jit(lambda v, x: encoder(v, input_fn(x)))
-  batches = []
+  """The dense model (`model` without its reduction; encoder_row_forward) over one pass of `data`
+  (reduction_row's batches): the dense row's outputs and the encoder's output tokens, with the [CLS] attention
+  row of its last block where the model has a class token.
+
+  Timed as time_forward on random batches, or with time_on_data on the pass's own calls as reduction_row
+  times them (where the data's batches are bench_batch_size). executable: encoder_row_forward compiled ahead
+  of time (compile_programs, with the same keep_assign) for the data's batches.
+  """
+  jitted = encoder_row_forward(model, input_fn, keep_assign)
+  run = lambda v, images: _call(executable, jitted, v, images)
+  batches, dense, pass_seconds = [], [], []
   for batch in data():
-    features, metrics = run(variables, jnp.asarray(batch["image"]))
+    outputs, features, metrics = _pass_call(run, variables, jnp.asarray(batch["image"]),
+                                            clock if time_on_data else None, pass_seconds)
     batches.append((np.asarray(features), {k: np.asarray(m) for k, m in metrics.items()},
                     np.asarray(batch["mask"], bool), np.asarray(batch["label"])))
+    dense.append(tuple(np.asarray(o) for o in outputs))
   if not batches:
     raise ValueError("encoder_pass: the data gave no batches")
   seconds = None
-  if timed:
+  on_data = _pass_median(pass_seconds)
+  if timed and on_data is not None and on_data[0] == bench_batch_size:
+    seconds = on_data[1]
+  elif timed:
     shape = (bench_batch_size, model.image_size, model.image_size, 3)
     seconds = time_forward(run, variables, shape, dtype, warmup=warmup, repeats=repeats, clock=clock)["median_ms"] / 1e3
-  return EncoderPass(batches=batches, scores=scores, seconds=seconds, bench_batch_size=bench_batch_size)
+  return EncoderPass(batches=batches, dense=dense, seconds=seconds, bench_batch_size=bench_batch_size,
+                     keep_assign=keep_assign, executable=executable)
 
 
 # --- the row -------------------------------------------------------------------------------------------
@@ -344,34 +392,111 @@ def block_counts(model: Any, variables: Any, image_shape: Sequence[int]) -> tupl
   return tuple(int(inter[f"blocks_{i}"]["__call__"][0].x.shape[1]) for i in range(model.arch.depth))
 
 
+def row_tokens(model: Any, variables: Any, reduction: Any, image_shape: Sequence[int],
+               input_fn: Callable[[jax.Array], jax.Array] = normalize_images) -> tuple[tuple[int, ...], int]:
+  """(token slots after each block, tokens the head reads) of `model` with `reduction` (block, post or None)
+  on (H, W, 3) images.
+
+  For a tokax ViT, the method's own static counts (token_counts, which every block method has; output_tokens
+  after the dense blocks for a post reducer), which the registry's tests hold equal to the forward's shapes:
+  nothing is traced. Another model (T2T-ViT) is traced (block_counts; jax.eval_shape for a post reducer's output).
+  """
+  from tokax.models import ViT  # noqa: PLC0415
+
+  post = is_post(reduction)
+  block = None if post else reduction
+  if isinstance(model, ViT):
+    prefix = int(model.class_token) + int(model.distilled)
+    patch, depth = model.arch.patch_size, model.arch.depth
+    num_tokens = (image_shape[0] // patch) * (image_shape[1] // patch) + prefix
+    counts = (num_tokens,) * depth if block is None else block.token_counts(num_tokens, depth, prefix)
+    layers = tuple(int(n) for n in counts)
+    return layers, int(reduction.output_tokens(num_tokens, prefix)) if post else layers[-1]
+  layers = block_counts(model.clone(reduction=block), variables, image_shape)
+  if not post:
+    return layers, layers[-1]
+  forward = forward_fn(model, reduction, input_fn)
+  size = jax.eval_shape(lambda v, x: forward(v, x)[1].size, variables,
+                        jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return layers, int(size.shape[1])
+
+
+def row_gflops(model: Any, variables: Any, reduction: Any, image_shape: Sequence[int], dtype: Any = jnp.float32, *,
+               input_fn: Callable[[jax.Array], jax.Array] = normalize_images, lowered: Any = None,
+               batch: int = 1) -> float:
+  """GFLOPs per image of a row, from one lowering.
+
+  On a CPU with `lowered` (the row's executable lowered for `batch` images): its cost analysis / batch (input
+  scaling and top-5 included). Else XLA's count of the row's logits lowered for the CPU on one image with XLA
+  attention (cpu_gflops_per_image): XLA:GPU's count of the executable misses cuBLAS / cuDNN calls.
+  """
+  if lowered is not None and jax.default_backend() == "cpu":
+    return compiled_flops(lowered) / batch / 1e9
+  forward = forward_fn(model.clone(attention="xla"), reduction, input_fn)
+  return cpu_gflops_per_image(lambda v, x: forward(v, x)[0], variables, (1, *image_shape), dtype)
+
+
+@functools.cache
+def _xla_cpu_takes_legacy_emitters() -> bool:
+  """Whether this XLA knows LEGACY_CPU_EMITTERS (a one-op compile for the default device; once per process)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=LEGACY_CPU_EMITTERS).lower(np.float32(0)).compile()
+  except Exception:  # noqa: BLE001 - an XLA without the option compiles as configured
+    return False
+  return True
+
+
+def row_compiler_options(reduction: Any) -> dict[str, Any]:
+  """XLA options of a row's executable: on a CPU, for ToMe, PiToMe and MCTF, XLA:CPU's older elemental emitters
+  instead of its fusion emitters (LEGACY_CPU_EMITTERS: the same HLO and float32 operations, without fast-math).
+
+  Their rows of the ViT-Ti/16 at 112 px, batch 250, compiled in 16, 19 and 31 CPU seconds instead of 21, 25 and
+  42; the dense model, EViT and DToMe's masked forward compiled slower that way, so they keep the default.
+  {} on other backends and where this XLA lacks the option.
+  """
+  from tokax.reduction import MCTF, PiToMe, ToMe  # noqa: PLC0415
+
+  if jax.default_backend() != "cpu" or not isinstance(reduction, (ToMe, PiToMe, MCTF)):
+    return {}
+  return dict(LEGACY_CPU_EMITTERS) if _xla_cpu_takes_legacy_emitters() else {}
+
+
+def row_outputs(logits: jax.Array, tokens: Any, k: int, keep_assign: int = 0) -> tuple[jax.Array, ...]:
+  """What a row's executable returns: (top-k classes (B, k), valid tokens after the last block (B,)) (the slot
+  count unless the method masks), + with keep_assign > 0 the first keep_assign images' token assignment
+  (keep_assign, N0) (which final token each input token ended in; -1: pruned)."""
+  valid = (jnp.full(tokens.size.shape[:1], tokens.size.shape[1], jnp.float32) if tokens.mask is None
+           else jnp.sum(tokens.mask, -1).astype(jnp.float32))
+  top = jax.lax.top_k(logits.astype(jnp.float32), k)[1]
+  return (top, valid, tokens.assign[:keep_assign]) if keep_assign else (top, valid)
+
+
 def row_forward(model: Any, reduction: Any, input_fn: Callable[[jax.Array], jax.Array] = normalize_images,
                 keep_assign: int = 0) -> Callable[[Any, jax.Array], tuple[jax.Array, ...]]:
-  """The executable a row runs and times: jitted (variables, images) -> (top-5 classes (B, 5), valid tokens (B,)).
+  """The executable a row runs and times: jitted (variables, images) -> row_outputs: (top-5 classes (B, 5), valid
+  tokens (B,)) (+ (keep_assign, N0) assignments), of forward_fn's logits (top-k for fewer than 5 classes).
 
-  forward_fn's logits reduced to their top-5 (top-k for fewer classes) and the valid token count after
-  the last block (the slot count unless the method masks); keep_assign > 0 adds the first keep_assign
-  images' token assignment (keep_assign, N0) (which final token each input token ended in; -1: pruned).
+  Compiled with row_compiler_options(reduction).
   """
   forward = forward_fn(model, reduction, input_fn)
   k = min(5, model.num_classes)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=row_compiler_options(reduction))
   def run(variables, images):
-    logits, tokens = forward(variables, images)
-    top, valid = _top_and_valid(logits, tokens, k)
-    return (top, valid, tokens.assign[:keep_assign]) if keep_assign else (top, valid)
+    return row_outputs(*forward(variables, images), k, keep_assign)
 
   return run
 
 
 @dataclasses.dataclass(frozen=True)
 class RowExecutable:
-  """A row's executable (row_forward) compiled ahead of time for one batch shape: reduction_row's `executable`.
+  """A jitted program (row_forward, encoder_row_forward) compiled ahead of time for one batch shape:
+  reduction_row's and encoder_pass's `executable`.
 
   Attributes:
     lowered: its jax Lowered (its cost analysis on a CPU is the row's GFLOPs count there).
     compiled: the compiled executable, called as compiled(variables, images).
-    batch_shape, dtype: the images it takes (other images go through the jitted row_forward).
+    batch_shape, dtype: the images it takes (other images go through the jitted program).
   """
   lowered: Any
   compiled: Any
@@ -379,20 +504,35 @@ class RowExecutable:
   dtype: Any
 
 
-def compile_rows(model: Any, variables: Any, reductions: Sequence[Any], batch_shape: Sequence[int],
-                 dtype: Any = jnp.float32, *, input_fn: Callable[[jax.Array], jax.Array] = normalize_images,
-                 keep_assign: int = 0, workers: int | None = None) -> list[RowExecutable]:
-  """Every row's executable for (B, H, W, 3) images in `dtype`: traced and lowered one after another, then
-  compiled concurrently on `workers` threads (default: one per CPU core; XLA releases the GIL while it
-  compiles, and compiling, not running, is most of a row's time on a CPU)."""
+def compile_programs(programs: Sequence[Callable], variables: Any, batch_shape: Sequence[int],
+                     dtype: Any = jnp.float32, *, workers: int | None = None) -> list[RowExecutable]:
+  """Jitted programs (variables, images (B, H, W, 3) in `dtype`) compiled ahead of time: traced and lowered one
+  after another in this thread, each compiled on one of `workers` threads as soon as it is lowered (default: one
+  per CPU core; XLA releases the GIL while it compiles, and compiling, not running, is most of a row's time on a
+  CPU)."""
   import concurrent.futures  # noqa: PLC0415
   import os  # noqa: PLC0415
 
   images = jax.ShapeDtypeStruct(tuple(batch_shape), jnp.dtype(dtype))
-  lowered = [row_forward(model, r, input_fn, keep_assign).lower(variables, images) for r in reductions]
   with concurrent.futures.ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:
-    compiled = list(pool.map(lambda low: low.compile(), lowered))
-  return [RowExecutable(low, c, tuple(batch_shape), jnp.dtype(dtype)) for low, c in zip(lowered, compiled)]
+    lowered = []
+    try:
+      for program in programs:
+        low = program.lower(variables, images)
+        lowered.append((low, pool.submit(low.compile)))
+    except BaseException:
+      pool.shutdown(cancel_futures=True)
+      raise
+    return [RowExecutable(low, compiled.result(), tuple(batch_shape), jnp.dtype(dtype)) for low, compiled in lowered]
+
+
+def compile_rows(model: Any, variables: Any, reductions: Sequence[Any], batch_shape: Sequence[int],
+                 dtype: Any = jnp.float32, *, input_fn: Callable[[jax.Array], jax.Array] = normalize_images,
+                 keep_assign: int = 0, workers: int | None = None) -> list[RowExecutable]:
+  """Every row's executable (row_forward) for (B, H, W, 3) images in `dtype`, compiled concurrently
+  (compile_programs)."""
+  return compile_programs([row_forward(model, r, input_fn, keep_assign) for r in reductions], variables, batch_shape,
+                          dtype, workers=workers)
 
 
 def time_row(model: Any, variables: Any, reduction: Any, batch_shape: Sequence[int], dtype: Any = jnp.float32, *,
@@ -410,11 +550,32 @@ def _dataset_batches(dataset: offline.ArrayDataset, batch_size: int) -> Batches:
   return lambda: offline.iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
 
 
-def _top_and_valid(logits: jax.Array, tokens: Any, k: int) -> tuple[jax.Array, jax.Array]:
-  """(top-k classes (B, k), valid tokens after the last block (B,): the slot count unless the method masks)."""
-  valid = (jnp.full(tokens.size.shape[:1], tokens.size.shape[1], jnp.float32) if tokens.mask is None
-           else jnp.sum(tokens.mask, -1).astype(jnp.float32))
-  return jax.lax.top_k(logits.astype(jnp.float32), k)[1], valid
+def _call(executable: RowExecutable | None, jitted: Callable, variables: Any, images: jax.Array) -> Any:
+  """executable.compiled(variables, images) where it takes these images (shape and dtype), else jitted(...)."""
+  if executable is not None and images.shape == executable.batch_shape and images.dtype == executable.dtype:
+    return executable.compiled(variables, images)
+  return jitted(variables, images)
+
+
+def _pass_call(fn: Callable, variables: Any, images: jax.Array, clock: Clock | None,
+               seconds: list[tuple[int, float]]) -> Any:
+  """fn(variables, images) of an accuracy pass; with a clock, timed alone (its input already on the device,
+  until block_until_ready, as time_forward's calls), (batch, seconds) appended to `seconds`."""
+  if clock is None:
+    return fn(variables, images)
+  start = clock()
+  output = jax.block_until_ready(fn(variables, jax.block_until_ready(images)))
+  seconds.append((len(images), clock() - start))
+  return output
+
+
+def _pass_median(seconds: Sequence[tuple[int, float]]) -> tuple[int, float] | None:
+  """(batch, median seconds) of an accuracy pass's timed calls: the first (which may compile) and batches of
+  another size left out; None for fewer than three calls."""
+  if len(seconds) <= 2:
+    return None
+  size = seconds[0][0]
+  return size, statistics.median(t for b, t in seconds[1:] if b == size)
 
 
 def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.ArrayDataset | Batches | None,
@@ -444,14 +605,16 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
       top-5) on random [0, 1) batches in `dtype`, as time_row; timed=False skips it.
     image_shape: (H, W, 3) of the images; default: the data's, or (model.image_size,) * 2 + (3,) without data.
     progress: wraps the accuracy pass's batches (a tqdm bar), or None.
-    encoder: the dense encoder's outputs on `data` (encoder_pass), for a post reducer: its accuracy pass
-      reduces those instead of running the encoder again, and its time is the encoder's (timed once)
-      plus its reducer-and-head executable's (row "timing": "encoder + reducer"). Ignored for block methods.
+    encoder: the dense model's pass over `data` (encoder_pass), read by the dense row (reduction None: its
+      outputs are the pass's, its time the pass's executable's, row "timing": "encoder") and by a post reducer
+      (its accuracy pass reduces the encoder's outputs instead of running the encoder again; its time is the
+      encoder's plus its reducer-and-head executable's, row "timing": "encoder + reducer"). Ignored for
+      block methods.
     keep_assign: > 0: row["assign"] is the first keep_assign images' token assignment (keep_assign, N0)
       (tokax.reduction.visualize.draw_merges draws it); the timed executable returns it too.
     time_on_data: time the accuracy pass's own calls (each until block_until_ready; the first, which may
       compile, and batches of another size left out) instead of `repeats` extra calls on random batches:
-      images/s = B / their median (row "timing": "data"). Needs two or more batches of one size.
+      images/s = B / their median (row "timing": "data"). Needs three or more batches of one size.
     executable: the row's executable compiled ahead of time (compile_rows, with the same keep_assign) for
       the data's batches and the timing batch; on a CPU its lowering also gives the GFLOPs count.
 
@@ -462,21 +625,17 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
     (+ "assign" with keep_assign, numpy: pop it too).
   """
   jitted = row_forward(model, reduction, input_fn, keep_assign)
-
-  def evaluate(v: Any, images: jax.Array) -> tuple[jax.Array, ...]:
-    if executable is not None and images.shape == executable.batch_shape and images.dtype == executable.dtype:
-      return executable.compiled(v, images)
-    return jitted(v, images)
-
-  cached = encoder is not None and is_post(reduction)
-  if cached:
+  evaluate = lambda v, images: _call(executable, jitted, v, images)
+  cached = encoder is not None and (reduction is None or is_post(reduction))
+  if cached and encoder.keep_assign != keep_assign:
+    raise ValueError(f"reduction_row: the encoder pass kept {encoder.keep_assign} assignments; this row keeps "
+                     f"{keep_assign}")
+  if cached and reduction is not None:
     head_fn, k = post_head(model, reduction), min(5, model.num_classes)
 
     @jax.jit
     def head(v, features, metrics):
-      logits, tokens = head_fn(v, features, metrics)
-      top, valid = _top_and_valid(logits, tokens, k)
-      return (top, valid, tokens.assign[:keep_assign]) if keep_assign else (top, valid)
+      return row_outputs(*head_fn(v, features, metrics), k, keep_assign)
   row = {"method": method or ("dense" if reduction is None else type(reduction).__name__),
          "tokens": None, "layer_tokens": None, "gflops_per_image": None, "images_per_s": None, "median_ms": None,
          "top1": None, "top5": None, "agreement": None, "num_examples": 0, "predictions": None}
@@ -484,18 +643,15 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
   if data is not None:
     batches = _dataset_batches(data, eval_batch_size) if isinstance(data, offline.ArrayDataset) else data
     tops, labels, outputs = [], [], []
-    if cached:
+    if cached and reduction is None:  # the dense row: the encoder pass's own outputs
+      outputs = [(out, mask, label) for out, (_, _, mask, label) in zip(encoder.dense, encoder.batches)]
+    elif cached:
       for features, metrics, mask, label in (progress(encoder.batches) if progress else encoder.batches):
         outputs.append((head(variables, features, {s: metrics[s] for s in reduction.scores}), mask, label))
     for batch in () if cached else (progress(batches()) if progress else batches()):
       images = jnp.asarray(batch["image"])
       image_shape = images.shape[1:]
-      if time_on_data:  # each call alone, its input already on the device (as time_forward's calls)
-        start = clock()
-        output = jax.block_until_ready(evaluate(variables, jax.block_until_ready(images)))
-        pass_seconds.append((len(images), clock() - start))
-      else:
-        output = evaluate(variables, images)
+      output = _pass_call(evaluate, variables, images, clock if time_on_data else None, pass_seconds)
       outputs.append((output, np.asarray(batch["mask"], bool), np.asarray(batch["label"])))
     if keep_assign:
       row["assign"] = np.concatenate([np.asarray(out[2])[mask[:len(out[2])]] for out, mask, _ in outputs])[:keep_assign]
@@ -520,33 +676,35 @@ def reduction_row(model: Any, variables: Any, reduction: Any, data: offline.Arra
     batch = random_batches((bench_batch_size, *image_shape), dtype, count=1, seed=1)[0]
     valid_counts.append(np.asarray(evaluate(variables, batch)[1]))
 
-  if executable is not None and jax.default_backend() == "cpu":  # its own CPU lowering (+ input scaling and top-5)
-    row["gflops_per_image"] = compiled_flops(executable.lowered) / executable.batch_shape[0] / 1e9
-  else:
-    xla_model = model.clone(attention="xla")
-    row["gflops_per_image"] = cpu_gflops_per_image(
-        lambda v, x: forward_fn(xla_model, reduction, input_fn)(v, x)[0], variables, (1, *image_shape), dtype)
-  row["layer_tokens"] = list(block_counts(model.clone(reduction=None if is_post(reduction) else reduction), variables,
-                                          image_shape))
-  forward = forward_fn(model, reduction, input_fn)
-  row["tokens"] = int(jax.eval_shape(lambda v, x: forward(v, x)[1].size, variables,
-                                     jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)).shape[1])
+  lowered, lowered_batch = (executable.lowered, executable.batch_shape[0]) if executable is not None else (None, 1)
+  if cached and reduction is None and encoder.executable is not None and jax.default_backend() == "cpu":
+    shape = encoder.executable.batch_shape  # the dense row's own executable, lowered (not compiled): its count
+    lowered, lowered_batch = jitted.lower(variables, jax.ShapeDtypeStruct(shape, encoder.executable.dtype)), shape[0]
+  row["gflops_per_image"] = row_gflops(model, variables, reduction, image_shape, dtype, input_fn=input_fn,
+                                       lowered=lowered, batch=lowered_batch)
+  layer_tokens, row["tokens"] = row_tokens(model, variables, reduction, image_shape, input_fn)
+  row["layer_tokens"] = list(layer_tokens)
   if variable_tokens:
     row["tokens"] = float(np.mean(np.concatenate(valid_counts)))
-  if timed and cached:  # the encoder's time (encoder_pass) + the reducer-and-head executable's, on random tokens
+  elif valid_counts and np.any(np.concatenate(valid_counts) != row["tokens"]):
+    raise ValueError(f"reduction_row: {row['method']} states {row['tokens']} tokens after the last block "
+                     f"(token_counts / output_tokens); its forward kept {np.unique(np.concatenate(valid_counts))}")
+  if timed and cached:  # the encoder pass's time (+ the reducer-and-head executable's, on random tokens)
     if encoder.seconds is None or encoder.bench_batch_size != bench_batch_size:
       raise ValueError(f"reduction_row: the encoder pass was timed at batch {encoder.bench_batch_size} "
                        f"({'not timed' if encoder.seconds is None else 'timed'}); this row times batch {bench_batch_size}")
-    features = encoder.batches[0][0]
-    scores = {s: jnp.full((bench_batch_size, features.shape[1]), 1.0 / features.shape[1], jnp.float32)
-              for s in reduction.scores}
-    reducer = time_forward(lambda v, f: head(v, f, scores), variables, (bench_batch_size, *features.shape[1:]), dtype,
-                           warmup=warmup, repeats=repeats, clock=clock)
-    seconds = encoder.seconds + reducer["median_ms"] / 1e3
-    row.update(images_per_s=bench_batch_size / seconds, median_ms=seconds * 1e3, timing="encoder + reducer")
-  elif timed and time_on_data and len(pass_seconds) > 2:
-    size = pass_seconds[0][0]
-    median = statistics.median(t for b, t in pass_seconds[1:] if b == size)
+    seconds = encoder.seconds
+    if reduction is not None:
+      features = encoder.batches[0][0]
+      scores = {s: jnp.full((bench_batch_size, features.shape[1]), 1.0 / features.shape[1], jnp.float32)
+                for s in reduction.scores}
+      reducer = time_forward(lambda v, f: head(v, f, scores), variables, (bench_batch_size, *features.shape[1:]),
+                             dtype, warmup=warmup, repeats=repeats, clock=clock)
+      seconds += reducer["median_ms"] / 1e3
+    row.update(images_per_s=bench_batch_size / seconds, median_ms=seconds * 1e3,
+               timing="encoder" if reduction is None else "encoder + reducer")
+  elif timed and time_on_data and _pass_median(pass_seconds) is not None:
+    size, median = _pass_median(pass_seconds)
     row.update(images_per_s=size / median, median_ms=median * 1e3, timing="data")
   elif timed:  # the accuracy pass's executable, on random batches (the same shapes compile once)
     row.update(time_forward(evaluate, variables, (bench_batch_size, *image_shape), dtype, warmup=warmup,
