@@ -11,28 +11,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from golden.weights import random_state_dict
+from tokax.bench import measure
 from tokax.interop.timm import convert_state_dict, export_state_dict
 from tokax.models import ViT
 
 _TRACES = collections.Counter()
-_LEGACY_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 
 
-@functools.cache
 def fast_compile():
   """compiler_options for jax.jit that compile a full ViT with token reduction 2-3x faster on XLA:CPU.
 
-  XLA:CPU's older elemental emitters instead of its fusion emitters: the same HLO, the same float32
-  operations without fast-math, generated faster (a ViT-S/16 with ToMe: 10 s -> 4 s; with MCTF's
-  merges 19 s -> 6 s; the parity errors against the official goldens keep their size). Not for DToMe's
-  masked forward, which compiles slower this way (test_dtome keeps the default). {} where this XLA lacks
-  the option.
+  XLA:CPU's older elemental emitters instead of its fusion emitters (tokax.bench.measure.legacy_cpu_emitters,
+  which the library's evaluation rows use too): the same HLO, the same float32 operations without fast-math,
+  generated faster (a ViT-S/16 with ToMe: 10 s -> 4 s; with MCTF's merges 19 s -> 6 s; the parity errors
+  against the official goldens keep their size). Not for DToMe's masked forward, which compiles slower this
+  way (test_dtome keeps the default). {} where this XLA lacks the option.
   """
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=_LEGACY_EMITTERS).lower(np.float32(0)).compile()
-  except Exception:  # noqa: BLE001 - an XLA without the option compiles as configured
-    return {}
-  return dict(_LEGACY_EMITTERS)
+  return measure.legacy_cpu_emitters()
 
 
 SMALL = ViT(variant="Ti/16", depth=4, num_classes=10, image_size=64)  # 16 patches + cls: the edge-case tests' model

@@ -68,6 +68,7 @@ import numpy as np
 
 from tokax import reduction as reductions
 from tokax.data import embedded, offline, pipeline, transforms
+from tokax.interop import timm_names
 
 DEFAULT_CROP_PCT = 0.875
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".pth.tar")
@@ -167,7 +168,7 @@ def timm_architecture(name: str, *, image_size: int | None = None, num_classes: 
   except ImportError:
     kwargs, norm = parse_timm_name(name)
     if state_dict is not None:
-      kwargs.update(_shapes_from_state_dict(state_dict, int(kwargs["variant"].split("/")[1]),
+      kwargs.update(timm_names.shapes_from_state_dict(state_dict, int(kwargs["variant"].split("/")[1]),
                                             1 + int(kwargs["distilled"]), image_size, num_classes))
     kwargs.update({k: v for k, v in (("image_size", image_size), ("num_classes", num_classes)) if v is not None})
     return kwargs, norm
@@ -186,7 +187,7 @@ def timm_architecture(name: str, *, image_size: int | None = None, num_classes: 
     default = create()
     patch = int(default.patch_embed.patch_size[0])
     prefix = 0 if getattr(default, "no_embed_class", False) else int(default.num_prefix_tokens)
-    found = _shapes_from_state_dict(state_dict, patch, prefix, image_size, num_classes)
+    found = timm_names.shapes_from_state_dict(state_dict, patch, prefix, image_size, num_classes)
     read = {"img_size": found.get("image_size"), "num_classes": found.get("num_classes")}
     given = {**{k: v for k, v in read.items() if v is not None}, **given}
   model = create(**given)
@@ -194,18 +195,6 @@ def timm_architecture(name: str, *, image_size: int | None = None, num_classes: 
   norm = dict(mean=tuple(cfg.get("mean", transforms.IMAGENET_MEAN)), std=tuple(cfg.get("std", transforms.IMAGENET_STD)),
               crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)))
   return timm_config(model), norm
-
-
-def _shapes_from_state_dict(sd: Mapping[str, Any], patch: int, prefix: int, image_size: int | None,
-                            num_classes: int | None) -> dict[str, int]:
-  """image_size from pos_embed (1, prefix + (S / patch)^2, D) and num_classes from head.weight (K, D)."""
-  out = {}
-  if image_size is None and "pos_embed" in sd:
-    grid = math.isqrt(int(np.shape(sd["pos_embed"])[1]) - prefix)
-    out["image_size"] = grid * patch
-  if num_classes is None:
-    out["num_classes"] = int(np.shape(sd["head.weight"])[0]) if "head.weight" in sd else 0
-  return out
 
 
 def load_timm_weights(path: str, name: str | None, *, image_size: int | None, num_classes: int | None) -> Loaded:

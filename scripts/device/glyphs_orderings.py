@@ -63,7 +63,6 @@ def main() -> None:
   parser.add_argument("--num_classes", default="32")
   parser.add_argument("--num_examples", type=int, default=10_000)
   parser.add_argument("--subsets", type=int, default=3)
-  parser.add_argument("--image_size", type=int, default=224, help="the model's (the labels are read at it)")
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--batch_size", type=int, default=250)
   parser.add_argument("--rows", default="blocks", choices=["blocks", "post"])
@@ -72,7 +71,7 @@ def main() -> None:
   rows_specs, claims_specs = (BLOCK_ROWS, BLOCK_CLAIMS) if args.rows == "blocks" else (POST_ROWS, POST_CLAIMS)
 
   from tokax import evaluate
-  from tokax.data import embedded
+  from tokax.data import glyphs
 
   argv = ["--model", args.model, "--data", "glyphs", "--num_examples", str(args.num_examples), "--batch_size",
           str(args.batch_size), "--dtype", args.dtype, "--timing", "data", "--encoder_cache_gb", "16", "--no_progress",
@@ -82,7 +81,8 @@ def main() -> None:
   for spec in rows_specs:
     argv += ["--reduction", spec]
   result = evaluate.main(argv)
-  labels = embedded.load("glyphs", "test", image_size=args.image_size, num_examples=args.num_examples).labels
+  # the classes of test images 0..N-1 from their draws alone (what tokax.evaluate's "glyphs" data rendered)
+  labels = np.array([glyphs.label_of(glyphs.example_draws(0, "test", i)) for i in range(args.num_examples)])
   correct = {name: np.asarray(p) == labels for name, p in result["predictions"].items()}
   rows = {row["method"]: row for row in result["rows"]}
   lines = [result["caption"], "", f"Paired over the same {len(labels)} test images; SE = sd(difference) / sqrt(n); "

@@ -39,7 +39,7 @@ GAP=(--config "configs/glyphs_vit.py:pool=gap,image_size=112" --config.total_ste
 ORD=(--num_examples 10000)
 if [[ -n "${TOKAX_SMOKE:-}" ]]; then
   S16=(--config "configs/glyphs_vit.py:runlocal"); GAP=(--config "configs/glyphs_vit.py:runlocal,pool=gap")
-  ORD=(--num_examples 64 --image_size 32 --dtype float32 --batch_size 32)
+  ORD=(--num_examples 64 --dtype float32 --batch_size 32)
 fi
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 run s16_train "$TRAIN_END" "$PY" -m tokax.train --workdir "$WORK/s16" "${S16[@]}" &
 if [[ -n "${TOKAX_GAP:-}" ]]; then
@@ -53,9 +53,8 @@ for name in s16 gap; do
 done
 run ord_s16 "$ORD_END" "$PY" scripts/device/glyphs_orderings.py --model "$WORK/s16" "${ORD[@]}" --out "$OUT_DIR/ord_s16"
 if [[ -n "${TOKAX_GAP:-}" ]]; then
-  GAP_SIZE=$("$PY" -c "import json; print(json.load(open('$WORK/gap/config.json'))['model']['image_size'])")
   run ord_gap "$BUDGET" "$PY" scripts/device/glyphs_orderings.py --model "$WORK/gap" "${ORD[@]}" --rows post \
-    --image_size "$GAP_SIZE" --out "$OUT_DIR/ord_gap"
+    --out "$OUT_DIR/ord_gap"
 fi
 cat "$OUT_DIR/times.txt"
 for f in "$OUT_DIR"/ord_*/orderings.md; do echo "== $f"; head -40 "$f"; done

@@ -5,7 +5,6 @@ missing.
 The event files are read back here with the rule TensorBoard's EventAccumulator applies (files in name order; a
 SessionLog START at step s hides what earlier files wrote at s and after), so the test needs only tensorboardX.
 """
-import importlib.util
 import io
 import json
 import pathlib
@@ -20,6 +19,7 @@ import pytest
 from cli_testing import run_train_cli
 from tokax.train import logging as metric_logging
 from tokax.train import run as training
+from tokax.train.config_utils import load_config_file
 
 tensorboardX = pytest.importorskip("tensorboardX")
 from tensorboardX.proto import event_pb2  # noqa: E402
@@ -27,16 +27,9 @@ from tensorboardX.proto import event_pb2  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _config_module(name):
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _digits_config():
   """configs/digits_vit.py:runlocal for 6 steps: log every step, evaluate every 2, checkpoints 2, 4, 6."""
-  config = _config_module("digits_vit").get_config("runlocal")
+  config = load_config_file("tokax:digits_vit.py:runlocal")
   config.total_steps, config.checkpoint_every_steps, config.keep_checkpoints = 6, 2, 3
   config.progress_bar = False
   config.tensorboard = True
@@ -122,7 +115,7 @@ def test_resume_draws_each_step_once(resumed_run):
 
 @pytest.mark.slow
 def test_tokenizer_reconstructions_are_an_image(tmp_path):
-  config = _config_module("digits_tokenizer").get_config("runlocal")
+  config = load_config_file("tokax:digits_tokenizer.py:runlocal")
   config.model.update(filters=8, norm_groups=4, channel_multipliers=(1,))
   config.total_steps, config.eval_every_steps, config.checkpoint_every_steps = 1, 0, 0
   config.progress_bar = False

@@ -437,13 +437,13 @@ def row_gflops(model: Any, variables: Any, reduction: Any, image_shape: Sequence
 
 
 @functools.cache
-def _xla_cpu_takes_legacy_emitters() -> bool:
-  """Whether this XLA knows LEGACY_CPU_EMITTERS (a one-op compile for the default device; once per process)."""
+def legacy_cpu_emitters() -> dict[str, Any]:
+  """LEGACY_CPU_EMITTERS where this XLA knows the option (a one-op compile, once per process), else {}."""
   try:
     jax.jit(lambda x: x + 1, compiler_options=LEGACY_CPU_EMITTERS).lower(np.float32(0)).compile()
   except Exception:  # noqa: BLE001 - an XLA without the option compiles as configured
-    return False
-  return True
+    return {}
+  return dict(LEGACY_CPU_EMITTERS)
 
 
 def row_compiler_options(reduction: Any) -> dict[str, Any]:
@@ -458,7 +458,7 @@ def row_compiler_options(reduction: Any) -> dict[str, Any]:
 
   if jax.default_backend() != "cpu" or not isinstance(reduction, (ToMe, PiToMe, MCTF)):
     return {}
-  return dict(LEGACY_CPU_EMITTERS) if _xla_cpu_takes_legacy_emitters() else {}
+  return legacy_cpu_emitters()
 
 
 def row_outputs(logits: jax.Array, tokens: Any, k: int, keep_assign: int = 0) -> tuple[jax.Array, ...]:
