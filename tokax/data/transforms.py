@@ -10,29 +10,49 @@ for a whole batch (mixup / cutmix of the DeiT recipe, seeded per batch).
   mix = parse_batch("mixup_cutmix(num_classes=1000, label_smoothing=0.1)")
   batch = mix({"image": (B, H, W, 3) float32, "label": (B,) int}, rng)   # label -> (B, K) float32
 
+DeiT's training preprocess (timm's create_transform for DeiT; docs/preprocess.md):
+  decode|inception_crop(224, interpolation="bicubic")|flip_lr
+  |rand_augment("rand-m9-mstd0.5-inc1", interpolation="bicubic")|normalize|random_erasing(0.25)
+with parse_batch("mixup_cutmix(num_classes=1000, label_smoothing=0.1)").
+
 Example ops (images are (H, W, 3) uint8 until value_range / normalize make them float32):
   decode                       encoded bytes (JPEG, PNG, ...) -> uint8 RGB; arrays pass (grey -> RGB);
                                bytes that do not decode raise BadImageError naming example["path"]
   resize(h, w=h)               bilinear with antialiasing (PIL), to exactly h x w
   resize_small(s)              the shorter side to s, aspect kept
   central_crop(h, w=h), random_crop(h, w=h)
-  inception_crop(size, area_min=8, area_max=100)   RandomResizedCrop (scale in %, ratio 3/4..4/3) then resize
+  inception_crop(size, area_min=8, area_max=100, *, scale=None, ratio=(3/4, 4/3), interpolation="bilinear")
+                               timm's RandomResizedCropAndInterpolation: scale (fractions) or area_min/max
+                               (percent) bound the crop's area; interpolation nearest / bilinear / bicubic /
+                               lanczos / box / hamming / random (bilinear or bicubic, drawn)
   flip_lr                      mirror with probability 1/2
+  rand_augment(config="rand-m9-mstd0.5-inc1", interpolation="random", fill=(124, 116, 104), translate_pct=0.45)
+                               timm's RandAugment from its --aa string, on the uint8 image (rand_augment.py)
   value_range(vmin, vmax, in_min=0, in_max=255)     linear map to float32
   normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)   (x / 255 - mean) / std, float32
+  random_erasing(prob=0.25, mode="pixel", min_count=1, max_count=1, min_area=0.02, max_area=1/3,
+                 min_aspect=0.3, max_aspect=None)
+                               timm's RandomErasing (DeiT's reprob/remode/recount defaults) on the float image:
+                               it must come after normalize (or value_range); on a uint8 image it raises
 Batch ops: mixup(alpha, num_classes, label_smoothing=0), cutmix(alpha, num_classes, label_smoothing=0),
   mixup_cutmix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, num_classes=1000, label_smoothing=0.1)
   (timm's Mixup in batch mode: each image mixes with its mirror in the batch, x[::-1]).
+Your own ops: register_op(name, factory) / register_batch_op(name, factory), then use the name in a string.
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
+import difflib
 import io
+import keyword
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from tokax.data.rand_augment import IMAGENET_FILL, apply_layers, draw_layers, parse_config
 
 Example = dict[str, Any]
 ExampleOp = Callable[[Example, np.random.Generator], Example]
@@ -54,16 +74,28 @@ def _size2(h: int, w: int | None) -> tuple[int, int]:
   return h, w
 
 
-def pil_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """(H, W, C) uint8 or float -> (height, width, C), PIL bilinear (antialiased when shrinking)."""
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+def _resample(interpolation: str) -> Any:
+  from PIL import Image  # noqa: PLC0415
+
+  return {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+          "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX,
+          "hamming": Image.Resampling.HAMMING}[interpolation]
+
+
+def pil_resize(image: np.ndarray, height: int, width: int, interpolation: str = "bilinear") -> np.ndarray:
+  """(H, W, C) uint8 or float -> (height, width, C) with PIL's filter (antialiased when shrinking)."""
   from PIL import Image  # noqa: PLC0415
 
   if image.shape[:2] == (height, width):
     return image
+  resample = _resample(interpolation)
   if image.dtype == np.uint8:
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((width, height), resample))
   channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)).resize(
-      (width, height), Image.BILINEAR)) for c in range(image.shape[-1])]
+      (width, height), resample)) for c in range(image.shape[-1])]
   return np.stack(channels, axis=-1).astype(image.dtype)
 
 
@@ -160,29 +192,72 @@ def random_crop(height: int, width: int | None = None) -> ExampleOp:
   return op
 
 
-def inception_crop(size: int, area_min: float = 8, area_max: float = 100) -> ExampleOp:
-  """timm's RandomResizedCrop(size, scale=(area_min, area_max) / 100, ratio=(3/4, 4/3)): 10 tries, then center."""
-  size, _ = _size2(size, None)
-  if not 0 < area_min <= area_max <= 100:
-    raise ValueError(f"inception_crop: need 0 < area_min <= area_max <= 100 (percent); got {area_min}, {area_max}")
-  log_ratio = (math.log(3 / 4), math.log(4 / 3))
+def inception_box(height: int, width: int, rng: np.random.Generator, scale: tuple[float, float] = (0.08, 1.0),
+                  ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """RandomResizedCrop.get_params: (top, left, crop_height, crop_width) of an (height, width) image.
+
+  Up to 10 tries of an area fraction uniform in `scale` and an aspect (w / h) log-uniform in `ratio`, the
+  first that fits placed uniformly; else the central crop with the aspect clamped into `ratio`.
+  """
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = float(rng.uniform(scale[0], scale[1])) * area
+    aspect = math.exp(float(rng.uniform(*log_ratio)))
+    cw, ch = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+    if 0 < cw <= width and 0 < ch <= height:
+      return int(rng.integers(height - ch + 1)), int(rng.integers(width - cw + 1)), ch, cw
+  if width / height < min(ratio):
+    cw, ch = width, round(width / min(ratio))
+  elif width / height > max(ratio):
+    cw, ch = round(height * max(ratio)), height
+  else:
+    cw, ch = width, height
+  return (height - ch) // 2, (width - cw) // 2, ch, cw
+
+
+def _pair(name: str, value: Any, op: str) -> tuple[float, float]:
+  if (not isinstance(value, (tuple, list)) or len(value) != 2
+      or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+      or not 0 < value[0] <= value[1]):
+    raise ValueError(f"{op}: {name} must be (low, high) with 0 < low <= high; got {value!r}")
+  return float(value[0]), float(value[1])
+
+
+def inception_crop(size: int | Sequence[int], area_min: float = 8, area_max: float = 100, *,
+                   scale: Sequence[float] | None = None, ratio: Sequence[float] = (3 / 4, 4 / 3),
+                   interpolation: str = "bilinear") -> ExampleOp:
+  """timm's RandomResizedCropAndInterpolation(size, scale, ratio, interpolation): inception_box, then resize.
+
+  size: an int (square) or (height, width). The crop's area range is `scale` (fractions, timm's and
+  torchvision's argument) or area_min / area_max (percent, big_vision's), not both. interpolation:
+  one of INTERPOLATIONS (PIL's filters, as timm's PIL path), or "random": bilinear or bicubic,
+  drawn after the box as timm does. DeiT trains with interpolation="bicubic".
+  """
+  if isinstance(size, (tuple, list)) and len(size) == 2:
+    height, width = _size2(size[0], size[1])
+  else:
+    height, width = _size2(size, None)
+  if scale is None:
+    if not 0 < area_min <= area_max <= 100:
+      raise ValueError(f"inception_crop: need 0 < area_min <= area_max <= 100 (percent); got {area_min}, {area_max}")
+    scale = (area_min / 100, area_max / 100)
+  elif (area_min, area_max) != (8, 100):
+    raise ValueError("inception_crop: give the area range once: scale=(0.08, 1.0) (fractions) or "
+                     f"area_min/area_max (percent); got scale={scale!r} and area_min={area_min}, area_max={area_max}")
+  scale = _pair("scale", scale, "inception_crop")
+  ratio = _pair("ratio", ratio, "inception_crop")
+  if interpolation not in (*INTERPOLATIONS, "random"):
+    raise ValueError(f"inception_crop: interpolation must be one of {(*INTERPOLATIONS, 'random')}; "
+                     f"got {interpolation!r} (DeiT uses 'bicubic')")
 
   def op(example, rng):
     image = example["image"]
-    h, w = image.shape[:2]
-    for _ in range(10):
-      area = h * w * rng.uniform(area_min / 100, area_max / 100)
-      ratio = math.exp(rng.uniform(*log_ratio))
-      cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-      if 0 < cw <= w and 0 < ch <= h:
-        top, left = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-        break
-    else:  # the fallback center crop, with the ratio clamped to the allowed range
-      ch, cw = min(h, round(w / (3 / 4))), w
-      if w / h > 4 / 3:
-        ch, cw = h, round(h * 4 / 3)
-      top, left = (h - ch) // 2, (w - cw) // 2
-    return _with_image(example, pil_resize(image[top:top + ch, left:left + cw], size, size))
+    top, left, ch, cw = inception_box(image.shape[0], image.shape[1], rng, scale, ratio)
+    mode = interpolation
+    if mode == "random":
+      mode = ("bilinear", "bicubic")[int(rng.integers(2))]
+    return _with_image(example, pil_resize(image[top:top + ch, left:left + cw], height, width, mode))
   return op
 
 
@@ -200,6 +275,119 @@ def normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAG
   mean255 = np.asarray(mean, np.float32) * 255.0
   inv_std255 = 1.0 / (np.asarray(std, np.float32) * 255.0)
   return lambda example, rng: _with_image(example, (np.asarray(example["image"], np.float32) - mean255) * inv_std255)
+
+
+def rand_augment(config: str = "rand-m9-mstd0.5-inc1", interpolation: str = "random",
+                 fill: int | Sequence[int] = IMAGENET_FILL, translate_pct: float = 0.45) -> ExampleOp:
+  """timm's RandAugment from its --aa config string: (H, W, 3) uint8 -> (H, W, 3) uint8 (tokax.data.rand_augment).
+
+  fill / interpolation / translate_pct are timm's hparams img_mean / interpolation / translate_pct; timm's
+  create_transform sets interpolation to the training interpolation unless that is "random" (DeiT: "bicubic").
+  """
+  cfg = parse_config(config, fill=fill, interpolation=interpolation, translate_pct=translate_pct)
+
+  def op(example, rng):
+    image = np.asarray(example["image"])
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f"rand_augment: needs the (H, W, 3) uint8 image (timm augments the PIL image); got "
+                       f"{image.dtype} {image.shape}: put it after decode / the crop and before normalize / "
+                       "value_range, e.g. 'decode|inception_crop(224)|flip_lr|rand_augment(...)|normalize'")
+    return _with_image(example, apply_layers(image, draw_layers(cfg, rng), cfg))
+  return op
+
+
+ERASING_MODES = ("const", "rand", "pixel")
+
+
+@dataclasses.dataclass(frozen=True)
+class ErasingBox:
+  """A box random_erasing fills: rows top:top + height, columns left:left + width, with `fill` (broadcast)."""
+  top: int
+  left: int
+  height: int
+  width: int
+  fill: np.ndarray  # (height, width, C) "pixel", (1, 1, C) "rand", (1, 1, 1) zeros "const"
+
+
+def erasing_boxes(shape: tuple[int, int, int], rng: np.random.Generator, *, prob: float = 0.25,
+                  mode: str = "pixel", min_count: int = 1, max_count: int = 1, min_area: float = 0.02,
+                  max_area: float = 1 / 3, log_aspect: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
+                  dtype: Any = np.float32) -> list[ErasingBox]:
+  """timm RandomErasing's draws for one (H, W, C) image, in its order.
+
+  Erase with probability prob; then count boxes (uniform in [min_count, max_count]), each of up to 10
+  tries: area = uniform(min_area, max_area) * H * W / count, aspect (h / w) log-uniform in log_aspect,
+  h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)); the first with h < H and w < W is
+  placed uniformly and filled with N(0, 1) noise per pixel ("pixel"), per channel ("rand") or zeros.
+  """
+  height, width, channels = shape
+  if float(rng.random()) > prob:
+    return []
+  count = min_count if min_count == max_count else int(rng.integers(min_count, max_count + 1))
+  boxes = []
+  for _ in range(count):
+    for _ in range(10):
+      target_area = float(rng.uniform(min_area, max_area)) * (height * width) / count
+      aspect = math.exp(float(rng.uniform(*log_aspect)))
+      h, w = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+      if w < width and h < height:
+        top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
+        noise_dtype = dtype if dtype in (np.float32, np.float64) else np.float32
+        if mode == "pixel":
+          fill = rng.standard_normal((h, w, channels), dtype=noise_dtype)
+        elif mode == "rand":
+          fill = rng.standard_normal((1, 1, channels), dtype=noise_dtype)
+        else:
+          fill = np.zeros((1, 1, 1), noise_dtype)
+        boxes.append(ErasingBox(top, left, h, w, fill.astype(dtype, copy=False)))
+        break
+  return boxes
+
+
+def random_erasing(prob: float = 0.25, mode: str = "pixel", min_count: int = 1, max_count: int = 1,
+                   min_area: float = 0.02, max_area: float = 1 / 3, min_aspect: float = 0.3,
+                   max_aspect: float | None = None) -> ExampleOp:
+  """timm's RandomErasing on the normalized (H, W, C) float image; DeiT's --reprob 0.25 --remode pixel --recount 1.
+
+  Comes after normalize (or value_range), as timm erases the tensor after ToTensor + Normalize: noise
+  is N(0, 1) in normalized units and "const" erases to 0, the mean. A uint8 image is an error.
+  Deliberate differences from timm: the defaults are DeiT's (timm's class defaults are probability 0.5,
+  mode "const"); boxes are drawn by erasing_boxes from the example's Generator.
+  """
+  if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
+    raise ValueError(f"random_erasing: prob must be in [0, 1]; got {prob!r} (DeiT: random_erasing(0.25))")
+  if mode not in ERASING_MODES:
+    raise ValueError(f"random_erasing: mode must be one of {ERASING_MODES}; got {mode!r} (DeiT: mode='pixel')")
+  for name, v in (("min_count", min_count), ("max_count", max_count)):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ValueError(f"random_erasing: {name} must be a positive int; got {v!r}")
+  if min_count > max_count:
+    raise ValueError(f"random_erasing: min_count {min_count} > max_count {max_count}; the count is uniform in "
+                     "[min_count, max_count]")
+  if not 0.0 < min_area <= max_area <= 1.0:
+    raise ValueError(f"random_erasing: need 0 < min_area <= max_area <= 1 (fractions of the image); "
+                     f"got {min_area}, {max_area}")
+  if not min_aspect > 0.0 or not (max_aspect is None or max_aspect >= min_aspect):
+    raise ValueError(f"random_erasing: need 0 < min_aspect <= max_aspect (h / w; max_aspect=None is 1 / min_aspect); "
+                     f"got {min_aspect}, {max_aspect}")
+  max_aspect = max_aspect or 1 / min_aspect
+  log_aspect = (math.log(min_aspect), math.log(max_aspect))
+
+  def op(example, rng):
+    image = np.asarray(example["image"])
+    if not np.issubdtype(image.dtype, np.floating) or image.ndim != 3:
+      raise ValueError(f"random_erasing: got a {image.dtype} {image.shape} image; it erases the normalized "
+                       "(H, W, C) float image (timm: after ToTensor + Normalize), so put it after normalize: "
+                       "'...|normalize|random_erasing(0.25)'")
+    boxes = erasing_boxes(image.shape, rng, prob=prob, mode=mode, min_count=min_count, max_count=max_count,
+                          min_area=min_area, max_area=max_area, log_aspect=log_aspect, dtype=image.dtype)
+    if not boxes:
+      return example
+    image = image.copy()
+    for b in boxes:
+      image[b.top:b.top + b.height, b.left:b.left + b.width] = b.fill
+    return _with_image(example, image)
+  return op
 
 
 # --- batch ops -----------------------------------------------------------------------------------
@@ -274,9 +462,51 @@ def mixup_cutmix(mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, switch_pro
 EXAMPLE_OPS: dict[str, Callable[..., ExampleOp]] = {
     "decode": decode, "resize": resize, "resize_small": resize_small, "central_crop": central_crop,
     "random_crop": random_crop, "inception_crop": inception_crop, "flip_lr": flip_lr,
-    "value_range": value_range, "normalize": normalize,
+    "rand_augment": rand_augment, "value_range": value_range, "normalize": normalize,
+    "random_erasing": random_erasing,
 }
 BATCH_OPS: dict[str, Callable[..., BatchOp]] = {"mixup": mixup, "cutmix": cutmix, "mixup_cutmix": mixup_cutmix}
+BUILTIN_OPS = frozenset(EXAMPLE_OPS) | frozenset(BATCH_OPS)  # register_op never replaces these
+
+
+def _register(registry: dict[str, Callable[..., Any]], kind: str, name: str, factory: Any, replace: bool) -> None:
+  what = "register_op" if kind == "example" else "register_batch_op"
+  if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+    raise ValueError(f"{what}: the name must be a Python identifier (it is written name(args) in a preprocess "
+                     f"string); got {name!r}")
+  if not callable(factory):
+    raise TypeError(f"{what}({name!r}, ...): expected a callable factory (args from the string) -> "
+                    f"op({kind}, rng); got {type(factory).__name__} {factory!r}")
+  other, other_kind = (BATCH_OPS, "a batch") if kind == "example" else (EXAMPLE_OPS, "an example")
+  if name in BUILTIN_OPS and registry.get(name) is not factory:
+    raise ValueError(f"{what}: {name!r} is a built-in op of tokax.data.transforms; pick another name")
+  if name in other:
+    raise ValueError(f"{what}: {name!r} is already {other_kind} op; pick another name")
+  if name in registry and registry[name] is not factory and not replace:
+    raise ValueError(f"{what}: {kind} op {name!r} is already registered ({registry[name]!r}); pick another name, "
+                     "or pass replace=True to swap it")
+  registry[name] = factory
+
+
+def register_op(name: str, factory: Callable[..., ExampleOp] | None = None, *, replace: bool = False) -> Any:
+  """Adds an example op named `name`; `factory(*args, **kwargs)` gets the string's arguments, returns op(example, rng).
+
+  Returns the factory, so it works as a decorator too: @register_op("my_op"). The op must draw its
+  randomness only from `rng`. Register at import time (module top level): data workers
+  (num_workers > 0) are spawned processes that re-import modules and rebuild ops from the string.
+  """
+  if factory is None:
+    return lambda f: register_op(name, f, replace=replace)
+  _register(EXAMPLE_OPS, "example", name, factory, replace)
+  return factory
+
+
+def register_batch_op(name: str, factory: Callable[..., BatchOp] | None = None, *, replace: bool = False) -> Any:
+  """register_op for batch ops: `factory(*args, **kwargs)` returns op(batch, rng) -> batch."""
+  if factory is None:
+    return lambda f: register_batch_op(name, f, replace=replace)
+  _register(BATCH_OPS, "batch", name, factory, replace)
+  return factory
 
 
 def _split(spec: str | Sequence[str]) -> list[str]:
@@ -302,11 +532,18 @@ def _build(op: str, registry: dict[str, Callable[..., Any]], kind: str) -> Any:
   except (SyntaxError, ValueError) as e:
     raise ValueError(f"preprocess: cannot parse {kind} op {op!r}; expected name or name(literal args)") from e
   if name not in registry:
-    raise ValueError(f"preprocess: unknown {kind} op {name!r}; known: {sorted(registry)}")
+    close = difflib.get_close_matches(name, registry, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"preprocess: unknown {kind} op {name!r}; {hint}known: {sorted(registry)} (add one with "
+                     f"tokax.data.transforms.register_{'op' if kind == 'example' else 'batch_op'})")
   try:
-    return registry[name](*args, **kwargs)
+    built = registry[name](*args, **kwargs)
   except TypeError as e:
     raise ValueError(f"preprocess: bad arguments for {op!r}: {e}") from e
+  if not callable(built):
+    raise ValueError(f"preprocess: {kind} op {name!r} built {type(built).__name__}, not a callable "
+                     f"op({kind}, rng); its factory must return the op")
+  return built
 
 
 def parse(spec: str | Sequence[str]) -> ExampleOp:
