@@ -172,3 +172,91 @@ def test_worker_processes_give_the_same_batches_and_restore():
   np.testing.assert_allclose(normalize_images(jnp.asarray(got["image"])), got["image"] / 127.5 - 1.0, atol=1e-6)
   with pytest.raises(ValueError, match="num_workers"):
     pipeline.DataIterator(source, num_workers=-1, **kwargs)
+
+
+class _TorchOrderSource(list):
+  """A list Source whose shuffled epochs use torch.randperm(N, generator=manual_seed(epoch)): the permutation
+  timm's RepeatAugSampler draws for set_epoch(epoch)."""
+
+  def epoch_order(self, seed, epoch):
+    import torch
+
+    del seed
+    return torch.randperm(len(self), generator=torch.Generator().manual_seed(epoch)).numpy()
+
+
+def _timm_repeat_aug_sampler():
+  """timm.data.distributed_sampler.RepeatAugSampler, loaded from timm's file alone (it needs only torch): importing
+  the timm package imports torchvision, ~10 s here."""
+  import importlib.util
+  import os
+
+  timm_dir = importlib.util.find_spec("timm").submodule_search_locations[0]
+  spec = importlib.util.spec_from_file_location("timm_distributed_sampler",
+                                                os.path.join(timm_dir, "data", "distributed_sampler.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.RepeatAugSampler
+
+
+def test_repeated_augmentation_order_is_timms_repeat_aug_sampler():
+  RepeatAugSampler = _timm_repeat_aug_sampler()  # noqa: N806
+
+  for n, processes, batch_size in ((23, 1, 6), (23, 2, 4), (300, 2, 16), (300, 3, 12), (517, 4, 8)):
+    source = _TorchOrderSource({"label": i} for i in range(n))
+    for epoch in (0, 1):
+      sampler = [RepeatAugSampler(source, num_replicas=processes, rank=p, num_repeats=3) for p in range(processes)]
+      for p, s in enumerate(sampler):
+        s.set_epoch(epoch)
+        timm_order = list(s)
+        permutation = source.epoch_order(0, epoch)
+        indices, copies = pipeline.repeated_augmentation_order(permutation, 3, processes, p)
+        assert indices.tolist() == timm_order
+        assert len(timm_order) == pipeline.repeated_augmentation_selected(n, 3, processes)
+        np.testing.assert_array_equal(permutation[copies // 3], indices)  # copy j: entry j of the repeated list
+
+        it = pipeline.DataIterator(source, batch_size=batch_size, seed=0, process_index=p, process_count=processes,
+                                   repeated_augmentation=3, keys=("label",), num_threads=1)
+        assert it.steps_per_epoch == len(timm_order) // (batch_size // processes)
+        labels = [it.load_batch(epoch * it.steps_per_epoch + k)["label"] for k in range(it.steps_per_epoch)]
+        used = it.steps_per_epoch * (batch_size // processes)
+        assert np.concatenate(labels).tolist() == timm_order[:used]  # process p's stream, whole local batches
+    # per process: ceil(N / P) for N < 256, else N rounded down to 256, over P (an epoch of about N examples)
+    assert len(timm_order) == {23: -(-23 // processes), 300: 256 // processes, 517: 512 // processes}[n]
+  counts = np.bincount(pipeline.repeated_augmentation_order(np.arange(300), 3, 1, 0)[0])  # 3 copies in a row
+  assert (counts[:85] == 3).all() and counts[85] == 1 and counts.sum() == 256
+  with pytest.raises(ValueError, match="repeated_augmentation: a training order"):
+    pipeline.DataIterator(_source(), batch_size=4, repeated_augmentation=3, drop_remainder=False)
+
+
+def test_repeated_augmentation_draws_differ_and_resume_is_exact():
+  source = _source(n=23, size=16)
+  spec = "random_crop(9)|flip_lr|value_range(0, 1)"
+  kwargs = dict(batch_size=6, seed=4, preprocess=spec, num_threads=2, repeated_augmentation=3)
+  straight = pipeline.DataIterator(source, **kwargs)
+  assert straight.steps_per_epoch == 3  # 23 selected (ceil(23 / 1), N < 256): 3 whole batches of 6
+  batches = [next(straight) for _ in range(7)]  # into epoch 2
+  ops = transforms.parse(spec)
+  permutation = np.random.default_rng((pipeline._ORDER_SALT, 4, 0)).permutation(23)
+  indices, copies = pipeline.repeated_augmentation_order(permutation, 3, 1, 0)
+  epoch0 = np.concatenate([b["image"] for b in batches[:3]])
+  for slot in range(18):  # each image: the example's crop drawn with the key (seed, epoch, index, copy)
+    index, copy = int(indices[slot]), int(copies[slot])
+    want = ops(dict(source[index]), np.random.default_rng((pipeline._EXAMPLE_SALT, 4, 0, index, copy)))["image"]
+    np.testing.assert_array_equal(epoch0[slot], want)
+  labels = np.concatenate([b["label"] for b in batches[:3]])
+  np.testing.assert_array_equal(labels, indices[:18])
+  assert (labels[0::3] == labels[1::3]).all() and (labels[0::3] == labels[2::3]).all()  # 3 copies in a row
+  groups = epoch0.reshape(6, 3, -1)
+  differ = [not np.array_equal(g[a], g[b]) for g in groups for a, b in ((0, 1), (0, 2), (1, 2))]
+  assert sum(differ) >= 16  # the repeats are different augmentations (18 pairs; a crop collision is rare)
+
+  fresh = pipeline.DataIterator(source, **kwargs)
+  fresh.set_state({"epoch": 0, "position": 2})
+  for expected in batches[2:7]:
+    got = next(fresh)
+    np.testing.assert_array_equal(got["label"], expected["label"])
+    np.testing.assert_array_equal(got["image"], expected["image"])
+  assert fresh.get_state() == {"epoch": 2, "position": 1}
+  plain = next(pipeline.DataIterator(source, **{**kwargs, "repeated_augmentation": 0}))
+  assert len(set(plain["label"].tolist())) == 6  # off: each example once per epoch, as before

@@ -13,6 +13,15 @@ of epoch e is preprocessed with np.random.default_rng((seed, e, i)) and batch
 k's batch ops with default_rng((seed, k, process_index)). So batch k is a pure function of
 (seed, k) and restoring needs only (epoch, position): no worker state, no buffers.
 
+Repeated augmentation (repeated_augmentation=r >= 2; DeiT's RASampler, timm's RepeatAugSampler):
+each example of the epoch's permutation is repeated r times in a row ([p0, p0, p0, p1, ...]), process
+p of P takes every P-th of these from p (so the copies of one example spread over the processes),
+and each process keeps its first floor(N // 256 * 256 / P) (ceil(N / P) when N < 256): an epoch
+stays about N examples long, 1/r of the dataset seen r times. This is timm's index arithmetic
+exactly (repeated_augmentation_order); copy j of the repeated list is preprocessed with
+default_rng((seed, e, i, j)), so the repeats get different random draws and batch k stays a pure
+function of (seed, k).
+
 Multi-host: with process_count P, batch_size is the global batch; process p gets the p-th
 contiguous slice of each global batch (B / P examples), ready for
 jax.make_array_from_process_local_data.
@@ -133,6 +142,9 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     skip_bad_images: replace (or, padded, mask out) examples whose image does not decode; None in the
       constructor: the source's own skip_bad_images (a folder's data.skip_bad_images), else False.
     bad_examples: how many examples of the batches returned so far were replaced or masked out.
+    repeated_augmentation: copies of each example per epoch (timm's RepeatAugSampler, see the module
+      docstring; 0 or 1: off); a training option (needs drop_remainder), it shortens steps_per_epoch to
+      the selected examples.
   """
 
   def __init__(self, source: Source, *, batch_size: int, preprocess: str | Sequence[str] = "",
@@ -140,9 +152,9 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
                drop_remainder: bool = True, num_epochs: int | None = None, process_index: int = 0,
                process_count: int = 1, num_threads: int = 8, prefetch: int | None = None,
                keys: tuple[str, ...] = ("image", "label"), num_workers: int = 0,
-               skip_bad_images: bool | None = None):
+               skip_bad_images: bool | None = None, repeated_augmentation: int = 0):
     for field, value, minimum in (("batch_size", batch_size, 1), ("seed", seed, 0), ("num_threads", num_threads, 1),
-                                  ("num_workers", num_workers, 0),
+                                  ("num_workers", num_workers, 0), ("repeated_augmentation", repeated_augmentation, 0),
                                   ("process_count", process_count, 1), ("process_index", process_index, 0)):
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"DataIterator.{field}: expected an int >= {minimum}; got {value!r}")
@@ -154,9 +166,16 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     if num_epochs is not None and (isinstance(num_epochs, bool) or num_epochs < 1):
       raise ValueError(f"DataIterator.num_epochs: expected a positive int or None (forever); got {num_epochs!r}")
     n = len(source)
-    if drop_remainder and batch_size > n:
-      raise ValueError(f"DataIterator.batch_size: {batch_size} > dataset size {n} with drop_remainder=True yields "
-                       "nothing; lower batch_size or set drop_remainder=False")
+    self.repeated_augmentation = int(repeated_augmentation) if repeated_augmentation > 1 else 0
+    if self.repeated_augmentation and not drop_remainder:
+      raise ValueError("DataIterator.repeated_augmentation: a training order (it repeats examples); use it with "
+                       "drop_remainder=True, never for an evaluation pass")
+    epoch_size = n
+    if self.repeated_augmentation:
+      epoch_size = process_count * repeated_augmentation_selected(n, self.repeated_augmentation, process_count)
+    if drop_remainder and batch_size > epoch_size:
+      raise ValueError(f"DataIterator.batch_size: {batch_size} > epoch size {epoch_size} (dataset size {n}) with "
+                       "drop_remainder=True yields nothing; lower batch_size or set drop_remainder=False")
     self.source, self.keys = source, tuple(keys)
     self.batch_size, self.local_batch_size = batch_size, batch_size // process_count
     self.seed, self.shuffle, self.drop_remainder, self.num_epochs = seed, shuffle, drop_remainder, num_epochs
@@ -169,8 +188,8 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
     self._specs = (preprocess, batch_preprocess)  # worker processes rebuild the ops from these
     self.preprocess = transforms.parse(preprocess)
     self.batch_preprocess = transforms.parse_batch(batch_preprocess)
-    self.steps_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
-    self._orders: dict[int, np.ndarray] = {}
+    self.steps_per_epoch = epoch_size // batch_size if drop_remainder else -(-n // batch_size)
+    self._orders: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     self._lock = threading.Lock()
     self._next_step = 0
     self._stream = None
@@ -215,6 +234,11 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
   # --- batches --------------------------------------------------------------------------------
 
   def _order(self, epoch: int) -> np.ndarray:
+    """(L,) the dataset indices of epoch `epoch`, in the order its global batches take them."""
+    return self._epoch(epoch)[0]
+
+  def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the epoch's order, (L,) the copy number of each entry under repeated augmentation, else None)."""
     with self._lock:
       if epoch not in self._orders:
         n = len(self.source)
@@ -224,20 +248,36 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
           order = np.asarray(self.source.epoch_order(self.seed, epoch))
         else:
           order = np.random.default_rng((_ORDER_SALT, self.seed, epoch)).permutation(n)
+        copies = None
+        if self.repeated_augmentation:
+          order, copies = self._repeated_order(order)
         self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
-        self._orders[epoch] = order
+        self._orders[epoch] = (order, copies)
       return self._orders[epoch]
+
+  def _repeated_order(self, permutation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The global order whose batch k holds, as process p's slice, entries [k b, (k + 1) b) of process p's
+    repeated_augmentation_order (b: the local batch), and the copy number of each entry."""
+    per_process = [repeated_augmentation_order(permutation, self.repeated_augmentation, self.process_count, p)
+                   for p in range(self.process_count)]
+    used = self.steps_per_epoch * self.local_batch_size
+
+    def interleave(column: int) -> np.ndarray:
+      lists = np.stack([entry[column][:used] for entry in per_process])  # (P, steps * b)
+      return lists.reshape(self.process_count, self.steps_per_epoch, self.local_batch_size).transpose(1, 0, 2).ravel()
+
+    return interleave(0), interleave(1)
 
   def load_batch(self, step: int) -> dict[str, np.ndarray]:
     """Global batch `step` (counting over epochs), this process's slice, preprocessed."""
     epoch, position = divmod(step, self.steps_per_epoch)
-    order = self._order(epoch)
+    order, copies = self._epoch(epoch)
     start = position * self.batch_size + self.process_index * self.local_batch_size
     positions = np.arange(start, start + self.local_batch_size)
     valid = positions < len(order)
     examples, bad = [], 0
     for slot, pos in enumerate(np.where(valid, positions, 0)):
-      example, replaced = self._load_example(order, int(pos), epoch)
+      example, replaced = self._load_example(order, int(pos), epoch, copies)
       if replaced and valid[slot]:
         bad += 1
         if not self.drop_remainder:
@@ -257,12 +297,16 @@ class DataIterator(Iterator[dict[str, np.ndarray]]):
       batch[_BAD_KEY] = np.asarray(bad, np.int64)
     return batch
 
-  def _load_example(self, order: np.ndarray, pos: int, epoch: int) -> tuple[dict[str, Any], bool]:
+  def _load_example(self, order: np.ndarray, pos: int, epoch: int,
+                    copies: np.ndarray | None = None) -> tuple[dict[str, Any], bool]:
     """(example at `pos` of the epoch's order preprocessed, whether it was replaced): with skip_bad_images, an
-    example whose image does not decode is replaced by the next one in the order that does."""
+    example whose image does not decode is replaced by the next one in the order that does. copies: the copy
+    number of each entry (repeated augmentation), a part of its random draws' key."""
     for attempt in range(len(order)):
-      index = int(order[(pos + attempt) % len(order)])
-      rng = np.random.default_rng((_EXAMPLE_SALT, self.seed, epoch, index))
+      at = (pos + attempt) % len(order)
+      index = int(order[at])
+      key = (_EXAMPLE_SALT, self.seed, epoch, index) + (() if copies is None else (int(copies[at]),))
+      rng = np.random.default_rng(key)
       try:
         return self.preprocess(dict(self.source[index]), rng), attempt > 0
       except transforms.BadImageError as e:
@@ -442,6 +486,37 @@ def _process_pool_stream(iterator: DataIterator, start: int, stop: int, num_work
   pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(payload, os.getpid(), main_thread))
   return _pool_stream(pool, _worker_load_batch, start, stop, prefetch, _receive_batch, _discard_batch)
+
+
+RA_SELECTED_ROUND = 256  # DeiT's RASampler / timm's RepeatAugSampler(selected_round=256)
+
+
+def repeated_augmentation_selected(num_examples: int, num_repeats: int, process_count: int) -> int:
+  """How many entries of its repeated list each process keeps per epoch: timm RepeatAugSampler's
+  num_selected_samples (selected_round=256, selected_ratio=process_count)."""
+  num_samples = -(-num_examples * num_repeats // process_count)
+  if num_examples >= RA_SELECTED_ROUND:
+    selected = num_examples // RA_SELECTED_ROUND * RA_SELECTED_ROUND // process_count
+  else:
+    selected = -(-num_examples // process_count)
+  return min(selected, num_samples)
+
+
+def repeated_augmentation_order(permutation: np.ndarray, num_repeats: int, process_count: int,
+                                process_index: int) -> tuple[np.ndarray, np.ndarray]:
+  """Process `process_index`'s epoch under repeated augmentation: ((S,) dataset indices, (S,) copy numbers).
+
+  timm's RepeatAugSampler.__iter__ given `permutation` (N,): each entry repeated num_repeats times in a row,
+  entries process_index, process_index + P, ... of that list (wrapping around to pad), the first
+  S = repeated_augmentation_selected(N, num_repeats, P) kept. A copy number is the entry's position in the
+  repeated list, so every copy of an example in an epoch has its own.
+  """
+  permutation = np.asarray(permutation)
+  repeated_size = len(permutation) * num_repeats
+  total = -(-repeated_size // process_count) * process_count
+  selected = repeated_augmentation_selected(len(permutation), num_repeats, process_count)
+  positions = np.arange(process_index, total, process_count)[:selected] % repeated_size
+  return permutation[positions // num_repeats], positions
 
 
 def make_iterator(name: str | Source, *, batch_size: int, split: str = "train", data_dir: str | None = None,

@@ -256,7 +256,7 @@ def train_stream(config: ml_collections.ConfigDict, data: TrainData, rows: slice
   iterator = pipeline.make_iterator(
       data.source, batch_size=batch_size, seed=d.seed, preprocess=data.preprocess, batch_preprocess=data.batch_ops,
       process_index=index, process_count=count, num_threads=d.get("num_threads") or 8,
-      num_workers=d.get("num_workers") or 0)
+      num_workers=d.get("num_workers") or 0, repeated_augmentation=data.repeated_augmentation)
   return DataStream(iterator, str(d.name))
 
 

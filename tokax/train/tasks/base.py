@@ -62,10 +62,12 @@ class TrainData:
     source: a tokax.data.pipeline Source ([i] -> {"image", "label"}).
     preprocess: per-example ops (tokax.data.transforms), "" for none.
     batch_ops: per-batch ops ("mixup_cutmix(...)"), "" for none.
+    repeated_augmentation: copies of each example per epoch (DataIterator's; 0: off).
   """
   source: pipeline.Source
   preprocess: str = ""
   batch_ops: str = ""
+  repeated_augmentation: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
