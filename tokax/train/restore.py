@@ -20,8 +20,8 @@ def load_run(workdir: str, *, ema: bool = True) -> Run:
 
   Args:
     workdir: a --workdir of `python -m tokax.train` (config.json and checkpoints/).
-    ema: for tasks that keep an EMA of the weights (tokenizer, xAR), Run.variables holds the EMA
-      weights; False gives the raw ones.
+    ema: for runs that keep an EMA of the weights (tokenizer, xAR, a classifier with config.ema_decay > 0),
+      Run.variables holds the EMA weights; False gives the raw ones.
 
   Raises:
     RunError (a ValueError) naming the workdir and what is missing: no directory or config.json,

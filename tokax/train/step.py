@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tokax.train import augment, losses
+from tokax.train import augment, losses, optim
 from tokax.train.model import normalize_images
 
 Batch = dict[str, jax.Array]
@@ -41,22 +41,41 @@ class TrainState:
   rng: jax.Array
 
 
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+  """A TrainState that also keeps an exponential moving average of the params (the classifier's config.ema_decay).
+
+  A class of its own, so that runs without an EMA keep TrainState's leaves and their checkpoints (those written
+  before the EMA existed too) restore as they are.
+
+  Attributes:
+    ema_params: the EMA of params (optim.ema_update after every step), starting at the initial params.
+  """
+  ema_params: Any
+
+
+def ema_params_of(state: TrainState) -> Any | None:
+  """The state's EMA of the params, or None for a state that keeps none."""
+  return state.ema_params if isinstance(state, EmaTrainState) else None
+
+
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...],
                step_rng: jax.Array | None = None,
-               init_variables: Callable[[jax.Array], Any] | None = None) -> TrainState:
+               init_variables: Callable[[jax.Array], Any] | None = None, ema: bool = False) -> TrainState:
   """Initial state for images of shape (H, W, 3); jit it with out_shardings to create it in place.
 
   `rng` initialises the parameters; `step_rng` (default: fold_in(rng, 1)) is the base key of the steps.
   `init_variables(rng)` replaces model.init when the state holds more than the model's variables
-  (SiT's train-only reverse modules).
+  (SiT's train-only reverse modules). `ema`: an EmaTrainState, its EMA starting at the params.
   """
   if init_variables is None:
     params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
   else:
     params = init_variables(rng)
   step_rng = jax.random.fold_in(rng, 1) if step_rng is None else step_rng
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=jax.random.key_data(step_rng))
+  fields = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                rng=jax.random.key_data(step_rng))
+  return EmaTrainState(**fields, ema_params=params) if ema else TrainState(**fields)
 
 
 def classification_loss(label_smoothing: float = 0.0) -> LossFn:
@@ -78,7 +97,8 @@ def classification_loss(label_smoothing: float = 0.0) -> LossFn:
 def train_step(state: TrainState, batch: Batch, frozen: Any = None, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule, loss_fn: LossFn | None = None,
                label_smoothing: float = 0.0, max_shift: int = 0, apply_kwargs: dict[str, Any] | None = None,
-               forward: ForwardFn | None = None, teacher: TeacherFn | None = None) -> tuple[TrainState, Metrics]:
+               forward: ForwardFn | None = None, teacher: TeacherFn | None = None,
+               ema_decay: float = 0.0) -> tuple[TrainState, Metrics]:
   """One optimizer update on a batch.
 
   Args:
@@ -93,10 +113,14 @@ def train_step(state: TrainState, batch: Batch, frozen: Any = None, *, model: nn
     forward: (params, images, dropout key) -> outputs, replacing model.apply (apply_kwargs unused).
     teacher: (frozen, images) -> teacher outputs, computed outside the gradient and handed to the
       loss as batch["teacher"] (under stop_gradient).
+    ema_decay: decay of the weight EMA (timm's ModelEmaV2, after the update); > 0 needs an EmaTrainState
+      (init_state(..., ema=True)); 0 leaves an EmaTrainState's EMA as it is.
 
   Returns:
     the new state and scalar metrics: loss, the loss_fn's metrics, grad_norm, lr (of this step).
   """
+  if ema_decay and not isinstance(state, EmaTrainState):
+    raise ValueError(f"ema_decay={ema_decay}: the state keeps no EMA; make it with init_state(..., ema=True)")
   loss_fn = classification_loss(label_smoothing) if loss_fn is None else loss_fn
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   augment_rng, dropout_rng = jax.random.split(rng)
@@ -116,7 +140,10 @@ def train_step(state: TrainState, batch: Batch, frozen: Any = None, *, model: nn
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  if ema_decay:
+    state = state.replace(ema_params=optim.ema_update(state.ema_params, params, ema_decay))
+  return state, metrics
 
 
 def make_train_step(**kwargs: Any) -> Callable[..., tuple[TrainState, Metrics]]:

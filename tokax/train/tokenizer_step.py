@@ -20,6 +20,7 @@ import optax
 from tokax.tokenizers import losses
 from tokax.tokenizers.autoencoder import output_conv
 from tokax.tokenizers.tokenizer import to_image_range, to_model_range
+from tokax.train import optim
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -172,8 +173,7 @@ def train_step(state: TokenizerState, batch: Batch, *, model: nn.Module,
   g_updates, opt_state = g_tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, g_updates)
   model_state = {**state.model_state, **updates}
-  ema_params = params if not ema_decay else jax.tree.map(
-      lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+  ema_params = optim.ema_update(state.ema_params, params, ema_decay)
 
   disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
   if loss.use_gan:

@@ -25,6 +25,24 @@ config.consistency (MCTF). config.init_from = dict(workdir=...) starts a fresh r
 run's parameters, dict(pretrained=NAME) from a model that ships with tokax (tokax.pretrained;
 pretrained_dir=DIR for one saved elsewhere in that layout), matching paths and shapes. Evaluation:
 val every eval_every steps, val and test at the end.
+
+Optimizer (tokax.train.optim.optimizer; docs/optimizers.md has timm's equivalents): config.optimizer
+"adamw" (the default), "sgd" (config.momentum, default 0.9; config.nesterov, default True as timm's
+--opt sgd), "lamb" (timm's Lamb) or "lion"; config.b1 / b2 (default None: the optimizer's own, (0.9,
+0.999), Lion (0.9, 0.99)); config.lr, warmup_steps / warmup_epochs and a cosine decay to 0;
+config.weight_decay on the kernels only (timm's no-decay list for a ViT); config.grad_clip_norm.
+config.layer_decay (default 1: off; BEiT / MAE fine-tuning use 0.65 / 0.75) multiplies each layer's lr
+by layer_decay ** (depth + 1 - layer id), timm's ids: stem 0, block i i + 1, final norm with the last
+block, heads depth + 1.
+
+EMA: config.ema_decay (default 0: none; DeiT's model-ema 0.99996) keeps timm's ModelEmaV2 of the weights
+(ema = decay * ema + (1 - decay) * params after every step, from the initial weights, no warmup) in
+the train state, checkpointed and resumed exactly. Every evaluation then measures both weights: the
+raw ones as val/*, test/*, the EMA's as val_ema/*, test_ema/*. The run's result, load_run(workdir) and
+the runs read as teachers or init_from give the EMA weights (load_run(workdir, ema=False): the raw ones).
+
+A config may leave optimizer, momentum, nesterov, b1, b2, layer_decay and ema_decay out (the defaults
+above; config.json then lacks them too); a field must be in the config for `--config.<field>=` to set it.
 """
 from __future__ import annotations
 
@@ -35,6 +53,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -44,7 +63,7 @@ from tokax.data import embedded, offline, pipeline
 from tokax.train import evaluate, objectives, optim, sharding
 from tokax.train.config_utils import durations_from_config, load_config_file, steps
 from tokax.train.model import build_model
-from tokax.train.step import init_state, make_train_step
+from tokax.train.step import ema_params_of, init_state, make_train_step
 from tokax.train.tasks import base
 
 NAME = "classifier"
@@ -159,7 +178,8 @@ def train_data(config: ml_collections.ConfigDict, train_source: pipeline.Source,
   """The train split with config.data's preprocessing and batch ops (num_classes filled in)."""
   d = config.data
   return base.TrainData(source=train_source, preprocess=d.get("preprocess") or "",
-                        batch_ops=batch_ops_spec(d.get("batch_ops") or "", num_classes, config.label_smoothing))
+                        batch_ops=batch_ops_spec(d.get("batch_ops") or "", num_classes, config.label_smoothing),
+                        repeated_augmentation=int(d.get("repeated_augmentation") or 0))
 
 
 def num_classes_of(config: ml_collections.ConfigDict, train_source: pipeline.Source | None = None) -> int:
@@ -197,10 +217,37 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int):
                      reduction=reduction_from_config(config.reduction))
 
 
+# The optimizer fields a classifier config may leave out, with their defaults (see the module docstring).
+OPTIMIZER_DEFAULTS = {"optimizer": "adamw", "momentum": 0.9, "nesterov": True, "b1": None, "b2": None,
+                      "layer_decay": 1.0, "ema_decay": 0.0}
+
+
+def _field(config: ml_collections.ConfigDict, name: str) -> Any:
+  return config.get(name, OPTIMIZER_DEFAULTS[name])
+
+
+def check_optimizer_fields(config: ml_collections.ConfigDict) -> None:
+  """Refuses config.optimizer / layer_decay / ema_decay / momentum / b1 / b2 values no run can use (ValueError
+  naming the field and the values it takes)."""
+  optim.check_fields(optimizer=_field(config, "optimizer"), layer_decay=_field(config, "layer_decay"),
+                     ema_decay=_field(config, "ema_decay"), momentum=_field(config, "momentum"),
+                     b1=_field(config, "b1"), b2=_field(config, "b2"))
+
+
+def ema_decay_of(config: ml_collections.ConfigDict) -> float:
+  """config.ema_decay: the decay of the weight EMA the run keeps (0, the default: none)."""
+  return _field(config, "ema_decay")
+
+
 def optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int):
-  """(schedule, tx): AdamW with warmup and cosine decay, weight decay and gradient clipping of the config."""
+  """(schedule, tx): config.optimizer (AdamW by default) with warmup and cosine decay, the config's weight decay,
+  gradient clipping and layer-wise lr decay (tokax.train.optim.optimizer)."""
   schedule = optim.lr_schedule(peak_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps)
-  return schedule, optim.adamw(schedule, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
+  tx = optim.optimizer(_field(config, "optimizer"), schedule, weight_decay=config.weight_decay,
+                       grad_clip_norm=config.grad_clip_norm, b1=_field(config, "b1"), b2=_field(config, "b2"),
+                       momentum=_field(config, "momentum"), nesterov=_field(config, "nesterov"),
+                       layer_decay=_field(config, "layer_decay"))
+  return schedule, tx
 
 
 def _init_variables(config: ml_collections.ConfigDict, model, image_shape: tuple[int, ...]):
@@ -331,7 +378,10 @@ def _start_from(config: ml_collections.ConfigDict, teacher: Teacher | None):
   def start(state):
     params, taken = objectives.merge_params(state.params, initial_params(config, teacher))
     logging.info("initialised %d parameter arrays from the init_from / teacher run", taken)
-    return state.replace(params=params)
+    # the EMA starts at the same weights, in buffers of its own (the step donates both trees)
+    if ema_params_of(state) is None:
+      return state.replace(params=params)
+    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
   return start
 
@@ -341,6 +391,7 @@ def _start_from(config: ml_collections.ConfigDict, teacher: Teacher | None):
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Plan:
   """The classifier run of `config` (see the module docstring)."""
   check_run_references(config)
+  check_optimizer_fields(config)
   sources = {"train": source(config, "train")}
   classes = getattr(sources["train"], "classes", None) if is_folder(config.data.name) else None
   sources.update({split: source(config, split, classes=classes) for split in SPLITS if split != "train"})
@@ -352,28 +403,41 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Pl
   schedule, tx = optimizer(config, durations.total, steps("warmup", config, num_train, batch_size, default=0))
   objective, teacher = objective_from_config(config, model, num_classes, image_shape)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  ema_decay = ema_decay_of(config)
   init_fn = functools.partial(init_state, model, tx, image_shape=image_shape, step_rng=step_rng,
-                              init_variables=None if objective is None else objective.init_variables)
+                              init_variables=None if objective is None else objective.init_variables,
+                              ema=bool(ema_decay))
   hooks = {} if objective is None else objective.step_kwargs()
   step_fn = make_train_step(model=model, tx=tx, schedule=schedule, label_smoothing=config.label_smoothing,
-                            max_shift=config.augment.max_shift, **hooks)
+                            max_shift=config.augment.max_shift, ema_decay=ema_decay, **hooks)
   replicated = sharding.replicated(mesh)
   eval_step = evaluate.make_eval_step(model, out_sharding=replicated)
 
-  def run_eval(split: str, params: Any) -> dict[str, float]:
+  def run_eval(split: str, params: Any, prefix: str) -> dict[str, float]:
     batches = eval_batches(config, sources[split])
     values = evaluate.evaluate_batches(eval_step, params, batches, sharding=replicated)
     if batches.skip_bad_images:
       values["bad_examples"] = batches.bad_examples
-    return {f"{split}/{k}": v for k, v in values.items()}
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+  def run_evals(state: Any, splits: tuple[str, ...]) -> dict[str, float]:
+    """{split}/* of the raw weights, and {split}_ema/* of the EMA weights when the run keeps them."""
+    metrics = {}
+    for split in splits:
+      metrics.update(run_eval(split, state.params, split))
+    ema_params = ema_params_of(state)
+    if ema_params is not None:
+      for split in splits:
+        metrics.update(run_eval(split, ema_params, f"{split}_ema"))
+    return metrics
 
   return base.Plan(
       model=model, data=train_data(config, sources["train"], num_classes), batch_keys=("image", "label"),
       durations=durations, init_fn=init_fn, init_rng=init_rng, step_fn=step_fn,
       frozen=None if teacher is None else teacher.variables, start=_start_from(config, teacher),
-      evaluate=lambda state: run_eval("val", state.params),
-      finalize=lambda state, _: {**run_eval("val", state.params), **run_eval("test", state.params)},
-      result_params=lambda state: state.params,
+      evaluate=lambda state: run_evals(state, ("val",)),
+      finalize=lambda state, _: run_evals(state, ("val", "test")),
+      result_params=_result_params,
       resolved={"total_steps": durations.total, "model": {"num_classes": num_classes},
                 **({"data": {"classes": list(classes)}} if classes is not None else {})},
       description=f"{model.variant} ({model.arch}), {num_train} train examples of {config.data.name}")
@@ -381,18 +445,28 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Pl
 
 def target(config: ml_collections.ConfigDict) -> base.Target:
   """The model and train state of a saved classifier run (num_classes from its config.json)."""
+  check_optimizer_fields(config)
   model = model_from_config(config, num_classes_of(config))
   _, tx = optimizer(config, total_steps=1, warmup_steps=0)
   image_shape = _image_shape(config)
   init_fn = functools.partial(init_state, model, tx, image_shape=image_shape,
-                              init_variables=_init_variables(config, model, image_shape))
+                              init_variables=_init_variables(config, model, image_shape),
+                              ema=bool(ema_decay_of(config)))
   return base.Target(model=model, init_fn=init_fn, init_rng=jax.random.key(0))
 
 
+def _result_params(state: Any) -> Any:
+  """TrainResult.params: the EMA params of a run that keeps an EMA, else the params (SiT's reverse modules kept)."""
+  ema_params = ema_params_of(state)
+  return state.params if ema_params is None else ema_params
+
+
 def variables(state: Any, *, ema: bool = True) -> Any:
-  """model.apply's variables: the params without SiT's train-only reverse modules (no EMA here)."""
-  del ema
-  return {k: v for k, v in state.params.items() if k != objectives.REVERSE}
+  """model.apply's variables: the EMA params of a run that keeps an EMA (ema=False, or a run without one: the raw
+  params), without SiT's train-only reverse modules."""
+  ema_params = ema_params_of(state)
+  params = ema_params if ema and ema_params is not None else state.params
+  return {k: v for k, v in params.items() if k != objectives.REVERSE}
 
 
 TASK = base.Task(name=NAME, build=build, target=target, variables=variables)
