@@ -6,7 +6,9 @@
 Writes <out>/samples.png (an image grid, one column per class) and <out>/samples.npz (images
 (N, H, W, 3) in [0, 1], labels (N,), tokens (N, L, C) in entity order, seconds); <out> defaults to
 the workdir. Labels cycle through the classes; sampling uses the EMA weights of the latest
-checkpoint, batch by batch through one jit-compiled sampler.
+checkpoint, batch by batch through one jit-compiled sampler. The tokens decode through the run's
+latent: pixel patches, or the decoder of the tokenizer run in config.latent.workdir (the checkpoint
+step and latent scale the xAR run trained on, from its config.json).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from tokax.models.latent import Latent
 from tokax.models.xar import XAR, sample
 
 
@@ -77,6 +80,15 @@ def generate(model: XAR, params, labels: np.ndarray, *, batch_size: int, seed: i
   return np.concatenate(out)[:n], seconds
 
 
+def decode_tokens(model: XAR, latent: Latent, tokens: np.ndarray, *, batch_size: int) -> np.ndarray:
+  """(N, L, C) tokens in entity order -> (N, H, W, 3) images in [0, 1], `batch_size` at a time through one jit
+  (a tokenizer latent's decoder variables are its argument, not constants compiled into it)."""
+  decode = jax.jit(lambda variables, grid: latent.bind(variables).decode(grid))
+  out = [np.asarray(decode(latent.variables, model.entities.from_sequence(jnp.asarray(tokens[i:i + batch_size]))))
+         for i in range(0, len(tokens), batch_size)]
+  return np.concatenate(out)
+
+
 def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
   """(N, H, W, 3) -> one (rows * H, columns * W, 3) uint8 grid, row-major, blank cells padded."""
   n, h, w, c = images.shape
@@ -106,7 +118,7 @@ def sample_workdir(workdir: str, num: int, *, out: str | None = None, batch_size
                 cfg_schedule=cfg_schedule or s.cfg_schedule, method=method or s.method)
   labels = (np.arange(num) % config.num_classes).astype(np.int32)
   tokens, seconds = generate(model, run.variables, labels, batch_size=batch_size, seed=seed, **kwargs)
-  images = np.asarray(jax.jit(latent.decode)(model.entities.from_sequence(jnp.asarray(tokens))))
+  images = decode_tokens(model, latent, tokens, batch_size=batch_size)
   out = out or workdir
   os.makedirs(out, exist_ok=True)
   k = config.num_classes

@@ -6,6 +6,13 @@ and the end, measured with the EMA weights; TensorBoard gets them too, with val/
 first validation images above their reconstructions, from the same evaluation. For the KL autoencoder
 the final checkpoint also stores the latent scale (1 / std of the EMA model's latents over a training batch) in
 model_state["stats"]. A restored run's variables are the EMA weights (ema=False: the raw ones).
+
+Data: config.data.name is an embedded dataset (images built at config.model.image_size) or, through
+tokax.data.pipeline, "tfds:<name>" / "folder:<root>" with config.data.preprocess (train) and
+preprocess_eval (validation, the latent-scale images), both ending in float32 images in [0, 1] at
+config.model.image_size (e.g. "decode|resize_small(256)|central_crop(256)|value_range(0, 1)");
+config.data.<split>_split names a split's source (tfds imagenet2012: val_split="validation") and
+num_<split> keeps its first examples (None: all of them).
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from tokax.data import offline, pipeline
@@ -75,9 +83,93 @@ def optimizers(config: ml_collections.ConfigDict, total_steps: int, warmup_steps
   return schedule, g_tx, d_tx
 
 
-def load_split(config: ml_collections.ConfigDict, split: str) -> offline.ArrayDataset:
+def is_embedded(name: str) -> bool:
+  """Whether data.name is an embedded dataset (not "tfds:" / "folder:", which go through the pipeline)."""
+  return not str(name).startswith(("tfds:", "folder:"))
+
+
+class FirstExamples:
+  """The first `num_examples` examples of a pipeline Source (a Source itself)."""
+
+  def __init__(self, source: pipeline.Source, num_examples: int):
+    self.source, self.num_examples = source, num_examples
+    self.num_classes = getattr(source, "num_classes", None)
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if not 0 <= index < self.num_examples:
+      raise IndexError(index)
+    return self.source[index]
+
+
+def split_source(data: ml_collections.ConfigDict, split: str, num_examples: int | None) -> pipeline.Source:
+  """The pipeline Source of a "tfds:" / "folder:" split: data.<split>_split names it (default the split itself);
+  its first `num_examples` examples (None: all)."""
+  name = data.get(f"{split}_split") or split
+  source = pipeline.get_source(data.name, name, data_dir=data.get("data_dir"))
+  if num_examples is None:
+    return source
+  if not 0 < num_examples <= len(source):
+    raise ValueError(f"config.data.num_{split}={num_examples}: {data.name} split {name!r} has {len(source)} "
+                     f"examples; set it to 1..{len(source)} (or None: all of them)")
+  return FirstExamples(source, num_examples)
+
+
+def check_preprocess(source: pipeline.Source, preprocess: str, image_size: int, field: str) -> None:
+  """Refuses a preprocess (config.data.<field>) whose first example is not a float (S, S, 3) image in [0, 1]."""
+  from tokax.data import transforms  # noqa: PLC0415
+
+  image = np.asarray(transforms.parse(preprocess)(dict(source[0]), np.random.default_rng(0))["image"])
+  if image.shape != (image_size, image_size, 3) or not np.issubdtype(image.dtype, np.floating):
+    raise ValueError(f"config.data.{field}={preprocess!r} makes {image.dtype} images of shape {image.shape}; the "
+                     f"model reads float32 ({image_size}, {image_size}, 3) images in [0, 1]: end it with "
+                     f"'...|resize_small({image_size})|central_crop({image_size})|value_range(0, 1)'")
+  check_images(image[None], f"config.data.{field}")
+
+
+def read_images(source: pipeline.Source, *, preprocess: str, batch_size: int, num_threads: int, name: str,
+                split: str, num_classes: int | None = None) -> offline.ArrayDataset:
+  """Every example of `source` through `preprocess`, in order, in memory: images (N, S, S, 3) float32."""
+  images, labels = [], []
+  batches = pipeline.make_iterator(source, batch_size=min(batch_size, len(source)), preprocess=preprocess,
+                                   shuffle=False, drop_remainder=False, num_epochs=1, num_threads=num_threads)
+  for batch in batches:
+    images.append(batch["image"][batch["mask"]])
+    labels.append(batch["label"][batch["mask"]])
+  images = np.concatenate(images)
+  images = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+  labels = np.concatenate(labels).astype(np.int32)
+  return offline.ArrayDataset(images=images, labels=labels, num_classes=num_classes or int(labels.max()) + 1,
+                              name=name, split=split)
+
+
+def load_split(config: ml_collections.ConfigDict, split: str, num_examples: int | None = None) -> offline.ArrayDataset:
+  """One split in memory (config.data.num_<split> examples, or `num_examples`): images (N, S, S, 3) float32 in
+  [0, 1] at config.model.image_size; tfds and folders through config.data.preprocess_eval."""
   d = config.data
-  return offline.load(d.name, split, image_size=config.model.image_size, num_examples=d[f"num_{split}"], seed=d.seed)
+  num_examples = d.get(f"num_{split}") if num_examples is None else num_examples
+  if is_embedded(d.name):
+    return offline.load(d.name, split, image_size=config.model.image_size, num_examples=num_examples, seed=d.seed)
+  source = split_source(d, split, num_examples)
+  check_preprocess(source, d.get("preprocess_eval") or "", config.model.image_size, "preprocess_eval")
+  return read_images(source, preprocess=d.get("preprocess_eval") or "", batch_size=config.eval_batch_size,
+                     num_threads=d.get("num_threads") or 8, name=str(d.name), split=split,
+                     num_classes=getattr(source, "num_classes", None))
+
+
+def train_data(config: ml_collections.ConfigDict) -> tuple[base.TrainData, np.ndarray]:
+  """The train split as the pipeline serves it, and its first LATENT_SCALE_EXAMPLES images (eval preprocessing)."""
+  d = config.data
+  if is_embedded(d.name):
+    train_ds = load_split(config, "train")
+    check_images(train_ds.images[:1024], "tokenizer training data")
+    return base.TrainData(source=pipeline.ArraySource(train_ds)), train_ds.images[:LATENT_SCALE_EXAMPLES]
+  source = split_source(d, "train", d.get("num_train"))
+  check_preprocess(source, d.get("preprocess") or "", config.model.image_size, "preprocess")
+  head = load_split(config, "train", min(LATENT_SCALE_EXAMPLES, len(source)))
+  return base.TrainData(source=source, preprocess=d.get("preprocess") or ""), head.images
 
 
 def init_key(seed: int) -> jax.Array:
@@ -111,14 +203,14 @@ def store_latent_scale(model: KLAutoencoder, state: TokenizerState, *, images: j
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Plan:
   """The tokenizer run of `config` (see the module docstring)."""
   del mesh  # evaluation runs on the host-gathered EMA variables
-  train_ds, val_ds = load_split(config, "train"), load_split(config, "val")
-  check_images(train_ds.images[:1024], "tokenizer training data")
-  num_train, batch_size = len(train_ds), config.batch_size
+  data, scale_images = train_data(config)
+  val_ds = load_split(config, "val")
+  num_train, batch_size = len(data.source), config.batch_size
   durations = durations_from_config(config, num_train, batch_size)
   model, discriminator = model_from_config(config), discriminator_from_config(config)
   perceptual_fn = losses.load_perceptual_fn(config.loss.perceptual) if config.loss.perceptual else None
   schedule, g_tx, d_tx = optimizers(config, durations.total, steps("warmup", config, num_train, batch_size, default=0))
-  init_fn = functools.partial(init_state, model, discriminator, g_tx, d_tx, image_shape=train_ds.images.shape[1:],
+  init_fn = functools.partial(init_state, model, discriminator, g_tx, d_tx, image_shape=scale_images.shape[1:],
                               step_rng=jax.random.key(config.seed))
   step_fn = make_train_step(model=model, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx, schedule=schedule,
                             loss=loss_from_config(config), ema_decay=config.ema_decay, perceptual_fn=perceptual_fn)
@@ -132,9 +224,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Pl
     return final
 
   before_final_save = functools.partial(
-      store_latent_scale, model, images=jnp.asarray(train_ds.images[:LATENT_SCALE_EXAMPLES])) if is_kl else None
+      store_latent_scale, model, images=jnp.asarray(scale_images)) if is_kl else None
   return base.Plan(
-      model=model, data=base.TrainData(source=pipeline.ArraySource(train_ds)), batch_keys=("image",),
+      model=model, data=data, batch_keys=("image",),
       durations=durations, init_fn=init_fn, init_rng=init_key(config.seed), step_fn=step_fn, evaluate=evaluate,
       finalize=finalize, before_final_save=before_final_save, result_params=lambda state: state.variables(),
       resolved={"total_steps": durations.total},
