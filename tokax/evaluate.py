@@ -14,27 +14,32 @@ r"""`python -m tokax.evaluate`: one model x several token reductions x one datas
   # a model that ships with tokax (tokax.pretrained), on the data it was trained on
   python -m tokax.evaluate --model pretrained:glyphs_vit_ti16_112 --num_examples 2000 --reduction tome:2 \
       --out /tmp/eval_glyphs
+  # a config file: the model, the data and the rows with their published top-1 (docs/evaluate_imagenet.md)
+  python -m tokax.evaluate --config tokax:imagenet_reductions.py:num_examples=1000 --config.batch_size=128 \
+      --out /tmp/eval_imagenet
 
 Model (--model): a `python -m tokax.train` workdir holding a classifier run (tokax.train.restore.load_run),
 a timm state dict (.safetensors, .pth/.pt/.bin) with --timm_name (the architecture from timm's
 name; timm is optional: without it, vit_/deit_ names are parsed), a big_vision / AugReg .npz (arrays
 it has that the ViT does not read are an error; --allow_unknown_keys drops them),
-`pretrained:<name>` (a model that ships with tokax; its default data is the dataset it was trained on)
-or `timm:<name>` (random weights).
+`pretrained:<name>` (a model that ships with tokax; its default data is the dataset it was trained on; or
+a timm name with a weights tag, pretrained:vit_base_patch16_224.augreg_in21k_ft_in1k, read as tokax.create_model
+reads it: from the Hugging Face hub or, offline, its cache) or `timm:<name>` (random weights).
 
 Data (--data): an embedded dataset (tokax.data.embedded.DATASETS), `folder:<root>` (root/<split>,
 default split "val"), `tfds:<name>[:split]` (default split "test"); a workdir's default is its own
 data and test split. --num_examples N keeps the first N. A folder is labelled with the run's class
 list (its config.json's data.classes) for a workdir model, else with root/train's class folders
 (tokax.data.folder); --skip_bad_images leaves out (and counts) images that do not decode.
-Preprocessing: a workdir's own data.preprocess_eval and [-1, 1] inputs; timm / AugReg weights get
-the standard eval transform (shorter side to size / crop_pct, crop_pct from timm's pretrained config
-(else 0.875), center crop, the checkpoint's mean / std); embedded datasets are rendered at the
-model's image size.
+Preprocessing: a workdir's own data.preprocess_eval and [-1, 1] inputs; timm weights get timm's own eval
+transform, pixel for pixel (transforms.resize_center_crop: shorter side to floor(size / crop_pct) with the
+interpolation, crop_pct, mean and std of timm's pretrained config for the name, center crop); a big_vision /
+AugReg .npz gets resize_small(size / 0.875) + central_crop (bilinear) and mean = std = 0.5; embedded datasets
+are rendered at the model's image size.
 
-Reductions (--reduction, repeated, or --config file.py whose get_config() has a `reductions` list):
-tokax.reduction.build specs ("tome:8", "evit:0.7,fuse_token=False", "divprune:0.5"); "none" (dense)
-is always the first row, the reference of the agreement column. Methods that need calibration
+Reductions (--reduction, repeated, or the `reductions` list of a --config file): tokax.reduction.build specs
+("tome:8", "evit:0.7,fuse_token=False", "divprune:0.5"); "none" (dense) is always the first row, the reference
+of the agreement column. Methods that need calibration
 (dtome) are calibrated by tokax.reduction.calibrate_dtome on the first --calibration_batches eval
 batches (images only; the row's note says so). Post-encoder reducers (DivPrune, ToDRE, DCT, FasterVLM)
 run on the dense encoder's output tokens and the head reads the pooled reduced tokens
@@ -43,8 +48,17 @@ and the encoder outputs they all reduce, when those fit in --encoder_cache_gb of
 row's images/s is then that pass's (results.json: "timing": "encoder"), a post row's the pass's time plus its
 reducer-and-head executable's ("encoder + reducer").
 
+Config (--config file.py[:arg] or tokax:<name>.py[:arg], e.g. configs/imagenet_reductions.py): get_config(arg)
+returns a ConfigDict whose fields are named as the flags (model, data, split, data_dir, num_examples, batch_size,
+dtype, ...) plus `reductions` and `left_out`; `--config.<field>=value` overrides a field, and a flag given on
+the command line overrides both. A `reductions` entry is a spec or a row dict(spec="tome:13",
+paper=dict(top1=82.60, source="ToMe README, AugReg ViT-B/16 off the shelf")) ("none" for the dense row): the
+table then has the published top-1 and tokax's top-1 minus it, and each source is printed under the table.
+`left_out` ({method: why}) names registry methods the table has no row for; the reasons are printed too.
+
 Prints one table (method, tokens after the last block, GFLOPs/img, images/s on this device, top-1,
-top-5, agreement with dense) and writes results.json, results.md and accuracy_vs_gflops.png (with
+top-5, agreement with dense; with a config's paper values: paper top-1, top-1 - paper) with its notes under it,
+and writes results.json, results.md and accuracy_vs_gflops.png (with
 --merge_images N also merges.png, the token groups every method leaves on the first N images) into
 --out (default <workdir>/evaluate/ for a workdir; required otherwise; never elsewhere inside a run's
 workdir). Every bad input fails before anything is loaded or run, naming the thing and the fix.
@@ -87,6 +101,8 @@ class Loaded:
     description: one line for the caption.
     mean, std: per-channel normalisation of [0, 1] images; None: [-1, 1] (tokax runs, x * 2 - 1).
     crop_pct: the eval transform's centre-crop fraction for decoded images (None: resize only).
+    interpolation: timm weights: their pretrained cfg's interpolation, and decoded images get timm's eval
+      transform exactly (transforms.resize_center_crop); None: resize_small + central_crop (bilinear).
     random_weights: the weights carry no training (timm:<name>).
     workdir: the run's workdir (a tokax run), else None.
     run_config: the run's resolved config (a tokax run), else None.
@@ -97,6 +113,7 @@ class Loaded:
   mean: tuple[float, ...] | None = None
   std: tuple[float, ...] | None = None
   crop_pct: float | None = DEFAULT_CROP_PCT
+  interpolation: str | None = None
   random_weights: bool = False
   workdir: str | None = None
   run_config: Any = None
@@ -137,7 +154,8 @@ _TIMM_SIZES = {"tiny": "Ti", "small": "S", "medium": "M", "base": "B", "large": 
 
 
 def parse_timm_name(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Without timm: ("vit_small_patch16_224" -> ViT kwargs, {mean, std, crop_pct}) for plain vit_/deit_ names."""
+  """Without timm: ("vit_small_patch16_224" -> ViT kwargs, {mean, std, crop_pct, interpolation}) for plain vit_/deit_
+  names."""
   m = _TIMM_NAME.match(name)
   if m is None:
     raise ValueError(f"timm model {name!r}: timm is not installed (an optional dependency of tokax: pip install timm), "
@@ -147,7 +165,7 @@ def parse_timm_name(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
                 pool="cls", class_token=True, distilled=bool(m["dist"]))
   vit = m["family"] == "vit"
   norm = dict(mean=(0.5,) * 3 if vit else transforms.IMAGENET_MEAN, std=(0.5,) * 3 if vit else transforms.IMAGENET_STD,
-              crop_pct=0.9 if vit else DEFAULT_CROP_PCT)
+              crop_pct=0.9 if vit else DEFAULT_CROP_PCT, interpolation="bicubic")
   return kwargs, norm
 
 
@@ -158,7 +176,7 @@ def _import_timm():
 
 def timm_architecture(name: str, *, image_size: int | None = None, num_classes: int | None = None,
                       state_dict: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(ViT kwargs, {mean, std, crop_pct}) of timm model `name`, built by timm on the meta device.
+  """(ViT kwargs, {mean, std, crop_pct, interpolation}) of timm model `name`, built by timm on the meta device.
 
   image_size / num_classes: given, else read off `state_dict` (pos_embed, head.weight), else timm's.
   """
@@ -193,7 +211,8 @@ def timm_architecture(name: str, *, image_size: int | None = None, num_classes: 
   model = create(**given)
   cfg = dict(getattr(model, "pretrained_cfg", None) or {})
   norm = dict(mean=tuple(cfg.get("mean", transforms.IMAGENET_MEAN)), std=tuple(cfg.get("std", transforms.IMAGENET_STD)),
-              crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)))
+              crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)),
+              interpolation=str(cfg.get("interpolation", "bicubic")))
   return timm_config(model), norm
 
 
@@ -289,6 +308,17 @@ def load_random_timm(name: str, *, image_size: int | None, num_classes: int | No
                 random_weights=True, **norm)
 
 
+def load_hub_timm(name: str, *, image_size: int | None = None, num_classes: int | None = None) -> Loaded:
+  """A timm name's weights ("vit_base_patch16_224.augreg_in21k_ft_in1k"; no tag: timm's default) from the Hugging
+  Face hub or its offline cache (tokax.interop.hub, as tokax.create_model), with timm's eval transform for the tag."""
+  from tokax.interop import hub
+
+  repo = timm_names.hub_repo(name)
+  loaded = load_timm_weights(hub.hub_file(repo, "model.safetensors"), name, image_size=image_size,
+                             num_classes=num_classes)
+  return dataclasses.replace(loaded, description=f"timm {name} (Hugging Face hub {repo})")
+
+
 def load_pretrained(name: str, directory: str | None = None) -> Loaded:
   """A model that ships with tokax (tokax.pretrained; or one in `directory`), with the data it was trained on
   as its default data."""
@@ -309,7 +339,12 @@ def load_model(args: argparse.Namespace) -> Loaded:
   """The model of --model (see the module docstring)."""
   spec = args.model
   if spec.startswith("pretrained:"):
-    return load_pretrained(spec[len("pretrained:"):], args.pretrained_dir)
+    from tokax import pretrained
+
+    name = spec[len("pretrained:"):]
+    if args.pretrained_dir is None and name not in pretrained.available() and timm_names.is_timm_name(name):
+      return load_hub_timm(name, image_size=args.image_size, num_classes=args.num_classes)
+    return load_pretrained(name, args.pretrained_dir)
   if spec.startswith("timm:"):
     return load_random_timm(spec[len("timm:"):], image_size=args.image_size, num_classes=args.num_classes)
   if os.path.isdir(spec):
@@ -371,6 +406,9 @@ def eval_preprocess(loaded: Loaded) -> str:
     return str(loaded.run_config.data.preprocess_eval)
   if loaded.crop_pct is None:
     return f"decode|resize({size})|value_range(0, 1)"
+  if loaded.interpolation is not None:  # timm weights: timm's own eval transform, pixel for pixel
+    return (f"decode|resize_center_crop({size}, crop_pct={loaded.crop_pct!r}, "
+            f"interpolation={loaded.interpolation!r})|value_range(0, 1)")
   return f"decode|resize_small({math.floor(size / loaded.crop_pct)})|central_crop({size})|value_range(0, 1)"
 
 
@@ -436,20 +474,60 @@ def check_classes(data: EvalData, loaded: Loaded, data_name: str) -> None:
 # --- reductions and outputs ----------------------------------------------------------------------
 
 
-def reduction_specs(args: argparse.Namespace) -> list[tuple[str, Any]]:
-  """[(label, built method or calibration spec)], "none" first and once; every spec built (and checked) now."""
-  specs = list(args.reduction or [])
-  if args.config:
+PAPER_FIELDS = ("top1", "source")
+
+
+def _config_of(args: argparse.Namespace) -> Any:
+  """The --config file's ConfigDict (parse_args loaded it, with its --config.x overrides), or None."""
+  config = getattr(args, "config_values", None)
+  if config is None and getattr(args, "config", None):
     from tokax.train.config_utils import load_config_file
 
     config = load_config_file(args.config)
-    if "reductions" not in config:
-      raise ValueError(f"--config {args.config!r}: get_config() has no 'reductions' list (e.g. "
-                       "config.reductions = ['tome:8', 'evit:0.7'])")
-    specs += list(config.reductions)
+  return config
+
+
+def _plain(value: Any) -> Any:
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _label(spec: Any) -> str:
+  return spec if isinstance(spec, str) else json.dumps(dict(_plain(spec)))
+
+
+def config_rows(args: argparse.Namespace) -> list[tuple[Any, Mapping[str, Any] | None]]:
+  """[(spec, paper or None)]: --reduction specs, then the config's `reductions` entries. An entry is a spec
+  ("tome:13", dict(name="tome", r=13)) or a row dict(spec=..., paper=dict(top1=<published top-1, %> or None,
+  source=<paper, table, model>)); spec "none" gives the dense row its paper value."""
+  out: list[tuple[Any, Mapping[str, Any] | None]] = [(spec, None) for spec in (args.reduction or [])]
+  config = _config_of(args)
+  for entry in list(config.get("reductions") or ()) if config is not None else ():
+    entry = _plain(entry)
+    if isinstance(entry, Mapping) and "spec" in entry:
+      unknown = sorted(set(entry) - {"spec", "paper"})
+      if unknown:
+        raise ValueError(f"--config {args.config!r}: reductions entry {entry!r} has unknown keys {unknown}; a row is "
+                         "dict(spec='tome:13', paper=dict(top1=82.6, source='...'))")
+      paper = _plain(entry.get("paper"))
+      if paper is not None:
+        paper = dict(paper)
+        bad = sorted(set(paper) - set(PAPER_FIELDS))
+        top1 = paper.get("top1")
+        if bad or not paper.get("source") or (top1 is not None and (
+            isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100)):
+          raise ValueError(f"--config {args.config!r}: the paper value of {_label(entry['spec'])!r} is {paper!r}; "
+                           "expected dict(top1=<published top-1 in %, or None>, source=<paper, table, model>)")
+      out.append((entry["spec"], paper))
+    else:
+      out.append((entry, None))
+  return out
+
+
+def reduction_specs(args: argparse.Namespace) -> list[tuple[str, Any]]:
+  """[(label, built method or calibration spec)], "none" first and once; every spec built (and checked) now."""
   out = [("none", None)]
-  for spec in specs:
-    label = spec if isinstance(spec, str) else json.dumps(dict(spec.to_dict() if hasattr(spec, "to_dict") else spec))
+  for spec, _ in config_rows(args):
+    label = _label(spec)
     try:
       method = reductions.build(spec)
     except ValueError as e:
@@ -457,6 +535,22 @@ def reduction_specs(args: argparse.Namespace) -> list[tuple[str, Any]]:
     if method is not None and label not in [l for l, _ in out]:
       out.append((label, method))
   return out
+
+
+def paper_values(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+  """Row label ("none" for dense) -> the config's published value dict(top1, source) for that row."""
+  return {_label(spec): paper for spec, paper in config_rows(args) if paper is not None}
+
+
+def left_out(args: argparse.Namespace) -> dict[str, str]:
+  """The config's `left_out`: registry method -> why the table has no row for it (printed under the table)."""
+  config = _config_of(args)
+  reasons = dict(_plain(config.get("left_out") or {})) if config is not None else {}
+  unknown = sorted(set(reasons) - set(reductions.METHODS))
+  if unknown:
+    raise ValueError(f"--config {args.config!r}: left_out names {unknown}, which are no registry methods "
+                     f"({sorted(reductions.METHODS)})")
+  return {name: str(reason) for name, reason in reasons.items()}
 
 
 def _is_run(directory: str) -> bool:
@@ -491,16 +585,33 @@ def _percent(value: float | None, random_weights: bool) -> str:
   return f"{100 * value:.1f}%" + (" (random weights)" if random_weights else "")
 
 
+def paper_delta(row: Mapping[str, Any]) -> float | None:
+  """tokax's top-1 minus the row's published top-1, in points (None without both)."""
+  paper = row.get("paper") or {}
+  if paper.get("top1") is None or row.get("top1") is None:
+    return None
+  return 100 * row["top1"] - paper["top1"]
+
+
 def to_markdown(rows: Sequence[Mapping[str, Any]], *, random_weights: bool = False) -> str:
-  """The table: method, tokens after the last block, GFLOPs/img, images/s, top-1, top-5, agreement with dense."""
-  lines = ["| method | tokens (last block) | GFLOPs/img | images/s | top-1 | top-5 | agreement with dense |",
-           "|---|---|---|---|---|---|---|"]
+  """The table: method, tokens after the last block, GFLOPs/img, images/s, top-1, top-5, agreement with dense;
+  and the published top-1 and tokax's difference from it when a row has a paper value (a --config's rows)."""
+  papers = any(row.get("paper") for row in rows)
+  lines = ["| method | tokens (last block) | GFLOPs/img | images/s | top-1 | top-5 | agreement with dense |"
+           + (" paper top-1 | top-1 - paper |" if papers else ""),
+           "|---|---|---|---|---|---|---|" + ("---|---|" if papers else "")]
   for row in rows:
     tokens = row["tokens"] if isinstance(row["tokens"], int) else f"{row['tokens']:.1f} (mean valid)"
     speed = "-" if row.get("images_per_s") is None else f"{row['images_per_s']:,.1f}"
-    lines.append(f"| {row['method']} | {tokens} | {row['gflops_per_image']:.3f} | {speed} | "
-                 f"{_percent(row['top1'], random_weights)} | {_percent(row['top5'], random_weights)} | "
-                 f"{100 * row['agreement']:.1f}% |")
+    line = (f"| {row['method']} | {tokens} | {row['gflops_per_image']:.3f} | {speed} | "
+            f"{_percent(row['top1'], random_weights)} | {_percent(row['top5'], random_weights)} | "
+            f"{100 * row['agreement']:.1f}% |")
+    if papers:
+      published = (row.get("paper") or {}).get("top1")
+      delta = None if random_weights else paper_delta(row)
+      line += (f" {'-' if published is None else f'{published:.2f}%'} |"
+               f" {'-' if delta is None else f'{delta:+.2f}'} |")
+    lines.append(line)
   return "\n".join(lines)
 
 
@@ -532,6 +643,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
   from tokax.bench import measure, tradeoff
 
   specs = reduction_specs(args)
+  papers, omitted = paper_values(args), left_out(args)
   workdir = args.model if os.path.isdir(args.model) else None
   if workdir is not None:
     from tokax.train.tasks import base
@@ -540,7 +652,8 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
   loaded = load_model(args)
   data = load_data(args, loaded)
   check_classes(data, loaded, args.data or "the run's data")
-  dtype = jnp.dtype(args.dtype)
+  dtype_name = resolve_dtype(args.dtype)
+  dtype = jnp.dtype(dtype_name)
   model = loaded.model.clone(dtype=dtype, attention=None if args.attention == "auto" else args.attention)
   variables = jax.device_put(measure.cast_floating(loaded.variables, dtype))
   input_fn = loaded.input_fn()
@@ -603,13 +716,15 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
     if args.merge_images:
       assigns[row["method"]] = row.pop("assign")
     row.update(spec=label, note=note)
+    if label in papers:
+      row["paper"] = papers[label]
     rows.append(row)
     print(f"[{len(rows)}/{len(specs)}] {row['method']}: {row['tokens']} tokens, top-1 {_percent(row['top1'], loaded.random_weights)}, "
           f"{row['images_per_s'] or 0:,.0f} images/s", file=sys.stderr, flush=True)
   device = jax.devices()[0].device_kind
   caption = (f"{loaded.description}: ViT {model.variant} (width {arch.width}, depth {arch.depth}) at "
              f"{model.image_size} px on {data.description}; images/s at batch {args.bench_batch_size or args.batch_size}, "
-             f"{args.dtype}, on {device} (jax {jax.__version__})"
+             f"{dtype_name}, on {device} (jax {jax.__version__})"
              + ("; random weights: accuracy is not meaningful" if loaded.random_weights else ""))
   if data.bad_examples is not None:
     caption += f"; {data.bad_examples()} images that do not decode left out (--skip_bad_images)"
@@ -617,8 +732,12 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
             "random_weights": loaded.random_weights, "num_examples": data.num_examples, "rows": rows}
   if data.bad_examples is not None:
     result["bad_examples"] = data.bad_examples()
+  if omitted:
+    result["left_out"] = omitted
   table = to_markdown(rows, random_weights=loaded.random_weights)
   notes = [f"{row['method']}: {row['note']}" for row in rows if row.get("note")]
+  notes += [f"{row['method']} paper top-1: {row['paper']['source']}" for row in rows if row.get("paper")]
+  notes += [f"left out: {name}: {reason}" for name, reason in omitted.items()]
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)
@@ -628,19 +747,20 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> dict[str, An
   if args.merge_images:
     tradeoff.plot_merge_maps(first_images(data, args.merge_images), {k: v for k, v in assigns.items() if k != "dense"},
                              model.arch.patch_size, os.path.join(out, "merges.png"))
-  result.update(table=table, out=out, predictions=predictions)
+  result.update(table=table, notes=notes, out=out, predictions=predictions)
   return result
 
 
 # --- command line --------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m tokax.evaluate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", required=True, help="a tokax run's workdir, a timm .safetensors/.pth file (with "
-                      "--timm_name), a big_vision .npz, pretrained:<name> (tokax.pretrained) or timm:<name> "
-                      "(random weights)")
+  parser.add_argument("--model", help="a tokax run's workdir, a timm .safetensors/.pth file (with --timm_name), a "
+                      "big_vision .npz, pretrained:<name> (a model that ships with tokax, or a timm name with a "
+                      "weights tag: its weights from the Hugging Face hub or its cache) or timm:<name> (random "
+                      "weights); required unless --config sets it")
   parser.add_argument("--pretrained_dir", help="where pretrained:<name>'s NAME.json / NAME.safetensors are "
                       "(default: the models that ship with tokax)")
   parser.add_argument("--timm_name", help="timm architecture of a .safetensors/.pth file, e.g. vit_small_patch16_224")
@@ -653,13 +773,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--data_dir", help="tfds data_dir")
   parser.add_argument("--num_examples", type=int, help="evaluate the first N examples only")
   parser.add_argument("--reduction", action="append", help="a tokax.reduction spec (tome:8, evit:0.7, ...); repeat")
-  parser.add_argument("--config", help="a file.py[:arg] whose get_config() has a `reductions` list")
+  parser.add_argument("--config", help="a config file.py[:arg] or tokax:<name>.py[:arg] whose get_config() sets "
+                      "these flags' values (fields named as the flags) and `reductions` (rows, with their published "
+                      "top-1); --config.<field>=value overrides a field, and a flag given here overrides both")
   parser.add_argument("--out", help="output directory (default for a workdir: <workdir>/evaluate)")
   parser.add_argument("--batch_size", type=int, default=64, help="evaluation batch")
   parser.add_argument("--bench_batch_size", type=int, help="images/s timing batch (default: --batch_size)")
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                      help="auto: bfloat16 on a GPU / TPU, float32 on a CPU")
   parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
   parser.add_argument("--calibration_batches", type=int, default=4, help="eval batches that calibrate dtome")
   parser.add_argument("--num_threads", type=int, default=8, help="input pipeline threads (folder / tfds)")
@@ -676,7 +799,110 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--merge_images", type=int, default=0,
                       help="also write merges.png: the token groups every method leaves on the first N images")
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-  args = parser.parse_args(argv)
+  return parser
+
+
+_CONFIG_ONLY = ("reductions", "left_out")  # config fields that are no flag
+_NOT_IN_CONFIG = ("config", "reduction")  # flags a config does not set (its rows are `reductions`)
+
+
+def _config_overrides(extra: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+  """(["--config.a.b=v" / "--config.a.b v" as (a.b, v)], the arguments that are neither)."""
+  overrides, unknown, i = [], [], 0
+  while i < len(extra):
+    item = extra[i]
+    if item.startswith("--config.") and "=" in item:
+      key, _, value = item[len("--config."):].partition("=")
+      overrides.append((key, value))
+    elif item.startswith("--config.") and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+      overrides.append((item[len("--config."):], extra[i + 1]))
+      i += 1
+    else:
+      unknown.append(item)
+    i += 1
+  return overrides, unknown
+
+
+def _override(config: Any, key: str, text: str) -> None:
+  """config.<key> = text, typed by the field's current value (ml_collections' --config.x=value)."""
+  import ast
+
+  *parents, name = key.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  if name not in node:
+    raise ValueError(f"--config.{key}: the config has no field {key!r}; it has {sorted(node)}")
+  current = node[name]
+  if isinstance(current, str):
+    value: Any = text
+  elif isinstance(current, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"--config.{key}={text}: expected true or false")
+    value = text.lower() in ("true", "1")
+  else:
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = None if text == "None" else text
+  try:
+    node[name] = value
+  except TypeError as e:
+    raise ValueError(f"--config.{key}={text}: {e}") from None
+
+
+def _given_flags(argv: Sequence[str]) -> set[str]:
+  """The dests of the flags `argv` names itself (abbreviations included)."""
+  parser = _parser()
+  for action in parser._actions:
+    action.default = argparse.SUPPRESS
+  given, _ = parser.parse_known_args(list(argv))
+  return set(vars(given))
+
+
+def apply_config(args: argparse.Namespace, argv: Sequence[str], overrides: Sequence[tuple[str, str]]) -> None:
+  """Loads --config (with its --config.x overrides) into args.config_values and takes every field it sets whose
+  flag `argv` does not give itself. A field that is no flag is an error naming the flags."""
+  from tokax.train.config_utils import load_config_file
+
+  config = load_config_file(args.config)
+  for key, text in overrides:
+    _override(config, key, text)
+  flags = {a.dest: a for a in _parser()._actions if a.dest not in ("help", *_NOT_IN_CONFIG)}
+  unknown = sorted(set(config) - set(flags) - set(_CONFIG_ONLY))
+  if unknown:
+    raise ValueError(f"--config {args.config!r}: fields {unknown} are no tokax.evaluate flags; a config sets "
+                     f"{sorted(flags)} and {list(_CONFIG_ONLY)}")
+  given = _given_flags(argv)
+  for key in sorted(set(config) & set(flags)):
+    value, action = config[key], flags[key]
+    if value is not None and action.type in (int, float) and (
+        isinstance(value, bool) or not isinstance(value, (int, float) if action.type is float else int)):
+      raise ValueError(f"--config {args.config!r}: {key}={value!r}; expected {action.type.__name__} (as --{key})")
+    if key not in given:
+      setattr(args, key, value)
+  args.config_values = config
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  """The flags of `argv` (default sys.argv[1:]); with --config, the config's values where no flag is given."""
+  parser = _parser()
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args, extra = parser.parse_known_args(argv)
+  overrides, unknown = _config_overrides(extra)
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  args.config_values = None
+  if overrides and not args.config:
+    parser.error(f"--config.{overrides[0][0]} overrides a field of --config, which is not given")
+  if args.config:
+    apply_config(args, argv, overrides)
+  if not args.model:
+    parser.error("--model is required (or a --config that sets model)")
+  for action in parser._actions:
+    value = getattr(args, action.dest, None)
+    if action.choices is not None and value is not None and value not in action.choices:
+      parser.error(f"--{action.dest} {value!r} (from --config): expected one of {list(action.choices)}")
   if args.merge_images < 0:
     parser.error(f"--merge_images must be >= 0; got {args.merge_images}")
   for name in ("num_examples", "batch_size", "repeats", "calibration_batches", "image_size", "num_classes"):
@@ -686,11 +912,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return args
 
 
+def resolve_dtype(name: str) -> str:
+  """--dtype: "auto" is bfloat16 on a GPU or TPU (the papers time in half precision), float32 on a CPU."""
+  if name != "auto":
+    return name
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Parses argv, evaluates, prints the caption and the table; returns evaluate()'s result."""
   args = parse_args(argv)
   result = evaluate(args, progress=not args.no_progress)
-  print(result["caption"] + "\n\n" + result["table"], flush=True)
+  print("\n".join([result["caption"], "", result["table"], *result["notes"]]), flush=True)
   print(f"outputs in {result['out']}")
   return result
 

@@ -21,6 +21,9 @@ Example ops (images are (H, W, 3) uint8 until value_range / normalize make them 
   resize(h, w=h)               bilinear with antialiasing (PIL), to exactly h x w
   resize_small(s)              the shorter side to s, aspect kept
   central_crop(h, w=h), random_crop(h, w=h)
+  resize_center_crop(size, crop_pct=0.875, interpolation="bicubic")
+                               timm's eval transform (Resize(floor(size / crop_pct)) + CenterCrop(size)) with
+                               torchvision's sizes and offsets: its pixels, before ToTensor / Normalize
   inception_crop(size, area_min=8, area_max=100, *, scale=None, ratio=(3/4, 4/3), interpolation="bilinear")
                                timm's RandomResizedCropAndInterpolation: scale (fractions) or area_min/max
                                (percent) bound the crop's area; interpolation nearest / bilinear / bicubic /
@@ -177,6 +180,36 @@ def central_crop(height: int, width: int | None = None) -> ExampleOp:
     _check_fits(image, height, width, "central_crop")
     top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
     return _with_image(example, image[top:top + height, left:left + width])
+  return op
+
+
+def resize_center_crop(size: int, crop_pct: float = 0.875, interpolation: str = "bicubic") -> ExampleOp:
+  """timm's eval transform (transforms_imagenet_eval, crop_mode "center") on the uint8 image, sizes as torchvision's.
+
+  Resize(floor(size / crop_pct)): the shorter side to s = floor(size / crop_pct), the longer to
+  int(s * long / short) (truncated, where resize_small rounds), with PIL's `interpolation` (one of
+  INTERPOLATIONS); then CenterCrop(size) at offsets int(round((H - size) / 2)) (where central_crop floors).
+  With the same decoded image it gives timm.data.create_transform(**resolve_data_config(model))'s pixels
+  before ToTensor / Normalize.
+  """
+  size, _ = _size2(size, None)
+  if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+    raise ValueError(f"resize_center_crop: crop_pct must be in (0, 1] (timm's pretrained cfg: 0.875, 0.9, 1.0); "
+                     f"got {crop_pct!r}")
+  if interpolation not in INTERPOLATIONS:
+    raise ValueError(f"resize_center_crop: interpolation must be one of {INTERPOLATIONS}; got {interpolation!r}")
+  scale = math.floor(size / crop_pct)
+
+  def op(example, rng):
+    image = example["image"]
+    h, w = image.shape[:2]
+    if h <= w:
+      height, width = scale, int(scale * w / h)
+    else:
+      height, width = int(scale * h / w), scale
+    image = pil_resize(image, height, width, interpolation)
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return _with_image(example, image[top:top + size, left:left + size])
   return op
 
 
@@ -461,8 +494,8 @@ def mixup_cutmix(mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, switch_pro
 
 EXAMPLE_OPS: dict[str, Callable[..., ExampleOp]] = {
     "decode": decode, "resize": resize, "resize_small": resize_small, "central_crop": central_crop,
-    "random_crop": random_crop, "inception_crop": inception_crop, "flip_lr": flip_lr,
-    "rand_augment": rand_augment, "value_range": value_range, "normalize": normalize,
+    "resize_center_crop": resize_center_crop, "random_crop": random_crop, "inception_crop": inception_crop,
+    "flip_lr": flip_lr, "rand_augment": rand_augment, "value_range": value_range, "normalize": normalize,
     "random_erasing": random_erasing,
 }
 BATCH_OPS: dict[str, Callable[..., BatchOp]] = {"mixup": mixup, "cutmix": cutmix, "mixup_cutmix": mixup_cutmix}
