@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
       name="t2t_vit", num_classes=unset(int), variant=arg.variant, tokens_type=unset(str), image_size=arg.image_size,
       drop_path=0.1, dtype="float32", width=unset(int), depth=unset(int), num_heads=unset(int),
-      mlp_ratio=unset(float))
+      mlp_ratio=unset(float), attention="auto", interpret=False)
   if arg.tokens_type:
     config.model.tokens_type = arg.tokens_type
   # A tokax.reduction.build spec; a string, so --config.reduction=tome:16 (or evit:0.7, ...) overrides it.

@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
       name="vit", num_classes=ml_collections.config_dict.placeholder(int), variant=variant,
       image_size=arg.image_size or 112, pool="cls", drop_path=0.0, dtype="float32",
-      width=width, depth=depth, num_heads=heads, mlp_dim=4 * width)
+      width=width, depth=depth, num_heads=heads, mlp_dim=4 * width, attention="auto", interpret=False)
   # A tokax.reduction.build spec; a string, so --config.reduction=tome:16 (or evit:0.7, ...) overrides it.
   config.reduction = "none"  # trained dense; ToMe is applied at test.
 

@@ -29,10 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = dict(name="digits", num_train=optional_int(), num_val=optional_int(), num_test=optional_int(), seed=0)
   config.augment = dict(max_shift=2)
 
-  # ViT(**fields) (tokax.train.model.MODELS[name]); num_classes: the data's when unset.
+  # ViT(**fields) (tokax.train.model.MODELS[name]); num_classes: the data's when unset. attention: "auto",
+  # "xla", "cudnn" or "pallas" (docs/tpu.md); interpret=True runs "pallas" in Pallas' interpreter (CPU checks).
   config.model = dict(
       name="vit", num_classes=optional_int(), variant=arg.variant, image_size=32, pool="gap", drop_path=0.0,
-      dtype="float32", width=128, depth=4, num_heads=2, mlp_dim=512)
+      dtype="float32", width=128, depth=4, num_heads=2, mlp_dim=512, attention="auto", interpret=False)
   # A tokax.reduction.build spec; a string, so --config.reduction=tome:16 (or evit:0.7, ...) overrides it.
   config.reduction = "none"
 

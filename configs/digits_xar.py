@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
       entity=arg.entity, entity_size=arg.entity_size or DEFAULT_SIZE.get(arg.entity, 0), scales=(),
       width=256, encoder_depth=3, decoder_depth=3, num_heads=4, mlp_ratio=4.0, dropout=0.0, attn_dropout=0.0,
-      dtype="float32")
+      dtype="float32", attention="auto")
   config.teacher_forcing = arg.teacher_forcing
   config.label_drop = 0.1
 

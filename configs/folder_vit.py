@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ViT(**fields) (tokax.train.model.MODELS[name]); num_classes: the data's (or data.num_classes) when unset.
   config.model = dict(
       name="vit", num_classes=optional_int(), variant=arg.variant, image_size=size, pool="gap", drop_path=0.1,
-      dtype="float32", width=192, depth=6, num_heads=3, mlp_dim=768)
+      dtype="float32", width=192, depth=6, num_heads=3, mlp_dim=768, attention="auto", interpret=False)
   # A tokax.reduction.build spec; a string, so --config.reduction=tome:16 (or evit:0.7, ...) overrides it.
   config.reduction = "none"
 

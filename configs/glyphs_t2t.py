@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # T2TViT(**fields) (tokax.train.model.MODELS["t2t_vit"]); num_classes: the data's (32). Dropouts off, as the
   # ViT side: the stem's performer dropout is the official 0.1 only where a recipe asks for it.
   config.model = dict(name="t2t_vit", variant=arg.variant, image_size=image_size, drop_path=0.0, stem_dropout=0.0,
-                      dtype=config.model.dtype)
+                      dtype=config.model.dtype, attention="auto", interpret=False)
   if arg.runlocal:
     config.model.update(width=32, depth=1, num_heads=2, mlp_ratio=2.0)
   return config

@@ -56,7 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ViT(**fields) (tokax.train.model.MODELS[name]); num_classes: the data's (32).
   config.model = dict(
       name="vit", variant=arg.variant, image_size=image_size, pool=arg.pool, drop_path=0.0, dtype="bfloat16",
-      width=size["width"], depth=size["depth"], num_heads=size["heads"], mlp_dim=4 * size["width"])
+      width=size["width"], depth=size["depth"], num_heads=size["heads"], mlp_dim=4 * size["width"],
+      attention="auto", interpret=False)
   # A tokax.reduction.build spec (trained dense; reductions are applied at evaluation): --config.reduction=tome:8.
   config.reduction = "none"
 

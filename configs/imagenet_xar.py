@@ -60,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
       entity=arg.entity, entity_size=arg.entity_size or default_size, scales=(),
       width=768, encoder_depth=8, decoder_depth=8, num_heads=12, mlp_ratio=4.0, dropout=0.1, attn_dropout=0.1,
-      dtype="bfloat16")
+      dtype="bfloat16", attention="auto")
   config.teacher_forcing = False
   config.label_drop = 0.1
 

@@ -11,9 +11,20 @@ selection metrics that reduction methods need ("cls", "received"). Implementatio
   same tiles): Mosaic TPU on TPU (tokax.kernels.tpu), Mosaic GPU on NVIDIA (tokax.kernels.mosaic_gpu).
   On CPU it runs the TPU kernel in interpret mode when `interpret` is given. No general `mask`.
   Backward: each kernel's own Pallas backward (dq and dk/dv kernels), the scores' cotangents
-  through the reference's vjp.
-- None / "auto": pallas when scores are requested on a Hopper GPU in half precision (pallas_applies),
-  cudnn where it applies (GPU, half precision, no scores requested), else xla.
+  through the reference's vjp. Under jax.set_mesh over several devices the kernel runs per device
+  through jax.shard_map over the mesh's axes, the batch split over `batch_axis` ("data")
+  (common.per_batch_shard): XLA cannot partition a pallas_call itself.
+- None / "auto": `auto_implementation`, for the `backend` given (default: jax.default_backend()):
+  - "gpu": pallas when scores are requested on a Hopper GPU in half precision (pallas_applies),
+    cudnn where it applies (half precision, no scores requested), else xla.
+  - "tpu": pallas (the Mosaic TPU kernel) when tpu_pallas_applies: scores are requested, there is
+    no general mask, q is float32 or bfloat16, and there are at least TPU_MIN_KEYS = 128 keys (one
+    lane-wide key block; below it the kernel pads the keys to a whole block and XLA's materialised
+    probabilities are no larger than that one tile). Otherwise xla, which XLA:TPU fuses itself;
+    without scores nothing is gained by the Pallas kernel over it. This rule is reasoned from the
+    kernel's design, not measured: no TPU was available when it was written (docs/tpu.md).
+  - any other backend (cpu): xla.
+  Attention dropout (dropout_rate > 0) always takes xla.
 
 Keys and values may be longer than the queries (attention against a KV cache), and a general
 boolean `mask` (B or 1, H or 1, N, M) expresses block-causal or cache-validity patterns.
@@ -90,6 +101,52 @@ def pallas_applies(q: Array, scores: tuple[str, ...], mask: Array | None, *, bac
   if compute_capability is None:
     compute_capability = getattr(jax.devices()[0], "compute_capability", "0.0")
   return tuple(int(x) for x in str(compute_capability).split(".")[:2]) >= (9, 0)
+
+
+# "auto" takes the Mosaic TPU kernel from this many keys on: one key block is 128 lanes wide, so a
+# shorter sequence is padded up to a whole block (and XLA's (B, H, N, M) probabilities are no larger).
+TPU_MIN_KEYS = 128
+
+
+def tpu_pallas_applies(q: Array, k: Array, scores: tuple[str, ...], mask: Array | None, *,
+                       backend: str | None = None) -> bool:
+  """Whether "auto" should take the fused Mosaic TPU kernel on `backend` (default: the default backend).
+
+  Conditions: backend "tpu", scores asked for (the kernel's reason to exist: the scores come from the
+  attention tiles, no (B, H, N, M) probabilities in HBM), no general mask (the kernel takes key_bias
+  and key_mask only), q float32 or bfloat16, and M >= TPU_MIN_KEYS keys. Any head dim and length
+  otherwise: the kernel pads N, M and D to its blocks and masks the padding. Not measured on a TPU.
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if backend != "tpu" or not scores or mask is not None:
+    return False
+  if q.dtype not in (jnp.float32, jnp.bfloat16):
+    return False
+  return k.shape[1] >= TPU_MIN_KEYS
+
+
+def auto_implementation(q: Array, k: Array, scores: tuple[str, ...] = (), mask: Array | None = None, *,
+                        dropout_rate: float = 0.0, backend: str | None = None,
+                        compute_capability: str | None = None) -> str:
+  """The implementation "auto" (or None) picks for this call on `backend`: "xla", "cudnn" or "pallas".
+
+  GPU: "pallas" where pallas_applies (scores on Hopper, half precision), else "cudnn" where
+  cudnn_applies, else "xla". TPU: "pallas" where tpu_pallas_applies, else "xla". Other backends and
+  attention dropout: "xla". `backend` defaults to jax.default_backend(); pass it to ask what
+  another platform would pick (the tests do, on a CPU).
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if dropout_rate > 0.0:
+    return "xla"
+  if backend == "gpu":
+    if pallas_applies(q, scores, mask, backend=backend, compute_capability=compute_capability):
+      return "pallas"
+    if cudnn_applies(q, scores, backend=backend):
+      return "cudnn"
+    return "xla"
+  if backend == "tpu" and tpu_pallas_applies(q, k, scores, mask, backend=backend):
+    return "pallas"
+  return "xla"
 
 
 def fold_key_bias(q: Array, k: Array, v: Array, key_bias: Array) -> tuple[Array, Array, Array]:
@@ -204,23 +261,25 @@ def cudnn_padded(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask:
 
 
 def _pallas(q: Array, k: Array, v: Array, key_bias: Array | None, key_mask: Array | None,
-            mask: Array | None, scores: tuple[str, ...], interpret: Any) -> tuple[Array, dict[str, Array]]:
-  """Dispatch to the Pallas kernel of the default backend."""
+            mask: Array | None, scores: tuple[str, ...], interpret: Any, backend: str,
+            batch_axis: str | None) -> tuple[Array, dict[str, Array]]:
+  """Dispatch to the Pallas kernel of `backend`, once per batch shard under a mesh (per_batch_shard)."""
   if mask is not None:
     raise ValueError("attention: implementation='pallas' takes key_bias and key_mask but no general mask; "
                      "use implementation='xla' for a (B, H, N, M) mask")
-  backend = jax.default_backend()
   if backend == "gpu":
     from tokax.kernels.mosaic_gpu import flash_attention as gpu_flash
-    return gpu_flash.flash_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores,
-                                     interpret=bool(interpret))
-  if backend == "tpu" or interpret is not None:
+    kernel = functools.partial(gpu_flash.flash_attention, scores=scores, interpret=bool(interpret))
+  elif backend == "tpu" or interpret is not None:
     from tokax.kernels.tpu import flash_attention as tpu_flash
-    return tpu_flash.flash_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores,
-                                     interpret=interpret)
-  raise ValueError(
-      f"attention: implementation='pallas' has no kernel for backend {backend!r}; pass "
-      "interpret=jax.experimental.pallas.tpu.InterpretParams() to simulate the TPU kernel, or use 'xla'")
+    kernel = functools.partial(tpu_flash.flash_attention, scores=scores, interpret=interpret)
+  else:
+    raise ValueError(
+        f"attention: implementation='pallas' has no kernel for backend {backend!r}; pass interpret=True "
+        "(Pallas' interpreter) or interpret=jax.experimental.pallas.tpu.InterpretParams() (the TPU simulator) "
+        "to run the TPU kernel on it, or use 'xla'")
+  call = lambda q, k, v, key_bias, key_mask: kernel(q, k, v, key_bias=key_bias, key_mask=key_mask)
+  return fc.per_batch_shard(call, q, k, v, key_bias, key_mask, axis=batch_axis)
 
 
 def attention(
@@ -236,6 +295,8 @@ def attention(
     interpret: Any = None,
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
+    backend: str | None = None,
+    batch_axis: str | None = fc.BATCH_AXIS,
 ) -> tuple[Array, dict[str, Array]]:
   """Multi-head softmax attention with optional per-key bias, masks and selection scores.
 
@@ -247,10 +308,19 @@ def attention(
       generation, KV-cache validity), or None. Every query must keep at least one key.
     scores: subset of ("cls", "received"); each is returned as a (B, M) float32 array.
     implementation: "xla", "cudnn", "pallas" or None/"auto".
-    interpret: for "pallas" only: passed to the kernel (pltpu.InterpretParams() runs the TPU kernel
-      on CPU; True runs the GPU kernel in Pallas' GPU interpreter). Required on CPU.
+    interpret: for "pallas" only: passed to the kernel. On a backend other than "gpu": True runs the
+      TPU kernel in Pallas' interpreter (an XLA loop; any number of devices), pltpu.InterpretParams()
+      in the TPU simulator (memory spaces, DMAs, race detection; one device: under shard_map on
+      several CPU devices it hung with jax 0.10.2). On "gpu", True runs the GPU kernel in Pallas'
+      GPU interpreter. Required on CPU.
     dropout_rate: dropout on the attention probabilities (training), with dropout_rng; only the
       "xla" implementation has it ("auto" picks xla when dropout_rate > 0).
+    backend: the platform whose "auto" rule applies and whose Pallas kernel "pallas" runs ("gpu",
+      "tpu", "cpu"); default jax.default_backend(). backend="tpu" with `interpret` runs the TPU
+      path on a CPU.
+    batch_axis: the mesh axis the batch is split over: under jax.set_mesh over several devices,
+      "pallas" runs its kernel per device (jax.shard_map), with the batch split over this axis when
+      the mesh has it and it divides B, replicated otherwise (and with None).
 
   Returns:
     out (B, N, H, D) in q's dtype and a dict name -> (B, M) scores.
@@ -264,12 +334,9 @@ def attention(
     raise ValueError(f"attention: dropout_rate must be in [0, 1); got {dropout_rate!r}")
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError("attention: dropout_rate > 0 needs dropout_rng (a jax.random key); pass dropout_rate=0 at eval")
+  backend = jax.default_backend() if backend is None else backend
   if implementation in (None, "auto"):
-    implementation = "xla"
-    if dropout_rate == 0.0 and pallas_applies(q, scores, mask):
-      implementation = "pallas"
-    elif dropout_rate == 0.0 and cudnn_applies(q, scores):
-      implementation = "cudnn"
+    implementation = auto_implementation(q, k, scores, mask, dropout_rate=dropout_rate, backend=backend)
   if dropout_rate > 0.0 and implementation != "xla":
     raise ValueError(f"attention: dropout_rate={dropout_rate} needs implementation='xla' (or 'auto'); "
                      f"the {implementation!r} kernels have no attention dropout")
@@ -283,5 +350,5 @@ def attention(
           "use implementation='xla' (or 'auto', which picks one that can)")
     return cudnn_attention(q, k, v, key_bias, key_mask, mask), {}
   if implementation == "pallas":
-    return _pallas(q, k, v, key_bias, key_mask, mask, scores, interpret)
+    return _pallas(q, k, v, key_bias, key_mask, mask, scores, interpret, backend, batch_axis)
   raise ValueError(f"attention: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")

@@ -15,6 +15,7 @@ Score contract (matches tokax.kernels.reference):
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -181,3 +182,52 @@ def finish(node_max: Array, node_idx: Array, row_valid: Array) -> tuple[Array, A
   num_a = row_valid.shape[1]
   node_max, node_idx = node_max[:, :num_a], node_idx[:, :num_a].astype(jnp.int32)
   return jnp.where(row_valid, node_max, -jnp.inf), jnp.where(row_valid, node_idx, 0)
+
+
+# --- running a kernel per batch shard ---------------------------------------------------------------
+
+# The mesh axis the dispatchers split a kernel's batch over (tokax's trainer calls it "data").
+BATCH_AXIS = "data"
+
+
+def _auto_axes(mesh) -> tuple[str, ...]:
+  """The mesh's axes that are not manual (not already inside a shard_map over them)."""
+  return tuple(name for name, kind in zip(mesh.axis_names, mesh.axis_types)
+               if kind != jax.sharding.AxisType.Manual)
+
+
+def batch_shards(batch: int, axis: str | None = BATCH_AXIS) -> int:
+  """How many shards per_batch_shard splits a batch of `batch` rows into (1: none, or no split).
+
+  The size of mesh axis `axis` of the mesh set by jax.set_mesh, when it has that axis, not manual,
+  and it divides `batch`; else 1.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if axis is None or mesh.empty or axis not in _auto_axes(mesh):
+    return 1
+  size = mesh.shape[axis]
+  return size if size > 1 and batch % size == 0 else 1
+
+
+def per_batch_shard(fn, *args, axis: str | None = BATCH_AXIS):
+  """fn(*args) run per device through jax.shard_map, each array's leading (batch) dim split over `axis`.
+
+  A pallas_call cannot be partitioned by XLA: compiled for a TPU, a Mosaic kernel inside a jit over
+  several devices is refused unless every mesh axis is manual ("Mosaic kernels cannot be
+  automatically partitioned. Please wrap the call in a shard_map"); in TPU interpret mode its host
+  callbacks are pinned to one device. So when a mesh is set (jax.set_mesh, as tokax's trainer does)
+  over several devices, the dispatchers run the kernel under jax.shard_map over all its non-manual
+  axes (Mosaic wants every axis manual): the batch split over `axis` when the mesh has it and it
+  divides the batch (batch_shards), every other axis seeing replicated operands (a tensor-parallel
+  "model" axis computes its data shard's attention on each of its devices). Without such a mesh this is
+  fn(*args). `args` may hold None (absent masks); every output has the batch as its leading dim.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = () if mesh.empty else _auto_axes(mesh)
+  if math.prod(mesh.shape[name] for name in axes) == 1:
+    return fn(*args)
+  leaves = [x for x in jax.tree.leaves(args) if hasattr(x, "shape")]
+  split = bool(leaves) and batch_shards(leaves[0].shape[0], axis) > 1
+  spec = jax.P(axis) if split else jax.P()
+  # check_vma=False: pallas_call's out_shape carries no varying-axes annotation
+  return jax.shard_map(fn, in_specs=spec, out_specs=spec, axis_names=set(axes), check_vma=False)(*args)

@@ -10,8 +10,16 @@ the first index on ties). `bipartite_matching` is the one entry point:
   matrix never leaves the chip: Mosaic TPU (tokax.kernels.tpu.matching) on TPU and in interpret
   mode on the CPU, Mosaic GPU (tokax.kernels.mosaic_gpu.matching) on NVIDIA GPUs (half
   precision only).
-- "auto" / None: "pallas" where a compiled kernel applies (TPU; GPU with a bf16/f16 metric),
-  else "xla".
+- "auto" / None: "pallas" where a compiled kernel applies on the `backend` passed (default
+  jax.default_backend(); pallas_applies): any metric on "tpu", a bf16/f16 metric on "gpu"; or when
+  `interpret` is given; else "xla".
+
+Under jax.set_mesh over several devices the kernel runs once per batch shard through jax.shard_map
+(common.per_batch_shard): XLA cannot partition a pallas_call itself.
+
+The results select merges and carry no gradient: the "pallas" path stops the metric's gradient
+(pallas_call has no derivative rule), so a model with a Pallas matching trains; every reduction
+uses node_max only to order and compare, so its gradients equal the "xla" path's.
 
 Normalisation happens here, outside the kernels, with the reference's exact expression (float32
 norm, a zero vector stays zero, so its similarity to everything is 0 rather than NaN; cast back
@@ -22,6 +30,8 @@ the distillation token's column (B[0]) are -inf, masked rows and columns are -in
 finite score gets max -inf and index 0 (jnp.argmax of an all -inf row).
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +98,8 @@ def bipartite_matching(
     implementation: str | None = None,
     block_sizes: BlockSizes | None = None,
     interpret=None,
+    backend: str | None = None,
+    batch_axis: str | None = common.BATCH_AXIS,
 ) -> tuple[Array, Array]:
   """Each A token's best B partner by cosine similarity (ToMe's node_max / node_idx).
 
@@ -101,6 +113,10 @@ def bipartite_matching(
     block_sizes: kernel tiles (default BlockSizes() on TPU, BlockSizes.for_gpu() on GPU).
     interpret: run the Pallas kernel in interpret mode: True (the TPU kernel under
       pltpu.InterpretParams(), which is how the CPU runs it) or a pltpu.InterpretParams.
+    backend: the platform whose "auto" rule applies and whose kernel "pallas" runs ("tpu", "gpu",
+      "cpu"); default jax.default_backend().
+    batch_axis: the mesh axis the batch is split over under jax.set_mesh over several devices
+      (common.per_batch_shard); None: the kernel sees the whole batch on every device.
 
   Returns:
     node_max (B, |A|) float32 and node_idx (B, |A|) int32, equal to matching_reference.
@@ -114,20 +130,22 @@ def bipartite_matching(
   if implementation not in (None,) + IMPLEMENTATIONS:
     raise ValueError(f"bipartite_matching: unknown implementation {implementation!r}; expected one of "
                      f"{IMPLEMENTATIONS}")
+  backend = jax.default_backend() if backend is None else backend
   if implementation in (None, "auto"):
-    implementation = "pallas" if interpret or pallas_applies(metric) else "xla"
+    implementation = "pallas" if interpret or pallas_applies(metric, backend) else "xla"
   if implementation == "xla":
     return matching_reference(metric, has_cls=has_cls, has_dist=has_dist, key_mask=key_mask, normalized=normalized)
-  backend = jax.default_backend()
   if interpret or backend == "tpu":
     from tokax.kernels.tpu import matching as tpu_matching
-    return tpu_matching.bipartite_matching_tpu(metric, has_cls=has_cls, has_dist=has_dist, key_mask=key_mask,
-                                               normalized=normalized, block_sizes=block_sizes or BlockSizes(),
-                                               interpret=interpret)
-  if backend == "gpu":
+    kernel = functools.partial(tpu_matching.bipartite_matching_tpu, block_sizes=block_sizes or BlockSizes(),
+                               interpret=interpret)
+  elif backend == "gpu":
     from tokax.kernels.mosaic_gpu import matching as gpu_matching
-    return gpu_matching.bipartite_matching_mgpu(metric, has_cls=has_cls, has_dist=has_dist, key_mask=key_mask,
-                                                normalized=normalized,
-                                                block_sizes=block_sizes or BlockSizes.for_gpu())
-  raise ValueError(f"bipartite_matching: implementation='pallas' has no compiled kernel on {backend!r}; pass "
-                   "interpret=True (runs the TPU kernel in interpret mode) or use implementation='xla'")
+    kernel = functools.partial(gpu_matching.bipartite_matching_mgpu, block_sizes=block_sizes or BlockSizes.for_gpu())
+  else:
+    raise ValueError(f"bipartite_matching: implementation='pallas' has no compiled kernel on {backend!r}; pass "
+                     "interpret=True (runs the TPU kernel in interpret mode) or use implementation='xla'")
+  call = lambda metric, key_mask: kernel(metric, has_cls=has_cls, has_dist=has_dist, key_mask=key_mask,
+                                         normalized=normalized)
+  # The kernels have no derivative rule; their results only pick merges (orderings, comparisons, indices).
+  return common.per_batch_shard(call, jax.lax.stop_gradient(metric), key_mask, axis=batch_axis)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokax import kernels
-from tokax.models.vit import Block, check_encoder_inputs
+from tokax.models.vit import Block, check_encoder_inputs, kernel_interpret
 from tokax.reduction.tokens import Tokens
 
 Array = jax.Array
@@ -146,6 +146,7 @@ class TokenTransformer(nn.Module):
   attention: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  interpret: bool = False
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -157,7 +158,7 @@ class TokenTransformer(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     # The official scale is C_in ** -0.5; kernels.attention applies dim ** -0.5, so q carries the ratio.
     q = q * jnp.asarray(math.sqrt(self.dim / c_in), q.dtype)
-    out, _ = kernels.attention(q, k, v, implementation=self.attention)
+    out, _ = kernels.attention(q, k, v, implementation=self.attention, interpret=kernel_interpret(self.interpret))
     out = Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="attn_proj")(out.reshape(b, n, self.dim))
     x = v.reshape(b, n, self.dim) + out
     return x + Mlp(self.dim, self.dim, self.dtype, self.param_dtype, name="mlp")(norm("norm2")(x))
@@ -222,11 +223,13 @@ class T2TModule(nn.Module):
   attention: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  interpret: bool = False
 
   @nn.compact
   def __call__(self, images: Array, deterministic: bool = True) -> Array:
     if self.tokens_type == "transformer":
-      layer = lambda name: TokenTransformer(self.token_dim, self.attention, self.dtype, self.param_dtype, name=name)
+      layer = lambda name: TokenTransformer(self.token_dim, self.attention, self.dtype, self.param_dtype,
+                                            self.interpret, name=name)
     else:
       layer = lambda name: TokenPerformer(self.token_dim, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     x = soft_split(images, 7, 4, 2)
@@ -259,7 +262,9 @@ class T2TViT(nn.Module):
     drop_path: stochastic depth at the last block (linear in depth from 0, as the official code).
     stem_dropout: the performer's two dropouts (0.1, hard-coded in the official Token_performer).
     dtype, param_dtype: computation and parameter dtypes.
-    attention: kernels.attention implementation ("xla", "cudnn", None/"auto").
+    attention: kernels.attention implementation ("xla", "cudnn", "pallas", None/"auto"), in the
+      transformer stem and the blocks.
+    interpret: run the "pallas" kernel in Pallas' interpreter (how a CPU runs the TPU kernel; tests).
     reduction: a tokax.reduction method (ToMe, MCTF, EViT, ...) or None for the dense model.
   """
   variant: str = "14"
@@ -277,6 +282,7 @@ class T2TViT(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention: str | None = None
   reduction: Any = None
+  interpret: bool = False
 
   @property
   def arch(self) -> T2TArch:
@@ -310,7 +316,7 @@ class T2TViT(nn.Module):
       raise ValueError(f"T2TViT.image_size: expected a positive multiple of {STEM_STRIDE} (the stem's three "
                        f"soft splits have strides 4, 2, 2); got {self.image_size}")
     check_encoder_inputs("T2TViT", images, image_size=self.image_size, reduction=self.reduction,
-                         attention=self.attention)
+                         attention=self.attention, interpret=self.interpret)
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False, return_intermediates: bool = False):
@@ -324,6 +330,7 @@ class T2TViT(nn.Module):
     self._check(images)
     arch = self.arch
     x = T2TModule(arch.width, arch.tokens_type, self.token_dim, self.attention, self.dtype, self.param_dtype,
+                  self.interpret,
                   name="tokens_to_token")(images.astype(self.dtype), deterministic=not train)
     batch = x.shape[0]
     cls = self.param("cls_token", nn.initializers.truncated_normal(0.02), (1, 1, arch.width), self.param_dtype)
@@ -341,7 +348,7 @@ class T2TViT(nn.Module):
           num_heads=arch.num_heads, mlp_dim=mlp_dim, layer=i, depth=arch.depth, reduction=self.reduction,
           prop_attn_active=prop, qkv_bias=False, drop_path=self.drop_path * i / max(arch.depth - 1, 1),
           attention=self.attention, norm_epsilon=NORM_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype,
-          kernel_init=DENSE_INIT, name=f"blocks_{i}")(tokens, deterministic=not train)
+          kernel_init=DENSE_INIT, interpret=self.interpret, name=f"blocks_{i}")(tokens, deterministic=not train)
       self.sow("intermediates", f"blocks_{i}_out", tokens.x)
       merged = merged or tokens.num_tokens != n_before or tokens.mask is not None
       counts.append(tokens.num_tokens)

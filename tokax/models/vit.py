@@ -90,6 +90,7 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Initializer = nn.linear.default_kernel_init
+  interpret: bool = False
 
   def setup(self):
     dense = lambda feats, use_bias: nn.Dense(feats, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -107,7 +108,8 @@ class Attention(nn.Module):
     qkv = self._qkv(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     out, metrics = kernels.attention(
-        q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores, implementation=self.implementation)
+        q, k, v, key_bias=key_bias, key_mask=key_mask, scores=scores, implementation=self.implementation,
+        interpret=kernel_interpret(self.interpret))
     metrics = dict(metrics, keys=k.mean(axis=2))
     return self.proj(out.reshape(x.shape)), metrics
 
@@ -124,11 +126,25 @@ class Attention(nn.Module):
     return self.proj(out.astype(x.dtype).reshape(x.shape))
 
 
-def check_encoder_inputs(owner: str, images: Array, *, image_size: int, reduction: Any, attention: str | None) -> None:
+def kernel_interpret(interpret: bool) -> bool | None:
+  """A model's `interpret` field as kernels.attention's argument: True (Pallas' interpreter) or None."""
+  return True if interpret else None
+
+
+def check_encoder_inputs(owner: str, images: Array, *, image_size: int, reduction: Any, attention: str | None,
+                         interpret: bool = False) -> None:
   """The checks every ViT-family encoder makes: a block reduction, a known attention, (B, S, S, 3) float images."""
   check_block_reduction(reduction, owner)
   if attention not in (None, *kernels.IMPLEMENTATIONS):
     raise ValueError(f"{owner}.attention: expected one of {kernels.IMPLEMENTATIONS} or None; got {attention!r}")
+  if not isinstance(interpret, bool):
+    raise ValueError(f"{owner}.interpret: expected a bool; got {interpret!r}")
+  backend = jax.default_backend()
+  if attention == "pallas" and not interpret and backend not in ("tpu", "gpu"):
+    raise ValueError(
+        f"{owner}.attention='pallas': no compiled Pallas kernel on {backend!r}; set {owner}.interpret=True "
+        "(config.model.interpret) to run the TPU kernel in Pallas' interpreter (slow: for checks), or use 'auto' or "
+        "'xla'")
   want = (image_size, image_size, 3)
   if images.ndim != 4 or tuple(images.shape[1:]) != want:
     raise ValueError(f"{owner}: images must be NHWC of shape (B, {want[0]}, {want[1]}, 3); got {tuple(images.shape)}")
@@ -165,6 +181,7 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Initializer = nn.linear.default_kernel_init
+  interpret: bool = False
 
   @nn.compact
   def __call__(self, tokens: Tokens, deterministic: bool = True) -> Tokens:
@@ -179,7 +196,7 @@ class Block(nn.Module):
       key_bias = jnp.log(tokens.size if tokens.mask is None else jnp.where(tokens.mask, tokens.size, 1.0))
     norm1 = norm("norm1")
     attn = Attention(width, self.num_heads, self.qkv_bias, self.attention, self.dtype, self.param_dtype,
-                     self.kernel_init, name="attn")
+                     self.kernel_init, self.interpret, name="attn")
     if placement == "pre" and reduction.attention_layer(layer=self.layer, depth=self.depth):
       probs = attn.probabilities(norm1(tokens.x), key_bias, tokens.mask)
       tokens, probs = reduction.reduce_with_attention(tokens, probs, layer=self.layer, depth=self.depth)
@@ -222,7 +239,10 @@ class ViT(nn.Module):
     layer_scale: LayerScale init value (e.g. 1e-6 for DeiT-III), or None.
     drop_path: stochastic depth rate at the last block (linear in depth, as timm).
     dtype: computation dtype; param_dtype: parameter dtype.
-    attention: kernels.attention implementation: "xla", "cudnn", or None/"auto".
+    attention: kernels.attention implementation: "xla", "cudnn", "pallas" (the fused attention-and-
+      select kernel: Mosaic TPU / Mosaic GPU), or None/"auto" (kernels.attention.auto_implementation).
+    interpret: run the "pallas" kernel in Pallas' interpreter (how a CPU runs the TPU kernel: slow,
+      for tests and checks; kernels.attention's interpret=True).
     gelu_approximate: tanh GELU (big_vision's default, lets XLA fuse it into the matmul) instead
       of timm's exact erf GELU.
     reduction: a block reduction method (tokax.reduction.build("tome:16") or ToMe(r=16)), or None
@@ -246,6 +266,7 @@ class ViT(nn.Module):
   attention: str | None = None
   gelu_approximate: bool = False
   reduction: Any = None
+  interpret: bool = False
 
   @property
   def arch(self) -> Arch:
@@ -274,7 +295,7 @@ class ViT(nn.Module):
     if self.image_size % arch.patch_size:
       raise ValueError(f"ViT.image_size={self.image_size} is not a multiple of the patch size {arch.patch_size}")
     check_encoder_inputs("ViT", images, image_size=self.image_size, reduction=self.reduction,
-                         attention=self.attention)
+                         attention=self.attention, interpret=self.interpret)
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False, return_intermediates: bool = False,
@@ -315,7 +336,7 @@ class ViT(nn.Module):
           prop_attn_active=prop, qkv_bias=self.qkv_bias, layer_scale=self.layer_scale,
           drop_path=self.drop_path * i / max(arch.depth - 1, 1), attention=self.attention,
           gelu_approximate=self.gelu_approximate, dtype=self.dtype,
-          param_dtype=self.param_dtype, name=f"blocks_{i}")(tokens, deterministic=not train)
+          param_dtype=self.param_dtype, interpret=self.interpret, name=f"blocks_{i}")(tokens, deterministic=not train)
       tokens = tokens.replace(x=constrain_batch(tokens.x))
       merged = merged or tokens.num_tokens != n_before or tokens.mask is not None
       counts.append(tokens.num_tokens)

@@ -4,6 +4,12 @@ build_model looks the class up by name (MODELS) and passes the other fields thro
 (lists become tuples, dtype names become dtypes, as config.json stores them); a field the class
 does not have is an error naming the class and its fields. The reduction comes from
 tokax.reduction.build(config.reduction) (in tokax.train.tasks.classifier).
+
+`attention` (every ViT-family model, and XAR) picks the kernels.attention implementation: "xla",
+"cudnn", "pallas" or "auto" (None); anything else is an error naming config.model.attention and
+the choices. "pallas" on a backend without a compiled Pallas kernel (the CPU) needs
+`interpret=True` (ViT, T2TViT; the model says so when it runs): the TPU kernel then runs in
+Pallas' interpreter. docs/tpu.md has the TPU command lines.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tokax import kernels
 from tokax.models.t2t_vit import T2TViT
 from tokax.models.vit import ViT
 
@@ -36,13 +43,34 @@ def _as_field(key: str, value: Any) -> Any:
   return value
 
 
+def check_attention(fields: Mapping[str, Any], *, what: str = "config.model") -> None:
+  """config.model.attention names a kernels.attention implementation; config.model.interpret is a bool.
+
+  (Whether "pallas" has a kernel on the backend is checked when the model runs: a run restored on
+  another machine may switch attention first.)
+  """
+  attention = fields.get("attention")
+  choices = kernels.IMPLEMENTATIONS
+  if attention is not None and attention not in choices:
+    raise ValueError(f"{what}.attention: unknown attention implementation {attention!r}; expected one of "
+                     f"{', '.join(choices)} (or None, which is 'auto')")
+  interpret = fields.get("interpret", False)
+  if not isinstance(interpret, bool):
+    raise ValueError(f"{what}.interpret: expected True or False; got {interpret!r}")
+
+
 def from_fields(cls: type[nn.Module], fields: Mapping[str, Any], *, what: str = "config.model") -> nn.Module:
-  """cls(**fields), with lists as tuples and dtype names as dtypes; an unknown field is an error."""
+  """cls(**fields), with lists as tuples and dtype names as dtypes; an unknown field is an error.
+
+  The attention fields are checked (check_attention) before anything is built.
+  """
   known = module_fields(cls)
   unknown = sorted(set(fields) - set(known))
   if unknown:
     raise ValueError(f"{what}: {cls.__name__} has no field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                      f"its fields are {', '.join(known)}")
+  if "attention" in known:
+    check_attention(fields, what=what)
   return cls(**{key: _as_field(key, value) for key, value in fields.items()})
 
 
