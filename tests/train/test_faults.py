@@ -1,5 +1,6 @@
 """Faults the trainer refuses before it builds anything: sizes and periods no run can use, a workdir another
 trainer holds. Each through the command line's entry point run in this process (absl's app.run)."""
+import json
 import os
 import pathlib
 import signal
@@ -67,3 +68,14 @@ def test_a_second_trainer_is_refused_and_a_dead_ones_lock_does_not_block(tmp_pat
   assert f'"pid": {holder.pid}' in (tmp_path / "lock").read_text()  # the dead trainer's record is still there
   with workdir_files.WorkdirLock(str(tmp_path)):  # but its lock went with it
     assert f'"pid": {os.getpid()}' in (tmp_path / "lock").read_text()
+
+
+def test_a_resume_may_switch_the_attention_kernel_but_not_the_model(tmp_path):
+  """model.attention / model.interpret are runtime fields (the same attention, another kernel); older runs lack them."""
+  old = {"lr": 0.001, "model": {"name": "vit", "width": 64}}
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  switched = {"lr": 0.001, "model": {"name": "vit", "width": 64, "attention": "pallas", "interpret": True}}
+  workdir_files.check_resume_config(str(tmp_path), switched, 4, allow_change=False)  # no error
+  wider = {**switched, "model": {**switched["model"], "width": 96}}
+  with pytest.raises(workdir_files.ConfigChangedError, match=r"model\.width: 64 -> 96"):
+    workdir_files.check_resume_config(str(tmp_path), wider, 4, allow_change=False)

@@ -39,7 +39,9 @@ RUNTIME_FIELDS = (
     "progress_bar", "log_every_steps", "log_every_epochs", "eval_every_steps", "eval_every_epochs",
     "checkpoint_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "eval_batch_size",
     "mesh", "sharding", "distributed", "data.num_threads", "data.num_workers",
-    "allow_config_change", "resume_from_previous_good", "tensorboard")
+    "allow_config_change", "resume_from_previous_good", "tensorboard",
+    # the attention kernel computes the same attention: a resume may switch it (and older runs lack the fields)
+    "model.attention", "model.interpret")
 
 
 class WorkdirLockedError(RuntimeError):
