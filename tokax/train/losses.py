@@ -66,12 +66,13 @@ def hard_distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, teache
   Args:
     cls_logits, dist_logits: (B, K) the student's class-token and distillation-token heads.
     teacher_logits: (B, K) the frozen teacher's logits.
-    labels: (B,) int class indices.
+    labels: (B,) int class indices, or (B, K) mixup / cutmix targets (DeiT's base criterion is then timm's
+      SoftTargetCrossEntropy; classification_cross_entropy).
     alpha: weight of the distillation term (DeiT: 0.5).
     label_smoothing: epsilon of the class head's targets.
   """
   teacher_labels = jnp.argmax(jax.lax.stop_gradient(teacher_logits), axis=-1)
-  base = softmax_cross_entropy(cls_logits, labels, label_smoothing=label_smoothing).mean()
+  base = classification_cross_entropy(cls_logits, labels, label_smoothing=label_smoothing).mean()
   distill = softmax_cross_entropy(dist_logits, teacher_labels).mean()
   return (1.0 - alpha) * base + alpha * distill
 
@@ -117,7 +118,7 @@ def frd_loss(student_logits: jax.Array, student_tokens: Sequence[jax.Array], tea
     student_tokens: L arrays (B, N0, C), the student's patch tokens after each block, recovered to
       N0 by the reverse modules where tokens were slimmed.
     teacher_tokens: L arrays (B, N0, C), the teacher's patch tokens after each block.
-    labels: (B,) int.
+    labels: (B,) int, or (B, K) mixup / cutmix targets (classification_cross_entropy).
     lambda_token, lambda_logits, tau: the official defaults 2.0, 2.0, 1.0.
     label_smoothing: epsilon of the CE targets (official: timm's LabelSmoothingCrossEntropy, or
       soft mixup targets).
@@ -125,7 +126,7 @@ def frd_loss(student_logits: jax.Array, student_tokens: Sequence[jax.Array], tea
   Returns:
     (loss, {"loss_cls", "loss_token", "loss_logits"}) (each term already weighted).
   """
-  loss_cls = softmax_cross_entropy(student_logits, labels, label_smoothing=label_smoothing).mean()
+  loss_cls = classification_cross_entropy(student_logits, labels, label_smoothing=label_smoothing).mean()
   loss_token = lambda_token * token_mse(student_tokens, teacher_tokens)
   loss_logits = lambda_logits * kl_distillation(student_logits, teacher_logits, tau=tau)
   return loss_cls + loss_token + loss_logits, {"loss_cls": loss_cls, "loss_token": loss_token,

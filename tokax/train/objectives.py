@@ -58,6 +58,9 @@ class Objective:
 
 
 def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Top-1 against (B,) int labels, or against the largest weight of (B, K) mixup / cutmix targets."""
+  if labels.ndim == 2:
+    labels = jnp.argmax(labels, -1)
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 

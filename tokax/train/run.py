@@ -172,10 +172,14 @@ def rules_from_config(config: ml_collections.ConfigDict) -> tuple[sharding.Rule,
 
 
 def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
-  data = mesh.shape[sharding.DATA_AXIS]
-  if batch_size % data or batch_size % jax.process_count():
-    raise ValueError(f"config.batch_size={batch_size} must be a multiple of the mesh's data axis ({data}) and of "
-                     f"the process count ({jax.process_count()}); change the batch size or config.mesh")
+  """Refuses a global batch the mesh's data axis (or the processes) cannot split evenly, naming the device count."""
+  data, processes = mesh.shape[sharding.DATA_AXIS], jax.process_count()
+  if batch_size % data or batch_size % processes:
+    multiple = math.lcm(data, processes)
+    raise ValueError(f"config.batch_size={batch_size} must be a multiple of the mesh's data axis ({data}, over "
+                     f"{mesh.devices.size} devices: mesh {dict(mesh.shape)}) and of the process count ({processes}); "
+                     f"set --config.batch_size to a multiple of {multiple} (e.g. "
+                     f"{max(multiple, batch_size // multiple * multiple)}) or change config.mesh")
 
 
 def jit_train_step(step_fn: Callable[..., Any], mesh: jax.sharding.Mesh, state_shardings: Any, *,

@@ -23,14 +23,19 @@ file distill.teacher_checkpoint for the model of distill.teacher_config) or "frd
 student, train-only reverse modules, init from the teacher with distill.init_student), or
 config.consistency (MCTF). config.init_from = dict(workdir=...) starts a fresh run from another
 run's parameters, dict(pretrained=NAME) from a model that ships with tokax (tokax.pretrained;
-pretrained_dir=DIR for one saved elsewhere in that layout), matching paths and shapes. Evaluation:
+pretrained_dir=DIR for one saved elsewhere in that layout), matching paths and shapes;
+dict(checkpoint=FILE_OR_TIMM_NAME) from a timm / DeiT file (.safetensors, .pth), a big_vision / AugReg .npz
+or a timm name with a weights tag (the hub file), fitted as a fine-tune starts from one (checkpoint_params:
+the classifier left out when its class count differs, the position embeddings resampled to the model's
+grid). Evaluation:
 val every eval_every steps, val and test at the end.
 
 Optimizer (tokax.train.optim.optimizer; docs/optimizers.md has timm's equivalents): config.optimizer
 "adamw" (the default), "sgd" (config.momentum, default 0.9; config.nesterov, default True as timm's
 --opt sgd), "lamb" (timm's Lamb) or "lion"; config.b1 / b2 (default None: the optimizer's own, (0.9,
-0.999), Lion (0.9, 0.99)); config.lr, warmup_steps / warmup_epochs and a cosine decay to 0;
-config.weight_decay on the kernels only (timm's no-decay list for a ViT); config.grad_clip_norm.
+0.999), Lion (0.9, 0.99)); config.lr, warmup_steps / warmup_epochs and a cosine decay to config.min_lr
+(default 0; timm's --min-lr); config.weight_decay on the kernels only (timm's no-decay list for a ViT);
+config.grad_clip_norm.
 config.layer_decay (default 1: off; BEiT / MAE fine-tuning use 0.65 / 0.75) multiplies each layer's lr
 by layer_decay ** (depth + 1 - layer id), timm's ids: stem 0, block i i + 1, final norm with the last
 block, heads depth + 1.
@@ -41,7 +46,7 @@ the train state, checkpointed and resumed exactly. Every evaluation then measure
 raw ones as val/*, test/*, the EMA's as val_ema/*, test_ema/*. The run's result, load_run(workdir) and
 the runs read as teachers or init_from give the EMA weights (load_run(workdir, ema=False): the raw ones).
 
-A config may leave optimizer, momentum, nesterov, b1, b2, layer_decay and ema_decay out (the defaults
+A config may leave optimizer, momentum, nesterov, b1, b2, layer_decay, ema_decay and min_lr out (the defaults
 above; config.json then lacks them too); a field must be in the config for `--config.<field>=` to set it.
 """
 from __future__ import annotations
@@ -49,6 +54,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import math
 import os
 from typing import Any
 
@@ -219,7 +225,7 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int):
 
 # The optimizer fields a classifier config may leave out, with their defaults (see the module docstring).
 OPTIMIZER_DEFAULTS = {"optimizer": "adamw", "momentum": 0.9, "nesterov": True, "b1": None, "b2": None,
-                      "layer_decay": 1.0, "ema_decay": 0.0}
+                      "layer_decay": 1.0, "ema_decay": 0.0, "min_lr": 0.0}
 
 
 def _field(config: ml_collections.ConfigDict, name: str) -> Any:
@@ -232,6 +238,10 @@ def check_optimizer_fields(config: ml_collections.ConfigDict) -> None:
   optim.check_fields(optimizer=_field(config, "optimizer"), layer_decay=_field(config, "layer_decay"),
                      ema_decay=_field(config, "ema_decay"), momentum=_field(config, "momentum"),
                      b1=_field(config, "b1"), b2=_field(config, "b2"))
+  min_lr = _field(config, "min_lr")
+  if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not 0 <= min_lr < float("inf"):
+    raise ValueError(f"config.min_lr={min_lr!r}: expected a number >= 0 (the end of the cosine decay, timm's "
+                     f"--min-lr; 0: decay to zero)")
 
 
 def ema_decay_of(config: ml_collections.ConfigDict) -> float:
@@ -240,9 +250,10 @@ def ema_decay_of(config: ml_collections.ConfigDict) -> float:
 
 
 def optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int):
-  """(schedule, tx): config.optimizer (AdamW by default) with warmup and cosine decay, the config's weight decay,
-  gradient clipping and layer-wise lr decay (tokax.train.optim.optimizer)."""
-  schedule = optim.lr_schedule(peak_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps)
+  """(schedule, tx): config.optimizer (AdamW by default) with warmup and cosine decay to config.min_lr, the config's
+  weight decay, gradient clipping and layer-wise lr decay (tokax.train.optim.optimizer)."""
+  schedule = optim.lr_schedule(peak_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps,
+                               end_lr=_field(config, "min_lr"))
   tx = optim.optimizer(_field(config, "optimizer"), schedule, weight_decay=config.weight_decay,
                        grad_clip_norm=config.grad_clip_norm, b1=_field(config, "b1"), b2=_field(config, "b2"),
                        momentum=_field(config, "momentum"), nesterov=_field(config, "nesterov"),
@@ -283,8 +294,10 @@ def check_run_references(config: ml_collections.ConfigDict) -> None:
   if init_from and init_from.get("config"):
     raise ValueError("init_from.config is no longer needed: the run in init_from.workdir is rebuilt from its own "
                      "config.json; remove the field")
-  if init_from and init_from.get("workdir") and init_from.get("pretrained"):
-    raise ValueError("config.init_from: give workdir (a tokax run) or pretrained (a shipped model's name), not both")
+  given = [k for k in ("workdir", "pretrained", "checkpoint") if init_from and init_from.get(k)]
+  if len(given) > 1:
+    raise ValueError(f"config.init_from: give one of workdir (a tokax run), pretrained (a shipped model's name) or "
+                     f"checkpoint (a timm / big_vision file or a timm name); got {', '.join(given)}")
   if init_from and init_from.get("pretrained"):
     from tokax import pretrained  # noqa: PLC0415
 
@@ -302,8 +315,9 @@ def _check_teacher_fields(spec: ml_collections.ConfigDict) -> None:
 
 
 def load_teacher(spec: ml_collections.ConfigDict, num_classes: int) -> Teacher:
-  """The teacher of config.distill: the tokax run in teacher_workdir, or the timm / DeiT / big_vision file
-  teacher_checkpoint read into the model of teacher_config ("configs/x.py[:arg]")."""
+  """The teacher of config.distill: the tokax run in teacher_workdir, or the timm / DeiT / big_vision file (or timm
+  name with a weights tag, checkpoint_file) teacher_checkpoint read into the model of teacher_config
+  ("configs/x.py[:arg]")."""
   _check_teacher_fields(spec)
   if spec.get("teacher_checkpoint"):
     if not spec.get("teacher_config"):
@@ -312,7 +326,8 @@ def load_teacher(spec: ml_collections.ConfigDict, num_classes: int) -> Teacher:
     from tokax.interop import timm as timm_interop
 
     model = model_from_config(load_config_file(spec.teacher_config), num_classes)
-    return Teacher(model=model, variables=timm_interop.load_checkpoint(spec.teacher_checkpoint, model))
+    path = checkpoint_file(spec.teacher_checkpoint)  # a file, or a timm name with a weights tag (the hub file)
+    return Teacher(model=model, variables=timm_interop.load_checkpoint(path, model))
   if not spec.get("teacher_workdir"):
     raise ValueError("distill: set teacher_workdir (a tokax run) or teacher_checkpoint (a timm file)")
   run = load_classifier(spec.teacher_workdir)
@@ -350,12 +365,87 @@ def objective_from_config(config: ml_collections.ConfigDict, model, num_classes:
   return dataclasses.replace(objective, init_variables=objectives.sit_init_variables(model, image_shape)), teacher
 
 
-def initial_params(config: ml_collections.ConfigDict, teacher: Teacher | None) -> Any:
-  """The variables a fresh run starts from beside its init: config.init_from's run, or the teacher with
-  distill.init_student (SiT fine-tunes the slimming student from its teacher); None for neither."""
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".pth.tar", ".npz")
+
+
+def checkpoint_file(spec: str) -> str:
+  """init_from.checkpoint as a local file: the path itself, or the hub file (tokax.interop.hub: downloaded, or
+  from the cache offline) of a timm name with a weights tag ("deit_small_patch16_224.fb_in1k")."""
+  spec = os.path.expanduser(str(spec))
+  if os.path.isfile(spec):
+    return spec
+  from tokax.interop import hub, timm_names  # noqa: PLC0415
+
+  if timm_names.is_timm_name(spec) and timm_names.split_tag(spec)[1] and not spec.endswith(CHECKPOINT_SUFFIXES):
+    return hub.hub_file(timm_names.hub_repo(spec), "model.safetensors")
+  raise ValueError(f"init_from.checkpoint={spec!r}: no such file, and not a timm name with a weights tag (e.g. "
+                   f"'deit_small_patch16_224.fb_in1k'); give a {' / '.join(CHECKPOINT_SUFFIXES)} file or such a name")
+
+
+def resample_pos_embed(pos_embed: np.ndarray, num_prefix: int, grid: int) -> np.ndarray:
+  """(1, P + g * g, C) position embeddings -> (1, P + grid * grid, C): the P prefix rows kept, the g x g patch grid
+  resized bilinearly (scipy.ndimage.zoom, order 1), as vision_transformer's checkpoint.interpolate_posembed does
+  when a fine-tune changes the image size."""
+  from scipy import ndimage  # noqa: PLC0415
+
+  pos_embed = np.asarray(pos_embed, np.float32)
+  prefix, patches = pos_embed[:, :num_prefix], pos_embed[0, num_prefix:]
+  old = math.isqrt(patches.shape[0])
+  if old * old != patches.shape[0]:
+    raise ValueError(f"resample_pos_embed: {patches.shape[0]} patch positions after {num_prefix} prefix rows are not "
+                     "a square grid")
+  if old == grid:
+    return pos_embed
+  zoomed = ndimage.zoom(patches.reshape(old, old, -1), (grid / old, grid / old, 1), order=1)
+  return np.concatenate([prefix, zoomed.reshape(1, grid * grid, -1)], axis=1)
+
+
+def checkpoint_params(spec: str, model) -> Any:
+  """{"params": ...} for `model` (a ViT) from init_from.checkpoint (checkpoint_file), as a fine-tune starts:
+
+  - the classifier (head, head_dist) is left out when its class count is not the model's (an ImageNet-21k
+    checkpoint fine-tuned on ImageNet-1k): the model's own head init (zeros, as big_vision's transfer) stays;
+  - the position embeddings are resampled to the model's patch grid when the image size differs
+    (resample_pos_embed: a 224 px checkpoint fine-tuned at 384 px);
+  - every other array must fit the dense model (tokax.interop.common.check_params: a ValueError names each
+    mismatch and the ViT field to change); modules the checkpoint lacks (a reduction's) keep their init
+    when merged (objectives.merge_params).
+  """
+  from tokax.interop import big_vision, common  # noqa: PLC0415
+  from tokax.interop import timm as timm_interop  # noqa: PLC0415
+
+  path = checkpoint_file(spec)
+  dense = model.clone(reduction=None)
+  if path.endswith(".npz"):
+    tree = big_vision.convert_npz(big_vision.read_npz(path), dense)
+  else:
+    tree = timm_interop.convert_state_dict(timm_interop.read_state_dict(path))
+  flat = common.flatten(tree.get("params", tree))
+  heads = {p: v for p, v in flat.items() if p[0] in ("head", "head_dist")}
+  if any(np.shape(v)[-1] != model.num_classes for v in heads.values()):
+    logging.info("init_from.checkpoint %s: its classifier has %d classes, the model %d: the head starts from its init",
+                 path, np.shape(next(iter(heads.values())))[-1], model.num_classes)
+    flat = {p: v for p, v in flat.items() if p not in heads}
+    heads = {}
+  pos = flat.get(("pos_embed",))
+  if pos is not None:
+    prefix, rows = int(model.class_token) + int(model.distilled), np.shape(pos)[1]
+    stored_prefix = prefix if math.isqrt(rows - prefix) ** 2 == rows - prefix else 0  # big_vision: no cls row
+    flat[("pos_embed",)] = resample_pos_embed(pos, stored_prefix, model.image_size // model.arch.patch_size)
+  return common.check_params(common.unflatten(flat), dense.clone(num_classes=model.num_classes if heads else 0))
+
+
+def initial_params(config: ml_collections.ConfigDict, teacher: Teacher | None, model: Any = None) -> Any:
+  """The variables a fresh run starts from beside its init: config.init_from's run or checkpoint (fitted to
+  `model`, checkpoint_params), or the teacher with distill.init_student (SiT fine-tunes the slimming student
+  from its teacher); None for neither."""
   init_from = config.get("init_from")
   if init_from and init_from.get("workdir"):
     return jax.device_get(load_classifier(init_from.workdir).variables)
+  if init_from and init_from.get("checkpoint"):
+    if model is None:
+      raise ValueError("initial_params: init_from.checkpoint is fitted to the run's model; pass model=")
+    return checkpoint_params(init_from.checkpoint, model)
   if init_from and init_from.get("pretrained"):
     from tokax import pretrained  # noqa: PLC0415
 
@@ -367,16 +457,16 @@ def initial_params(config: ml_collections.ConfigDict, teacher: Teacher | None) -
   return None
 
 
-def _start_from(config: ml_collections.ConfigDict, teacher: Teacher | None):
+def _start_from(config: ml_collections.ConfigDict, teacher: Teacher | None, model: Any = None):
   """state -> state with initial_params merged in (matching paths and shapes), read when a fresh run
   starts (not on a resume); None when the config names no run to start from."""
   init_from, distill = config.get("init_from"), config.get("distill")
-  starts_from_weights = init_from and (init_from.get("workdir") or init_from.get("pretrained"))
+  starts_from_weights = init_from and any(init_from.get(k) for k in ("workdir", "pretrained", "checkpoint"))
   if not (starts_from_weights or (distill and distill.get("init_student", False) and teacher)):
     return None
 
   def start(state):
-    params, taken = objectives.merge_params(state.params, initial_params(config, teacher))
+    params, taken = objectives.merge_params(state.params, initial_params(config, teacher, model))
     logging.info("initialised %d parameter arrays from the init_from / teacher run", taken)
     # the EMA starts at the same weights, in buffers of its own (the step donates both trees)
     if ema_params_of(state) is None:
@@ -434,7 +524,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> base.Pl
   return base.Plan(
       model=model, data=train_data(config, sources["train"], num_classes), batch_keys=("image", "label"),
       durations=durations, init_fn=init_fn, init_rng=init_rng, step_fn=step_fn,
-      frozen=None if teacher is None else teacher.variables, start=_start_from(config, teacher),
+      frozen=None if teacher is None else teacher.variables, start=_start_from(config, teacher, model),
       evaluate=lambda state: run_evals(state, ("val",)),
       finalize=lambda state, _: run_evals(state, ("val", "test")),
       result_params=_result_params,
