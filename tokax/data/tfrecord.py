@@ -30,13 +30,17 @@ class CorruptRecordError(ValueError):
   """A TFRecord file whose framing or checksums are wrong (the message names the file and offset)."""
 
 
+try:  # optional dependency (the [data] extra); checked where a CRC is needed, not at import
+  import google_crc32c
+except ImportError:
+  google_crc32c = None
+
+
 def crc32c(data: bytes | bytearray | memoryview) -> int:
   """The CRC32C (Castagnoli, iSCSI) of `data`: crc32c(b"123456789") == 0xE3069283."""
-  try:
-    import google_crc32c  # noqa: PLC0415 (optional dependency: pip install 'tokax[data]')
-  except ImportError as e:
+  if google_crc32c is None:
     raise ImportError("reading TFRecord datasets checks CRC32C with google-crc32c: pip install 'tokax[data]' "
-                      "(or google-crc32c)") from e
+                      "(or google-crc32c)")
   return int(google_crc32c.value(bytes(data)))
 
 
